@@ -1,0 +1,185 @@
+"""The workspace: a folder holding kb.toml, rules/ and (by default) the SQLite knowledge base."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kb.errors import WorkspaceError
+
+CONFIG_FILE = "kb.toml"
+RULES_DIR = "rules"
+ROLES = ("text", "image")
+
+RGB = tuple[int, int, int]
+
+DEFAULT_LEGEND: dict[str, RGB] = {
+    "background": (0, 0, 0),
+    "fusion_line": (255, 0, 0),
+    "haz": (0, 0, 255),
+    "bead": (0, 255, 0),
+    "carbide": (255, 105, 180),
+    "porosity": (0, 0, 128),
+}
+DEFAULT_UM_PER_PX = 10.0
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A named model of the workspace: which backend loads it and where its weights come from."""
+
+    name: str
+    backend: str
+    source: str
+    batch_size: int = 16
+
+
+@dataclass(frozen=True)
+class WorkspaceConfig:
+    """Everything kb.toml says, with defaults filled in."""
+
+    database_url: str
+    busy_timeout_s: float
+    legend: dict[str, RGB]
+    um_per_px: float
+    output_dir: Path
+    models: dict[str, ModelSpec] = field(default_factory=dict)
+    roles: dict[str, str | None] = field(default_factory=dict)
+
+    def model_for_role(self, role: str) -> ModelSpec | None:
+        """The model bound to a role, or None while the role is unbound."""
+        name = self.roles.get(role)
+        return self.models[name] if name else None
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """A workspace folder and its parsed configuration."""
+
+    root: Path
+    config: WorkspaceConfig
+
+    @property
+    def rules_dir(self) -> Path:
+        return self.root / RULES_DIR
+
+    @classmethod
+    def open(cls, root: str | Path | None = None) -> Workspace:
+        """Open the workspace at root, else $KB_WORKSPACE, else the current directory."""
+        chosen = root if root is not None else os.environ.get("KB_WORKSPACE") or "."
+        path = Path(chosen).expanduser().resolve()
+        config_path = path / CONFIG_FILE
+        if not config_path.is_file():
+            raise WorkspaceError(
+                f"{path} is not a VLKB workspace (no {CONFIG_FILE}); "
+                f"create one with `kb init {chosen}` or pass -w DIR"
+            )
+        return cls(root=path, config=load_config(config_path))
+
+
+_TOP_KEYS = {"database", "metrology", "legend", "output", "models", "roles"}
+_MODEL_KEYS = {"backend", "source", "batch_size"}
+
+
+def load_config(path: Path) -> WorkspaceConfig:
+    """Parse kb.toml strictly: an unknown or malformed key is an error naming the key."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise WorkspaceError(f"{path}: cannot parse: {exc}") from exc
+    unknown = set(data) - _TOP_KEYS
+    if unknown:
+        raise WorkspaceError(
+            f"{path}: unknown section(s) {sorted(unknown)}; allowed: {sorted(_TOP_KEYS)}"
+        )
+    root = path.parent
+    return WorkspaceConfig(
+        database_url=_database_url(root, data.get("database", {}), path),
+        busy_timeout_s=_positive_float(
+            data.get("database", {}).get("busy_timeout_s", 10.0), "database.busy_timeout_s", path
+        ),
+        legend=_legend(data.get("legend"), path),
+        um_per_px=_positive_float(
+            data.get("metrology", {}).get("um_per_px", DEFAULT_UM_PER_PX),
+            "metrology.um_per_px",
+            path,
+        ),
+        output_dir=root / str(data.get("output", {}).get("dir", "out")),
+        models=_models(data.get("models", {}), path),
+        roles=_roles(data.get("roles", {}), data.get("models", {}), path),
+    )
+
+
+def _database_url(root: Path, section: dict, path: Path) -> str:
+    url = section.get("url", "sqlite:///kb.sqlite")
+    if not isinstance(url, str) or "://" not in url:
+        raise WorkspaceError(f"{path}: database.url must be an SQLAlchemy URL, got {url!r}")
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and url != "sqlite:///:memory:":
+        file = Path(url[len(prefix) :])
+        if not file.is_absolute():
+            url = prefix + str(root / file)
+    return url
+
+
+def _legend(section: dict | None, path: Path) -> dict[str, RGB]:
+    if section is None:
+        return dict(DEFAULT_LEGEND)
+    legend: dict[str, RGB] = {}
+    for name, colour in section.items():
+        if (
+            not isinstance(colour, list)
+            or len(colour) != 3
+            or not all(isinstance(c, int) and 0 <= c <= 255 for c in colour)
+        ):
+            raise WorkspaceError(f"{path}: legend.{name} must be [R, G, B] with 0-255 integers")
+        legend[name] = (colour[0], colour[1], colour[2])
+    return legend
+
+
+def _positive_float(value: object, key: str, path: Path) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise WorkspaceError(f"{path}: {key} must be a positive number, got {value!r}")
+    return float(value)
+
+
+def _models(section: dict, path: Path) -> dict[str, ModelSpec]:
+    models = {}
+    for name, entry in section.items():
+        if not isinstance(entry, dict):
+            raise WorkspaceError(f"{path}: [models.{name}] must be a table")
+        unknown = set(entry) - _MODEL_KEYS
+        if unknown:
+            raise WorkspaceError(f"{path}: [models.{name}] has unknown key(s) {sorted(unknown)}")
+        for key in ("backend", "source"):
+            if not isinstance(entry.get(key), str) or not entry[key]:
+                raise WorkspaceError(f"{path}: [models.{name}] needs a non-empty `{key}`")
+        source = entry["source"]
+        if source.startswith((".", "/", "~")):
+            source = str((path.parent / Path(source).expanduser()).resolve())
+        batch = entry.get("batch_size", 16)
+        if not isinstance(batch, int) or batch < 1:
+            raise WorkspaceError(f"{path}: [models.{name}] batch_size must be a positive integer")
+        models[name] = ModelSpec(
+            name=name, backend=entry["backend"], source=source, batch_size=batch
+        )
+    return models
+
+
+def _roles(section: dict, models: dict, path: Path) -> dict[str, str | None]:
+    unknown = set(section) - set(ROLES)
+    if unknown:
+        raise WorkspaceError(
+            f"{path}: [roles] has unknown role(s) {sorted(unknown)}; roles: {ROLES}"
+        )
+    roles: dict[str, str | None] = {}
+    for role in ROLES:
+        name = section.get(role) or None
+        if name is not None and name not in models:
+            raise WorkspaceError(
+                f"{path}: role {role!r} is bound to model {name!r}, which has no [models.{name}]"
+            )
+        roles[role] = name
+    return roles

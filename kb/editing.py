@@ -1,0 +1,113 @@
+"""Writing rules/ from the command line, so the files in git stay the source of truth."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+
+from kb.config import Workspace
+from kb.errors import RulesError
+from kb.rules import ASSESSMENTS_DIR, POLARITIES, REFERENCES_DIR
+
+KEY_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def check_key(key: str) -> str:
+    if not KEY_PATTERN.match(key):
+        raise RulesError(
+            f"invalid key {key!r}: use letters, digits, '-', '_' or '.', starting with a letter "
+            "or digit (e.g. EA-7)"
+        )
+    return key
+
+
+def _toml_string(text: str) -> str:
+    """A TOML basic string (JSON's escapes are a subset TOML accepts)."""
+    return json.dumps(text, ensure_ascii=False)
+
+
+def _toml_list(items: Sequence[str]) -> str:
+    if not items:
+        return "[]"
+    return "[\n" + "".join(f"    {_toml_string(i)},\n" for i in items) + "]"
+
+
+def assessment_text(
+    key: str,
+    name: str,
+    criterion: str,
+    parent: str,
+    positive: Sequence[str],
+    negative: Sequence[str],
+    threshold: float = 0.0,
+    review_margin: float = 0.0,
+    fusion: str = "zsum",
+) -> str:
+    return (
+        f"key = {_toml_string(key)}\n"
+        f"name = {_toml_string(name)}\n"
+        f"parent = {_toml_string(parent)}\n"
+        f"criterion = {_toml_string(criterion)}\n"
+        "\n[prompts]\n"
+        f"positive = {_toml_list(positive)}\n"
+        f"negative = {_toml_list(negative)}\n"
+        "\n[decision]\n"
+        f"fusion = {_toml_string(fusion)}\n"
+        f"threshold = {threshold!r}\n"
+        f"review_margin = {review_margin!r}\n"
+    )
+
+
+def write_assessment(workspace: Workspace, key: str, text: str) -> Path:
+    """Create rules/assessments/KEY.toml; an existing assessment is never overwritten."""
+    path = workspace.rules_dir / ASSESSMENTS_DIR / f"{check_key(key)}.toml"
+    if path.exists():
+        raise RulesError(
+            f"rules/{ASSESSMENTS_DIR}/{key}.toml already exists; edit that file instead"
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def copy_references(
+    workspace: Workspace, key: str, images: Sequence[Path], polarity: str
+) -> list[Path]:
+    """Copy images under rules/references/KEY/POLARITY/; returns only the files it created.
+
+    Every image is checked before anything is copied, so a bad file leaves rules/ untouched.
+    """
+    if polarity not in POLARITIES:
+        raise RulesError(f"polarity must be one of {POLARITIES}")
+    if not (workspace.rules_dir / ASSESSMENTS_DIR / f"{check_key(key)}.toml").is_file():
+        raise RulesError(f"no assessment {key!r} in rules/{ASSESSMENTS_DIR}/; add it first")
+    for image in images:
+        try:
+            with Image.open(image) as opened:
+                opened.verify()
+        except FileNotFoundError:
+            raise RulesError(f"{image}: no such file") from None
+        except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
+            raise RulesError(f"{image}: not a readable image ({exc})") from None
+    target_dir = workspace.rules_dir / REFERENCES_DIR / key / polarity
+    target_dir.mkdir(parents=True, exist_ok=True)
+    created = []
+    for image in images:
+        data = Path(image).read_bytes()
+        target = target_dir / Path(image).name
+        if target.exists():
+            if target.read_bytes() == data:
+                continue
+            digest = hashlib.sha256(data).hexdigest()[:10]
+            target = target_dir / f"{Path(image).stem}-{digest}{Path(image).suffix}"
+            if target.exists():
+                continue
+        shutil.copyfile(image, target)
+        created.append(target)
+    return created

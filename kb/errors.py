@@ -1,0 +1,31 @@
+"""Errors a person can act on: one line saying what is wrong and how to fix it."""
+
+from __future__ import annotations
+
+
+class VLKBError(Exception):
+    """Base of every error VLKB reports to a user instead of a traceback."""
+
+
+class WorkspaceError(VLKBError):
+    """The workspace folder or its kb.toml is missing or malformed."""
+
+
+class RulesError(VLKBError):
+    """A file under rules/ does not compile; the message names the file and the problem."""
+
+
+class DatabaseError(VLKBError):
+    """The knowledge base cannot be opened, is locked, read-only or from a newer schema."""
+
+
+class ImageError(VLKBError):
+    """A sample image cannot be read or is not something VLKB can judge."""
+
+
+class ModelLoadError(VLKBError):
+    """A configured model cannot be loaded; the message says how to provide it."""
+
+
+class NotFoundError(VLKBError):
+    """An ID or key given on the command line does not exist."""

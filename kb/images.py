@@ -1,0 +1,53 @@
+"""Content-addressed image records: a thumbnail for every image, full bytes for references."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+from PIL import Image
+from sqlmodel import Session
+
+from kb.tables import ImageRecord
+
+THUMBNAIL_PX = 320
+
+
+def thumbnail_png(image: Image.Image) -> bytes:
+    """A small PNG that lets a report show the image even after the file has moved."""
+    thumb = image.convert("RGB")
+    thumb.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX), Image.Resampling.NEAREST)
+    buffer = io.BytesIO()
+    thumb.save(buffer, format="PNG", optimize=False)
+    return buffer.getvalue()
+
+
+def store_image(
+    session: Session, sha256: str, image: Image.Image, fmt: str, data: bytes | None = None
+) -> ImageRecord:
+    """Insert the image once; later calls with the same SHA-256 return the existing row."""
+    existing = session.get(ImageRecord, sha256)
+    if existing is not None:
+        if data is not None and existing.data is None:
+            existing.data = data
+            session.add(existing)
+        return existing
+    record = ImageRecord(
+        sha256=sha256,
+        width=image.width,
+        height=image.height,
+        format=fmt,
+        thumbnail_png=thumbnail_png(image),
+        data=data,
+    )
+    session.add(record)
+    return record
+
+
+def store_image_file(session: Session, path: Path, sha256: str, keep_bytes: bool) -> ImageRecord:
+    data = path.read_bytes()
+    with Image.open(io.BytesIO(data)) as image:
+        image.load()
+        return store_image(
+            session, sha256, image, image.format or "unknown", data if keep_bytes else None
+        )
