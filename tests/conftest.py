@@ -1,0 +1,28 @@
+"""Session fixtures: the hub is never used, and tiny real CLIP / FLAVA models are built once."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Set before anything imports huggingface_hub / transformers (they read these at import time).
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A saved random-weight CLIP (config, safetensors, tokenizer, image processor)."""
+    from tests.model_factory import build_tiny_clip
+
+    return build_tiny_clip(tmp_path_factory.mktemp("models") / "tiny-clip")
+
+
+@pytest.fixture(scope="session")
+def tiny_flava_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A saved random-weight FLAVA (config, safetensors, tokenizer, image processor)."""
+    from tests.model_factory import build_tiny_flava
+
+    return build_tiny_flava(tmp_path_factory.mktemp("models") / "tiny-flava")
