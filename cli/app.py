@@ -1,0 +1,409 @@
+"""The `kb` command: parse, call kb/engine, print. No logic of its own."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.tree import Tree
+
+from kb.config import Workspace
+from kb.errors import VLKBError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+app = typer.Typer(
+    name="kb",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode=None,
+    help="VLKB: qualify additively manufactured micrographs against expert criteria.",
+)
+audit_app = typer.Typer(no_args_is_help=True, help="Check the audit log.")
+app.add_typer(audit_app, name="audit")
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+WorkspaceOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--workspace",
+        "-w",
+        envvar="KB_WORKSPACE",
+        show_envvar=True,
+        help="Workspace folder (default: current directory).",
+    ),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document only.")]
+VERDICT_STYLE = {"accept": "green", "reject": "red", "review": "yellow", "not_assessed": "dim"}
+
+
+def reports_errors(command: F) -> F:
+    """Turn a VLKBError into one line on stderr and exit status 1."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except VLKBError as exc:
+            err.print(f"error: {exc}", markup=False)
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def print_json(document: Any) -> None:
+    sys.stdout.write(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
+
+
+def verdict_text(verdict: str) -> str:
+    return f"[{VERDICT_STYLE.get(verdict, '')}]{verdict}[/]"
+
+
+# --- workspace and rules -----------------------------------------------------------------
+
+
+@app.command()
+@reports_errors
+def init(
+    directory: Annotated[Path, typer.Argument(help="Folder for the new workspace.")],
+    clip: Annotated[
+        str | None, typer.Option(help="Source of the CLIP model (hub id or dir).")
+    ] = None,
+    flava: Annotated[str | None, typer.Option(help="Source of the FLAVA model.")] = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Create a workspace: kb.toml and rules/ with a root gate."""
+    from kb.init import HUB_CLIP, HUB_FLAVA, init_workspace
+
+    ws = init_workspace(directory, clip or HUB_CLIP, flava or HUB_FLAVA)
+    if json_output:
+        print_json({"workspace": str(ws.root)})
+    else:
+        out.print(f"Created workspace {ws.root}; add assessments with `kb add-assessment`.")
+
+
+def _print_sync(result: Any, json_output: bool) -> None:
+    if json_output:
+        print_json(result.to_dict())
+        return
+    if result.created:
+        out.print(f"Ruleset version {result.version} ({result.content_hash[:12]}) created.")
+        for line in result.diff.lines():
+            out.print(f"  {line}", markup=False)
+    else:
+        out.print(f"Rules unchanged; ruleset version {result.version} is current.")
+    for note in result.uncalibrated:
+        err.print(f"note: {note}", markup=False)
+
+
+@app.command()
+@reports_errors
+def sync(workspace: WorkspaceOption = None, json_output: JsonOption = False) -> None:
+    """Compile rules/ into a new ruleset version if it changed; embed prompts and references."""
+    from engine.sync import sync_workspace
+
+    _print_sync(sync_workspace(Workspace.open(workspace)), json_output)
+
+
+@app.command("add-assessment")
+@reports_errors
+def add_assessment(
+    key: Annotated[str, typer.Argument(help="Assessment key, e.g. EA-7.")],
+    name: Annotated[str, typer.Option(help="Short name.")],
+    criterion: Annotated[str, typer.Option(help="The acceptance criterion in the expert's words.")],
+    positive: Annotated[list[str], typer.Option(help="A prompt describing an acceptable part.")],
+    negative: Annotated[list[str], typer.Option(help="A prompt describing a rejectable part.")],
+    parent: Annotated[str | None, typer.Option(help="Parent gate (default: the root).")] = None,
+    threshold: Annotated[float, typer.Option(help="Fused-score threshold.")] = 0.0,
+    review_margin: Annotated[float, typer.Option(help="Scores this close go to review.")] = 0.0,
+    workspace: WorkspaceOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Write rules/assessments/KEY.toml and sync."""
+    from engine.sync import sync_or_undo
+    from kb.editing import assessment_text, write_assessment
+    from kb.rules import compile_rules
+
+    ws = Workspace.open(workspace)
+    parent = parent or compile_rules(ws.rules_dir).root
+    text = assessment_text(
+        key,
+        name,
+        criterion,
+        parent,
+        positive,
+        negative,
+        threshold=threshold,
+        review_margin=review_margin,
+    )
+    path = write_assessment(ws, key, text)
+    _print_sync(sync_or_undo(ws, [path]), json_output)
+
+
+@app.command("add-reference")
+@reports_errors
+def add_reference(
+    key: Annotated[str, typer.Argument(help="Assessment key.")],
+    images: Annotated[list[Path], typer.Argument(help="Reference micrographs to copy.")],
+    positive: Annotated[
+        bool, typer.Option("--positive", help="Examples of acceptable parts.")
+    ] = False,
+    negative: Annotated[
+        bool, typer.Option("--negative", help="Examples of rejectable parts.")
+    ] = False,
+    workspace: WorkspaceOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Copy reference images under rules/references/KEY/ and sync."""
+    from engine.sync import sync_or_undo
+    from kb.editing import copy_references
+
+    if positive == negative:
+        raise VLKBError(
+            "say whether the images are --positive or --negative examples (one of them)"
+        )
+    ws = Workspace.open(workspace)
+    created = copy_references(ws, key, images, "positive" if positive else "negative")
+    _print_sync(sync_or_undo(ws, created, expect_references=key), json_output)
+
+
+@app.command()
+@reports_errors
+def tree(workspace: WorkspaceOption = None, json_output: JsonOption = False) -> None:
+    """Show the detection tree of the rules as they are now."""
+    from engine.sync import compile_workspace
+    from engine.tree import build_tree
+
+    ruleset = compile_workspace(Workspace.open(workspace))
+    graph = build_tree(ruleset)
+    if json_output:
+        nodes = [
+            {
+                "key": key,
+                "kind": data["kind"],
+                "label": data["label"],
+                "parent": next(iter(graph.predecessors(key)), None),
+            }
+            for key, data in graph.nodes(data=True)
+        ]
+        print_json({"root": ruleset.root, "hash": ruleset.content_hash, "nodes": nodes})
+        return
+    view = Tree(
+        f"[bold]{graph.nodes[ruleset.root]['label']}[/] ({ruleset.root}, "
+        f"{graph.nodes[ruleset.root]['rule']})"
+    )
+
+    def add(parent_view: Tree, key: str) -> None:
+        for child in graph.successors(key):
+            data = graph.nodes[child]
+            label = data["label"]
+            if data["kind"] == "gate":
+                label = f"[bold]{label}[/] ({child}, {data['rule']})"
+            elif data["kind"] == "assessment":
+                label = f"[cyan]{child}[/] {label}"
+            for pre in data.get("preconditions", ()):
+                label += f" [dim]if {pre.node} is {'/'.join(pre.verdicts)}[/]"
+            add(parent_view.add(label), child)
+
+    add(view, ruleset.root)
+    out.print(view)
+
+
+# --- qualification -------------------------------------------------------------------------
+
+
+@app.command()
+@reports_errors
+def qualify(
+    images: Annotated[list[Path], typer.Argument(help="Micrographs to qualify.")],
+    normalize: Annotated[
+        str, typer.Option(help="z-score statistics: batch or calibrated.")
+    ] = "calibrated",
+    um_per_px: Annotated[
+        float | None, typer.Option("--um-per-px", help="Pixel size for this run.")
+    ] = None,
+    operator: Annotated[
+        str | None, typer.Option(help="Who runs this (default: user name).")
+    ] = None,
+    workspace: WorkspaceOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Judge micrographs against the current ruleset and store them in the audit log."""
+    from engine.qualify import QualifyOptions, qualify_paths
+
+    if um_per_px is not None and um_per_px <= 0:
+        raise VLKBError("--um-per-px must be a positive number of micrometres per pixel")
+    options = QualifyOptions(normalize=normalize, um_per_px=um_per_px, operator=operator)
+    outcome = qualify_paths(Workspace.open(workspace), images, options)
+    for failure in outcome.failures:
+        err.print(f"error: {failure.error}", markup=False)
+    if json_output:
+        print_json(
+            {
+                "qualifications": [r.to_dict() for r in outcome.results],
+                "failures": [f.to_dict() for f in outcome.failures],
+            }
+        )
+    else:
+        _print_qualifications(outcome.results)
+    if outcome.failures:
+        err.print(
+            f"{len(outcome.failures)} of {len(images)} file(s) failed; "
+            f"{len(outcome.results)} qualified and stored.",
+            markup=False,
+        )
+        raise typer.Exit(1)
+
+
+def _print_qualifications(results: list[Any]) -> None:
+    if not results:
+        return
+    keys = [n.key for n in results[0].nodes if n.kind == "assessment"]
+    table = Table(
+        title=f"Qualification (ruleset v{results[0].ruleset_version}, "
+        f"{results[0].normalization} normalisation)"
+    )
+    table.add_column("ID", justify="right")
+    table.add_column("sample")
+    table.add_column("verdict")
+    for key in keys:
+        table.add_column(key)
+    for r in results:
+        by_key = {n.key: n.verdict for n in r.nodes}
+        table.add_row(
+            str(r.id),
+            Path(r.sample_path).name,
+            verdict_text(r.verdict),
+            *(verdict_text(by_key[k]) for k in keys),
+        )
+    out.print(table)
+
+
+# --- models and the audit log ------------------------------------------------------------
+
+
+@app.command()
+@reports_errors
+def models(workspace: WorkspaceOption = None, json_output: JsonOption = False) -> None:
+    """Configured models, where their weights come from and whether they load offline."""
+    from engine.catalog import model_statuses
+
+    statuses = model_statuses(Workspace.open(workspace))
+    if json_output:
+        print_json({"models": [s.to_dict() for s in statuses]})
+        return
+    table = Table(title="Models")
+    for column in ("name", "backend", "roles", "source", "offline", "fingerprint"):
+        table.add_column(column)
+    for s in statuses:
+        table.add_row(
+            s.name,
+            s.backend,
+            ", ".join(s.roles) or "-",
+            s.source,
+            "[green]yes[/]" if s.available else "[red]no[/]",
+            (s.fingerprint or "")[:12],
+        )
+    out.print(table)
+    for s in statuses:
+        if not s.available:
+            err.print(f"note: {s.name}: {s.detail}", markup=False)
+    for role in statuses[0].unbound_roles if statuses else []:
+        err.print(f"note: role {role!r} is unbound", markup=False)
+
+
+@app.command()
+@reports_errors
+def history(
+    limit: Annotated[int, typer.Option(help="Newest N qualifications.")] = 50,
+    workspace: WorkspaceOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """The audit log, newest first."""
+    from engine.history import list_qualifications
+
+    rows = list_qualifications(Workspace.open(workspace), limit=limit)
+    if json_output:
+        print_json({"qualifications": rows})
+        return
+    table = Table(title="History")
+    for column in ("ID", "time (UTC)", "sample", "verdict", "ruleset", "operator"):
+        table.add_column(column)
+    for r in rows:
+        table.add_row(
+            str(r["id"]),
+            r["created_at"],
+            Path(r["sample"]["path"]).name,
+            verdict_text(r["verdict"]),
+            f"v{r['ruleset']['version']}",
+            r["operator"],
+        )
+    out.print(table)
+
+
+@app.command()
+@reports_errors
+def show(
+    qualification_id: Annotated[int, typer.Argument(metavar="ID")],
+    workspace: WorkspaceOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """One qualification as stored, with every node's rationale."""
+    from engine.history import load_qualification
+
+    doc = load_qualification(Workspace.open(workspace), qualification_id)
+    if json_output:
+        print_json(doc)
+        return
+    out.print(
+        f"[bold]Qualification {doc['id']}[/] {doc['created_at']} UTC: "
+        f"{verdict_text(doc['verdict'])}"
+    )
+    out.print(f"sample {doc['sample']['path']} (sha256 {doc['sample']['sha256']})", markup=False)
+    out.print(
+        f"ruleset v{doc['ruleset']['version']} ({doc['ruleset']['hash'][:12]}), "
+        f"{doc['normalization']} normalisation, operator {doc['operator']}",
+        markup=False,
+    )
+    for node in doc["nodes"]:
+        out.print(
+            f"- {node['key']} [{VERDICT_STYLE.get(node['verdict'], '')}]{node['verdict']}[/]: ",
+            end="",
+        )
+        out.print(node["rationale"], markup=False)
+
+
+@audit_app.command("verify")
+@reports_errors
+def audit_verify(workspace: WorkspaceOption = None, json_output: JsonOption = False) -> None:
+    """Recompute the hash chain of the audit log; exit 1 at the first record that differs."""
+    from engine.history import verify_audit_log
+
+    report = verify_audit_log(Workspace.open(workspace))
+    if json_output:
+        print_json(
+            {
+                "ok": report.ok,
+                "checked": report.checked,
+                "first_bad_id": report.first_bad_id,
+                "problem": report.problem,
+            }
+        )
+    elif report.ok:
+        out.print(f"Audit log intact: {report.checked} record(s) verified.")
+    if not report.ok:
+        err.print(f"error: audit log record {report.first_bad_id} {report.problem}", markup=False)
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    app()

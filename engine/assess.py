@@ -1,0 +1,140 @@
+"""Judging one assessment for one sample: fuse the VLR z-scores, check the measurement
+rules, combine them into a verdict and say why in plain sentences.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from engine.results import MeasurementEvidence, NodeResult, VLREvidence
+from engine.scoring import decide, fuse, judge_measurement
+from kb.rules import Assessment, Decision
+
+SEVERITY = ("reject", "review", "accept")  # the strictest verdict of the evidence wins
+
+
+def measurement_evidence(
+    assessment: Assessment, quantities: dict[str, float], unmeasurable: dict[str, str]
+) -> list[MeasurementEvidence]:
+    """Every measurement rule judged; a quantity that could not be measured goes to review."""
+    evidence = []
+    for rule in assessment.measurements:
+        value = quantities.get(rule.quantity)
+        if value is None:
+            why = unmeasurable.get(rule.quantity, "not measured")
+            evidence.append(
+                MeasurementEvidence(
+                    rule.quantity,
+                    None,
+                    rule.op,
+                    rule.limit,
+                    rule.unit,
+                    rule.uncertainty,
+                    "review",
+                    note=f"could not be measured: {why}",
+                )
+            )
+            continue
+        verdict = judge_measurement(value, rule.op, rule.limit, rule.uncertainty)
+        evidence.append(
+            MeasurementEvidence(
+                rule.quantity, value, rule.op, rule.limit, rule.unit, rule.uncertainty, verdict
+            )
+        )
+    return evidence
+
+
+def judge_assessment(
+    assessment: Assessment,
+    vlr: Sequence[VLREvidence],
+    measurements: Sequence[MeasurementEvidence],
+    decision: Decision | None = None,
+) -> NodeResult:
+    """The assessment's verdict: every kind of evidence must accept; the strictest one wins."""
+    decision = decision or assessment.decision
+    usable = [e for e in vlr if e.usable]
+    score = None
+    vlr_verdict = None
+    if usable:
+        score = fuse({e.role: float(e.z) for e in usable}, decision.fusion, decision.weights)
+        vlr_verdict = decide(score, decision.threshold, decision.review_margin)
+    verdicts = ([vlr_verdict] if vlr_verdict else []) + [m.verdict for m in measurements]
+    verdict = min(verdicts, key=SEVERITY.index) if verdicts else "not_assessed"
+    sentences = [f"{assessment.name}: {verdict}."]
+    sentences += [_measurement_sentence(m) for m in measurements]
+    if usable:
+        sentences.append(_fusion_sentence(usable, score, vlr_verdict, decision))
+    sentences += [_vlr_sentence(e) for e in vlr]
+    if not verdicts:
+        sentences.append("No evidence could be used, so nothing was judged.")
+    return NodeResult(
+        key=assessment.key,
+        kind="assessment",
+        parent=assessment.parent,
+        name=assessment.name,
+        verdict=verdict,
+        rationale=" ".join(sentences),
+        score=score,
+        threshold=decision.threshold if usable else None,
+        review_margin=decision.review_margin if usable else None,
+        fusion=decision.fusion if usable else None,
+        criterion=assessment.criterion,
+        evidence=(*vlr, *measurements),
+        measurements={m.quantity: m.value for m in measurements if m.value is not None},
+    )
+
+
+_OP_WORDS = {"<=": "at most", "<": "below", ">=": "at least", ">": "above"}
+
+
+def _measurement_sentence(m: MeasurementEvidence) -> str:
+    bound = f"{_OP_WORDS[m.op]} {m.limit:g} {m.unit}"
+    if m.value is None:
+        return f"The {m.quantity} must be {bound} but {m.note}; a person should check it."
+    outcome = {
+        "accept": "meets the limit",
+        "reject": "fails the limit",
+        "review": f"is within ±{m.uncertainty:g} of the limit, so it needs review",
+    }[m.verdict]
+    return f"Measured {m.quantity} = {m.value:.4g} {m.unit} (must be {bound}) {outcome}."
+
+
+def _fusion_sentence(
+    usable: Sequence[VLREvidence], score: float | None, verdict: str | None, decision: Decision
+) -> str:
+    parts = ", ".join(f"{e.role} z = {e.z:+.2f}" for e in usable)
+    how = "sum" if decision.fusion == "zsum" else "weighted mean"
+    relation = {
+        "accept": "at or above",
+        "reject": "below",
+        "review": "too close to",
+    }[verdict or "review"]
+    band = f" (review band ±{decision.review_margin:g})" if decision.review_margin > 0 else ""
+    return (
+        f"Vision-language score {score:+.2f} ({how} of {parts}) is {relation} "
+        f"the threshold {decision.threshold:+.2f}{band}."
+    )
+
+
+def _vlr_sentence(e: VLREvidence) -> str:
+    what = "prompts" if e.role == "text" else "reference images"
+    if not e.usable:
+        return f"The {e.role} evidence was not used: {e.note}."
+    side = "positive" if (e.delta or 0) >= 0 else "negative"
+    text = (
+        f"Against the {what} ({e.model}) the sample is closer to the {side} ones "
+        f"(net similarity {e.delta:+.4f}, z = {e.z:+.2f} with mu {e.mu:+.4f}, "
+        f"sigma {e.sigma:.4f} from {e.normalization})"
+    )
+    pos, neg = e.closest("positive"), e.closest("negative")
+    if pos and neg:
+        text += (
+            f"; nearest positive: {_short(pos.label)} ({pos.similarity:.3f}), "
+            f"nearest negative: {_short(neg.label)} ({neg.similarity:.3f})"
+        )
+    return text + "."
+
+
+def _short(label: str, limit: int = 70) -> str:
+    label = label if len(label) <= limit else label[: limit - 1] + "…"
+    return f"“{label}”"

@@ -1,0 +1,54 @@
+"""What `kb models` reports: each configured model, its roles and whether it loads offline."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from engine.encoders import BACKENDS, model_fingerprint, offline_status
+from kb.config import ROLES, Workspace
+
+
+@dataclass(frozen=True)
+class ModelStatus:
+    name: str
+    backend: str
+    source: str
+    roles: list[str]
+    available: bool
+    detail: str  # the local directory, or why the weights are not available and how to get them
+    fingerprint: str | None
+    unbound_roles: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "backend": self.backend,
+            "source": self.source,
+            "roles": self.roles,
+            "offline": self.available,
+            "detail": self.detail,
+            "fingerprint": self.fingerprint,
+        }
+
+
+def model_statuses(workspace: Workspace) -> list[ModelStatus]:
+    """Checks the files only: nothing is loaded and the network is never touched."""
+    config = workspace.config
+    unbound = [role for role in ROLES if config.roles.get(role) is None]
+    statuses = []
+    for spec in config.models.values():
+        roles = [role for role in ROLES if config.roles.get(role) == spec.name]
+        if spec.backend not in BACKENDS:
+            available, detail = False, f"unknown backend {spec.backend!r}; use one of {BACKENDS}"
+        else:
+            available, detail = offline_status(spec)
+        fingerprint = None
+        if available:
+            fingerprint = model_fingerprint(Path(detail))
+        statuses.append(
+            ModelStatus(
+                spec.name, spec.backend, spec.source, roles, available, detail, fingerprint, unbound
+            )
+        )
+    return statuses

@@ -1,0 +1,41 @@
+"""Embedding through the KB cache: each image or text is embedded once per model, ever."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+from PIL import Image
+from sqlmodel import Session
+
+from engine.encoders import Encoder
+from kb.embeddings import cached_embeddings, store_embeddings
+from kb.rules import Prompt
+
+
+def embed_images(
+    session: Session, encoder: Encoder, images: Mapping[str, Callable[[], Image.Image]]
+) -> dict[str, np.ndarray]:
+    """Vectors for images keyed by SHA-256; only cache misses are decoded and encoded."""
+    vectors = cached_embeddings(session, encoder.fingerprint, "image", images)
+    missing = [sha for sha in images if sha not in vectors]
+    for start in range(0, len(missing), encoder.spec.batch_size):
+        chunk = missing[start : start + encoder.spec.batch_size]
+        fresh = encoder.embed_images([images[sha]() for sha in chunk])
+        new = dict(zip(chunk, fresh, strict=True))
+        store_embeddings(session, encoder.fingerprint, "image", new)
+        vectors.update(new)
+    return vectors
+
+
+def embed_prompts(session: Session, encoder: Encoder, prompts: Sequence[Prompt]) -> np.ndarray:
+    """Prompt vectors in the order given, through the cache."""
+    by_sha = {p.sha256: p.text for p in prompts}
+    vectors = cached_embeddings(session, encoder.fingerprint, "text", by_sha)
+    missing = [sha for sha in by_sha if sha not in vectors]
+    if missing:
+        fresh = encoder.embed_texts([by_sha[sha] for sha in missing])
+        new = dict(zip(missing, fresh, strict=True))
+        store_embeddings(session, encoder.fingerprint, "text", new)
+        vectors.update(new)
+    return np.stack([vectors[p.sha256] for p in prompts]) if prompts else np.zeros((0, 0))

@@ -1,0 +1,176 @@
+"""Vision-language evidence of an assessment: embedded prompt and reference sets, their
+net similarity to samples, and the statistics that standardise it.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+from sqlmodel import Session, col, select
+
+from engine.embedding import embed_images, embed_prompts
+from engine.encoders import Encoder
+from engine.scoring import (
+    Normalization,
+    leave_one_out_deltas,
+    mean_direction,
+    net_similarity,
+    population_stats,
+)
+from kb.rules import Assessment
+from kb.tables import ImageRecord, NormalizationStat
+
+
+@dataclass(frozen=True)
+class EvidenceSet:
+    """The embedded positive and negative items of one assessment for one role."""
+
+    role: str
+    labels: tuple[str, ...]
+    polarities: tuple[str, ...]
+    vectors: np.ndarray  # (items, dim), rows L2-normalised
+
+    def _of(self, polarity: str) -> np.ndarray:
+        return self.vectors[[p == polarity for p in self.polarities]]
+
+    @property
+    def positives(self) -> np.ndarray:
+        return self._of("positive")
+
+    @property
+    def negatives(self) -> np.ndarray:
+        return self._of("negative")
+
+    def deltas(self, samples: np.ndarray) -> np.ndarray:
+        """Net similarity of each sample row to this set."""
+        return net_similarity(
+            samples, mean_direction(self.positives), mean_direction(self.negatives)
+        )
+
+    def similarities(self, samples: np.ndarray) -> np.ndarray:
+        """Cosine of each sample (rows) to each item (columns)."""
+        return np.atleast_2d(samples) @ self.vectors.T
+
+
+def reference_image_loader(session: Session, sha256: str):
+    """Reference images come from the KB's stored bytes, exactly as the ruleset version saw them."""
+
+    def load() -> Image.Image:
+        record = session.get(ImageRecord, sha256)
+        if record is None or record.data is None:
+            raise LookupError(f"reference image {sha256[:12]} is not stored in the knowledge base")
+        with Image.open(io.BytesIO(record.data)) as image:
+            return image.convert("RGB")
+
+    return load
+
+
+def evidence_set(
+    session: Session, assessment: Assessment, role: str, encoder: Encoder
+) -> EvidenceSet | None:
+    """Embed (through the cache) what this role compares against; None if it cannot score yet."""
+    if not assessment.items_of(role) or assessment.one_sided(role):
+        return None
+    if role == "text":
+        vectors = embed_prompts(session, encoder, assessment.prompts)
+        labels = tuple(p.text for p in assessment.prompts)
+        polarities = tuple(p.polarity for p in assessment.prompts)
+    else:
+        refs = assessment.references
+        by_sha = embed_images(
+            session, encoder, {r.sha256: reference_image_loader(session, r.sha256) for r in refs}
+        )
+        vectors = np.stack([by_sha[r.sha256] for r in refs])
+        labels = tuple(r.path for r in refs)
+        polarities = tuple(r.polarity for r in refs)
+    return EvidenceSet(role, labels, polarities, np.asarray(vectors, dtype=np.float64))
+
+
+def reference_deltas(
+    session: Session, assessment: Assessment, role: str, encoder: Encoder, items: EvidenceSet
+) -> np.ndarray:
+    """Deltas of the assessment's own reference images, the basis of reference calibration.
+
+    For the image role a reference is left out of its own mean (leave-one-out); for the text
+    role the references are simply scored against the prompts.
+    """
+    if role == "image":
+        return leave_one_out_deltas(items.positives, items.negatives)
+    if not assessment.references:
+        return np.zeros(0)
+    refs = assessment.references
+    by_sha = embed_images(
+        session, encoder, {r.sha256: reference_image_loader(session, r.sha256) for r in refs}
+    )
+    return items.deltas(np.stack([by_sha[r.sha256] for r in refs]))
+
+
+def ensure_reference_stats(
+    session: Session,
+    ruleset_id: int,
+    assessment: Assessment,
+    role: str,
+    encoder: Encoder,
+    items: EvidenceSet,
+) -> NormalizationStat | None:
+    """Store mu and sigma from the references once per ruleset, assessment, role and model."""
+    existing = session.exec(
+        select(NormalizationStat).where(
+            NormalizationStat.ruleset_id == ruleset_id,
+            NormalizationStat.assessment_key == assessment.key,
+            NormalizationStat.role == role,
+            NormalizationStat.model_fingerprint == encoder.fingerprint,
+            NormalizationStat.source == "references",
+        )
+    ).first()
+    if existing is not None:
+        return existing
+    deltas = reference_deltas(session, assessment, role, encoder, items)
+    if deltas.size < 2:
+        return None
+    stats = population_stats(deltas, "references")
+    if stats.sigma <= 0:
+        return None
+    row = NormalizationStat(
+        ruleset_id=ruleset_id,
+        assessment_key=assessment.key,
+        role=role,
+        model_fingerprint=encoder.fingerprint,
+        source="references",
+        mu=stats.mu,
+        sigma=stats.sigma,
+        count=stats.count,
+    )
+    session.add(row)
+    session.flush()
+    return row
+
+
+def stored_normalization(
+    session: Session, ruleset_id: int, assessment_key: str, role: str, fingerprint: str
+) -> Normalization | None:
+    """The newest calibration for this assessment, role and model; else the reference one."""
+    rows = session.exec(
+        select(NormalizationStat)
+        .where(
+            NormalizationStat.ruleset_id == ruleset_id,
+            NormalizationStat.assessment_key == assessment_key,
+            NormalizationStat.role == role,
+            NormalizationStat.model_fingerprint == fingerprint,
+        )
+        .order_by(col(NormalizationStat.id).desc())
+    ).all()
+    chosen = next((r for r in rows if r.source == "calibration"), None) or next(
+        (r for r in rows if r.source == "references"), None
+    )
+    if chosen is None:
+        return None
+    source = (
+        f"calibration v{chosen.calibration_version}"
+        if chosen.source == "calibration"
+        else f"references (leave-one-out, n={chosen.count})"
+    )
+    return Normalization(chosen.mu, chosen.sigma, source, chosen.count)

@@ -1,0 +1,100 @@
+"""Reading sample micrographs safely: every way a file can be wrong becomes one clear error."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from kb.errors import ImageError
+
+MAX_PIXELS = 100_000_000  # 100 megapixels: far beyond any micrograph, far below a bomb
+MAX_FILE_BYTES = 512 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Sample:
+    """A decoded micrograph, its content address and how it was converted to 8-bit RGB."""
+
+    path: Path
+    sha256: str
+    image: Image.Image  # always mode RGB
+    format: str
+    conversion: str | None = None  # e.g. "palette to RGB"; None when it was RGB already
+
+
+def load_sample(path: Path) -> Sample:
+    """Read, hash and decode one image file into 8-bit RGB; raise ImageError naming the file."""
+    try:
+        if path.is_dir():
+            raise ImageError(f"{path}: is a folder, not an image file")
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise ImageError(f"{path}: file is {size / 2**20:.0f} MiB, larger than VLKB accepts")
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ImageError(f"{path}: no such file") from None
+    except PermissionError:
+        raise ImageError(f"{path}: permission denied; make the file readable") from None
+    return decode_sample(path, data)
+
+
+def decode_sample(path: Path, data: bytes) -> Sample:
+    """Decode bytes already read (the web upload path shares this with files on disk)."""
+    if not data:
+        raise ImageError(f"{path}: file is empty")
+    sha256 = hashlib.sha256(data).hexdigest()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            pixels = image.width * image.height
+            if pixels > MAX_PIXELS:
+                raise ImageError(_too_large(path, f"{image.width}x{image.height} pixels "))
+            fmt = image.format or "unknown"
+            image.load()
+    except ImageError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageError(
+            f"{path}: not an image VLKB can read; use PNG, JPEG, TIFF or BMP"
+        ) from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageError(_too_large(path)) from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageError(f"{path}: image data is damaged or truncated ({exc})") from None
+    if image.mode == "F":
+        raise ImageError(f"{path}: floating-point image; export the micrograph as 8- or 16-bit")
+    rgb, conversion = to_rgb(image)
+    return Sample(path=path, sha256=sha256, image=rgb, format=fmt, conversion=conversion)
+
+
+def _too_large(path: Path, size: str = "") -> str:
+    return (
+        f"{path}: {size}over the {MAX_PIXELS // 1_000_000} megapixel limit "
+        "(possible decompression bomb); downscale the micrograph"
+    )
+
+
+def to_rgb(image: Image.Image) -> tuple[Image.Image, str | None]:
+    """8-bit RGB for every mode a lab is likely to save; transparent areas become black."""
+    mode = image.mode
+    if mode == "RGB":
+        return image, None
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        array = np.clip(np.asarray(image, dtype=np.float64), 0, 65535)
+        scaled = (array / 257.0).round().astype(np.uint8)
+        return Image.fromarray(scaled).convert("RGB"), f"{mode} 16-bit grey scaled to 8-bit"
+    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        flat = Image.alpha_composite(background, rgba).convert("RGB")
+        return flat, f"{mode} with transparency flattened onto black"
+    if mode == "CMYK":
+        return image.convert("RGB"), "CMYK converted to RGB (colours approximate)"
+    return image.convert("RGB"), f"{mode} converted to RGB"

@@ -1,0 +1,50 @@
+"""The models a workspace binds to roles, each loaded at most once per command."""
+
+from __future__ import annotations
+
+from engine.encoders import Encoder, load_encoder
+from engine.results import ModelUse
+from kb.config import ROLES, ModelSpec, WorkspaceConfig
+
+
+class ModelSet:
+    """Lazy access to the encoder behind each role; a model bound to two roles loads once."""
+
+    def __init__(self, config: WorkspaceConfig) -> None:
+        self._config = config
+        self._loaded: dict[str, Encoder] = {}
+
+    def spec(self, role: str) -> ModelSpec | None:
+        return self._config.model_for_role(role)
+
+    def bound_roles(self) -> list[str]:
+        return [role for role in ROLES if self.spec(role) is not None]
+
+    def encoder(self, role: str) -> Encoder:
+        spec = self.spec(role)
+        if spec is None:
+            raise KeyError(f"role {role!r} is not bound to a model")
+        if spec.name not in self._loaded:
+            self._loaded[spec.name] = load_encoder(spec)
+        return self._loaded[spec.name]
+
+    def encoders(self) -> list[Encoder]:
+        """Every distinct encoder of the bound roles, loading them now."""
+        return list(
+            {
+                self.encoder(role).spec.name: self.encoder(role) for role in self.bound_roles()
+            }.values()
+        )
+
+    def uses(self) -> list[ModelUse]:
+        return [
+            ModelUse(
+                role=role,
+                name=enc.spec.name,
+                backend=enc.spec.backend,
+                source=enc.spec.source,
+                fingerprint=enc.fingerprint,
+            )
+            for role in self.bound_roles()
+            for enc in [self.encoder(role)]
+        ]

@@ -1,0 +1,200 @@
+"""Plain result objects of a qualification; reports and the CLI render these, nothing else.
+
+`to_dict` gives exactly the `kb qualify --json` shape of DESIGN.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ItemSimilarity:
+    """How close the sample is to one prompt or one reference image."""
+
+    polarity: str
+    label: str  # prompt text or reference path
+    similarity: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"polarity": self.polarity, "label": self.label, "similarity": self.similarity}
+
+
+@dataclass(frozen=True)
+class VLREvidence:
+    """Net similarity of the sample for one role, and how it was standardised."""
+
+    role: str  # "text" or "image"
+    model: str | None
+    fingerprint: str | None
+    delta: float | None = None
+    z: float | None = None
+    mu: float | None = None
+    sigma: float | None = None
+    normalization: str | None = None
+    items: tuple[ItemSimilarity, ...] = ()
+    note: str | None = None  # why the evidence could not be used, when it could not
+
+    @property
+    def usable(self) -> bool:
+        return self.z is not None
+
+    def closest(self, polarity: str) -> ItemSimilarity | None:
+        same = [i for i in self.items if i.polarity == polarity]
+        return max(same, key=lambda i: i.similarity) if same else None
+
+    def to_dict(self) -> dict[str, Any]:
+        closest = {p: self.closest(p) for p in ("positive", "negative")}
+        return {
+            "role": self.role,
+            "model": self.model,
+            "fingerprint": self.fingerprint,
+            "delta": self.delta,
+            "z": self.z,
+            "mu": self.mu,
+            "sigma": self.sigma,
+            "normalization": self.normalization,
+            "note": self.note,
+            "closest_positive": closest["positive"].to_dict() if closest["positive"] else None,
+            "closest_negative": closest["negative"].to_dict() if closest["negative"] else None,
+            "items": [i.to_dict() for i in self.items],
+        }
+
+
+@dataclass(frozen=True)
+class MeasurementEvidence:
+    """One measurement rule: measured value against its limit."""
+
+    quantity: str
+    value: float | None
+    op: str
+    limit: float
+    unit: str
+    uncertainty: float
+    verdict: str
+    note: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "role": "measurement",
+            "quantity": self.quantity,
+            "value": self.value,
+            "op": self.op,
+            "limit": self.limit,
+            "unit": self.unit,
+            "uncertainty": self.uncertainty,
+            "verdict": self.verdict,
+            "note": self.note,
+        }
+
+
+Evidence = VLREvidence | MeasurementEvidence
+
+
+@dataclass(frozen=True)
+class NodeResult:
+    """The verdict of one gate or assessment for one sample, with the numbers behind it."""
+
+    key: str
+    kind: str  # "gate" or "assessment"
+    parent: str | None
+    name: str
+    verdict: str
+    rationale: str
+    score: float | None = None
+    threshold: float | None = None
+    review_margin: float | None = None
+    fusion: str | None = None
+    criterion: str | None = None
+    evidence: tuple[Evidence, ...] = ()
+    measurements: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "kind": self.kind,
+            "parent": self.parent,
+            "name": self.name,
+            "verdict": self.verdict,
+            "score": self.score,
+            "threshold": self.threshold,
+            "review_margin": self.review_margin,
+            "fusion": self.fusion,
+            "criterion": self.criterion,
+            "rationale": self.rationale,
+            "evidence": [e.to_dict() for e in self.evidence],
+            "measurements": dict(self.measurements),
+        }
+
+
+@dataclass(frozen=True)
+class ModelUse:
+    """Which model played which role, pinned by fingerprint."""
+
+    role: str
+    name: str
+    backend: str
+    source: str
+    fingerprint: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "role": self.role,
+            "name": self.name,
+            "backend": self.backend,
+            "source": self.source,
+            "fingerprint": self.fingerprint,
+        }
+
+
+@dataclass
+class QualificationResult:
+    """One sample judged against one ruleset version: what gets stored and printed."""
+
+    sample_path: str
+    sample_sha256: str
+    verdict: str
+    ruleset_version: int
+    ruleset_hash: str
+    git_commit: str | None
+    models: list[ModelUse]
+    normalization: str
+    nodes: list[NodeResult]
+    software_version: str
+    operator: str
+    um_per_px: float
+    conversion: str | None = None
+    id: int | None = None
+    created_at: str | None = None
+    report: str | None = None
+
+    def document(self) -> dict[str, Any]:
+        """The stored record: everything except what is only known after storing."""
+        return {
+            "sample": {
+                "path": self.sample_path,
+                "sha256": self.sample_sha256,
+                "conversion": self.conversion,
+            },
+            "verdict": self.verdict,
+            "ruleset": {
+                "version": self.ruleset_version,
+                "hash": self.ruleset_hash,
+                "git_commit": self.git_commit,
+            },
+            "models": [m.to_dict() for m in self.models],
+            "normalization": self.normalization,
+            "um_per_px": self.um_per_px,
+            "software_version": self.software_version,
+            "operator": self.operator,
+            "nodes": [n.to_dict() for n in self.nodes],
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "created_at": self.created_at,
+            **self.document(),
+            "report": self.report,
+        }

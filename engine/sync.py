@@ -1,0 +1,158 @@
+"""`kb sync`: compile rules/, store a new ruleset version if it changed, and embed its
+prompts and references with the bound models so qualification finds them cached.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlmodel import Session
+
+from engine.evidence import ensure_reference_stats, evidence_set
+from engine.metrology import QUANTITIES
+from engine.models import ModelSet
+from engine.results import ModelUse
+from kb.config import Workspace
+from kb.errors import RulesError
+from kb.rules import Ruleset, compile_rules
+from kb.rulesets import (
+    RulesetDiff,
+    diff_rulesets,
+    git_state,
+    latest_version,
+    ruleset_of,
+    store_ruleset,
+)
+from kb.store import KnowledgeBase
+from kb.tables import RulesetVersion
+
+
+def check_measurements(ruleset: Ruleset) -> None:
+    """Measurement rules must name a quantity metrology knows, in the unit it reports."""
+    for a in ruleset.assessments.values():
+        for rule in a.measurements:
+            if rule.quantity not in QUANTITIES:
+                known = ", ".join(QUANTITIES)
+                raise RulesError(
+                    f"rules/{a.source}: unknown quantity {rule.quantity!r}; "
+                    f"known quantities: {known}"
+                )
+            unit = QUANTITIES[rule.quantity]
+            if rule.unit != unit:
+                raise RulesError(
+                    f"rules/{a.source}: {rule.quantity} is measured in {unit!r}, "
+                    f"not {rule.unit!r}; give the limit in {unit}"
+                )
+
+
+def compile_workspace(workspace: Workspace) -> Ruleset:
+    """Compile and validate everything the engine will rely on."""
+    ruleset = compile_rules(workspace.rules_dir)
+    check_measurements(ruleset)
+    return ruleset
+
+
+@dataclass
+class SyncResult:
+    version: int
+    content_hash: str
+    created: bool
+    diff: RulesetDiff
+    git_commit: str | None
+    models: list[ModelUse] = field(default_factory=list)
+    uncalibrated: list[str] = field(default_factory=list)  # "EA-1 text: why"
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "version": self.version,
+            "hash": self.content_hash,
+            "created": self.created,
+            "changes": self.diff.to_dict(),
+            "git_commit": self.git_commit,
+            "models": [m.to_dict() for m in self.models],
+            "uncalibrated": self.uncalibrated,
+        }
+
+
+def prepare_embeddings(
+    session: Session, row: RulesetVersion, ruleset: Ruleset, models: ModelSet
+) -> list[str]:
+    """Embed prompts and references and store reference statistics; say what stays uncalibrated."""
+    assert row.id is not None
+    missing = []
+    for role in models.bound_roles():
+        for a in ruleset.assessments.values():
+            if not a.items_of(role):
+                continue
+            if a.one_sided(role):
+                missing.append(f"{a.key} {role}: {a.one_sided(role)}")
+                continue
+            encoder = models.encoder(role)
+            items = evidence_set(session, a, role, encoder)
+            assert items is not None
+            if ensure_reference_stats(session, row.id, a, role, encoder, items) is None:
+                missing.append(
+                    f"{a.key} {role}: too few reference images to calibrate z-scores from them "
+                    "(need 2 of one polarity and 1 of the other, with some spread); "
+                    "use --normalize batch or `kb calibrate`"
+                )
+    return missing
+
+
+def sync_workspace(
+    workspace: Workspace, kb: KnowledgeBase | None = None, models: ModelSet | None = None
+) -> SyncResult:
+    """All or nothing: on any error (rules, images, models, database) nothing is written."""
+    ruleset = compile_workspace(workspace)
+    models = models or ModelSet(workspace.config)
+    kb = kb or KnowledgeBase.open(workspace)
+    with kb.transaction() as session:
+        latest = latest_version(session)
+        if latest is not None and latest.content_hash == ruleset.content_hash:
+            row, created, diff = latest, False, RulesetDiff()
+        else:
+            previous = ruleset_of(latest) if latest is not None else None
+            git = git_state(workspace.root)
+            row = store_ruleset(session, ruleset, workspace.rules_dir, git)
+            created, diff = True, diff_rulesets(previous, ruleset)
+        uncalibrated = prepare_embeddings(session, row, ruleset, models)
+        return SyncResult(
+            version=row.version,
+            content_hash=row.content_hash,
+            created=created,
+            diff=diff,
+            git_commit=row.git_commit,
+            models=models.uses(),
+            uncalibrated=uncalibrated,
+        )
+
+
+def sync_or_undo(
+    workspace: Workspace,
+    created: list[Path],
+    kb: KnowledgeBase | None = None,
+    models: ModelSet | None = None,
+    expect_references: str | None = None,
+) -> SyncResult:
+    """Sync after files were written into rules/; remove them again if the sync fails.
+
+    With `expect_references` (an assessment key) the new files must also end up among that
+    assessment's references, so a custom glob cannot silently ignore them.
+    """
+    try:
+        if expect_references is not None and created:
+            ruleset = compile_workspace(workspace)
+            used = {r.path for r in ruleset.assessments[expect_references].references}
+            for path in created:
+                rel = path.relative_to(workspace.rules_dir).as_posix()
+                if rel not in used:
+                    raise RulesError(
+                        f"rules/{rel} is not matched by the reference globs of "
+                        f"{expect_references}; add its folder to [references] in the assessment"
+                    )
+        return sync_workspace(workspace, kb, models)
+    except BaseException:
+        for path in created:
+            path.unlink(missing_ok=True)
+        raise
