@@ -1,0 +1,154 @@
+"""The knowledge base on real SQLite files: schema versions, append-only log, hash chain,
+embedding cache, and readable errors for locked or read-only databases."""
+
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from kb import db
+from kb.audit import NodeRecord, append_qualification, verify_chain
+from kb.embeddings import cached_embeddings, store_embeddings
+from kb.errors import DatabaseError
+from kb.images import store_image
+from kb.store import KnowledgeBase
+from kb.tables import RulesetVersion
+
+
+@pytest.fixture
+def kb_path(tmp_path: Path) -> Path:
+    return tmp_path / "kb.sqlite"
+
+
+def open_kb(path: Path, timeout: float = 0.2) -> KnowledgeBase:
+    url = f"sqlite:///{path}"
+    return KnowledgeBase(url, db.open_engine(url, timeout))
+
+
+def add_record(kb: KnowledgeBase, verdict: str = "accept") -> int:
+    with kb.transaction() as s:
+        if s.get(RulesetVersion, 1) is None:
+            s.add(
+                RulesetVersion(
+                    version=1, content_hash="h", software_version="t", snapshot_json="{}"
+                )
+            )
+            s.flush()
+        store_image(s, "a" * 64, Image.new("RGB", (4, 4)), "PNG")
+        q = append_qualification(
+            s,
+            sample_path="/x.png",
+            sample_sha256="a" * 64,
+            ruleset_id=1,
+            verdict=verdict,
+            normalization="batch",
+            operator="me",
+            software_version="t",
+            document={"verdict": verdict},
+            nodes=[
+                NodeRecord("root", "gate", None, verdict, None, None, "because"),
+                NodeRecord("EA-1", "assessment", "root", verdict, 0.5, 0.0, "why"),
+            ],
+        )
+        return q.id
+
+
+def test_newer_schema_is_refused_with_a_clear_error(kb_path):
+    open_kb(kb_path).close()
+    with sqlite3.connect(kb_path) as con:
+        con.execute("UPDATE schema_info SET version = 99")
+    with pytest.raises(DatabaseError, match="schema version 99, newer than this VLKB"):
+        open_kb(kb_path)
+
+
+def test_not_a_database(tmp_path):
+    path = tmp_path / "kb.sqlite"
+    path.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(DatabaseError, match="not a database"):
+        open_kb(path)
+
+
+def test_audit_log_is_append_only(kb_path):
+    kb = open_kb(kb_path)
+    add_record(kb)
+    with (
+        sqlite3.connect(kb_path) as con,
+        pytest.raises(sqlite3.IntegrityError, match="append-only"),
+    ):
+        con.execute("UPDATE qualification SET verdict = 'reject'")
+    with (
+        sqlite3.connect(kb_path) as con,
+        pytest.raises(sqlite3.IntegrityError, match="append-only"),
+    ):
+        con.execute("DELETE FROM node_verdict")
+
+
+def test_chain_verifies_then_catches_an_edit_behind_the_tools_back(kb_path):
+    kb = open_kb(kb_path)
+    ids = [add_record(kb) for _ in range(3)]
+    with kb.transaction() as s:
+        report = verify_chain(s)
+    assert report.ok and report.checked == 3
+    with sqlite3.connect(kb_path) as con:  # a determined editor drops the guard first
+        con.execute("DROP TRIGGER node_verdict_no_update")
+        con.execute(
+            "UPDATE node_verdict SET verdict = 'accept', score = 9.9 "
+            "WHERE qualification_id = ? AND key = 'EA-1'",
+            (ids[1],),
+        )
+    with kb.transaction() as s:
+        report = verify_chain(s)
+    assert not report.ok and report.first_bad_id == ids[1]
+    assert "edited" in report.problem
+
+
+def test_chain_catches_a_deleted_record(kb_path):
+    kb = open_kb(kb_path)
+    ids = [add_record(kb) for _ in range(3)]
+    with sqlite3.connect(kb_path) as con:
+        con.execute("DROP TRIGGER node_verdict_no_delete")
+        con.execute("DROP TRIGGER qualification_no_delete")
+        con.execute("DELETE FROM node_verdict WHERE qualification_id = ?", (ids[1],))
+        con.execute("DELETE FROM qualification WHERE id = ?", (ids[1],))
+    with kb.transaction() as s:
+        report = verify_chain(s)
+    assert report.first_bad_id == ids[2]
+
+
+def test_embedding_cache_round_trip_is_exact_float32(kb_path):
+    kb = open_kb(kb_path)
+    vector = np.random.default_rng(0).normal(size=16).astype(np.float32)
+    with kb.transaction() as s:
+        store_embeddings(s, "fp", "image", {"s1": vector})
+        store_embeddings(s, "fp", "image", {"s1": vector})  # second store is a no-op
+    with kb.transaction() as s:
+        found = cached_embeddings(s, "fp", "image", ["s1", "s2"])
+        assert cached_embeddings(s, "other-model", "image", ["s1"]) == {}
+    assert list(found) == ["s1"]
+    assert np.array_equal(found["s1"], vector)
+
+
+def test_locked_database_gives_a_clear_error_and_writes_nothing(kb_path):
+    kb = open_kb(kb_path)
+    add_record(kb)
+    blocker = sqlite3.connect(kb_path)
+    blocker.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(DatabaseError, match="locked"):
+            add_record(kb)
+    finally:
+        blocker.rollback()
+        blocker.close()
+    with kb.transaction() as s:
+        assert verify_chain(s).checked == 1
+
+
+def test_read_only_database_via_uri_gives_a_clear_error(kb_path):
+    """A database the process may only read (opened read-only here, as root ignores chmod)."""
+    open_kb(kb_path).close()
+    url = f"sqlite:///file:{kb_path}?mode=ro&uri=true"
+    kb = KnowledgeBase(url, db.open_engine(url, 0.2))
+    with pytest.raises(DatabaseError, match="readonly"):
+        add_record(kb)
