@@ -30,6 +30,7 @@ class EvidenceSet:
 
     role: str
     labels: tuple[str, ...]
+    shas: tuple[str, ...]  # content address of each prompt text or reference image
     polarities: tuple[str, ...]
     vectors: np.ndarray  # (items, dim), rows L2-normalised
 
@@ -77,6 +78,7 @@ def evidence_set(
     if role == "text":
         vectors = embed_prompts(session, encoder, assessment.prompts)
         labels = tuple(p.text for p in assessment.prompts)
+        shas = tuple(p.sha256 for p in assessment.prompts)
         polarities = tuple(p.polarity for p in assessment.prompts)
     else:
         refs = assessment.references
@@ -85,8 +87,9 @@ def evidence_set(
         )
         vectors = np.stack([by_sha[r.sha256] for r in refs])
         labels = tuple(r.path for r in refs)
+        shas = tuple(r.sha256 for r in refs)
         polarities = tuple(r.polarity for r in refs)
-    return EvidenceSet(role, labels, polarities, np.asarray(vectors, dtype=np.float64))
+    return EvidenceSet(role, labels, shas, polarities, np.asarray(vectors, dtype=np.float64))
 
 
 def reference_deltas(

@@ -221,10 +221,11 @@ def _sample_evidence(
     if ev.items is None:
         return VLREvidence(role, spec.name, fingerprint, note=ev.note)
     delta = float(ev.deltas[index])
+    set_ = ev.items
     items = tuple(
-        ItemSimilarity(p, label, float(sim))
-        for p, label, sim in zip(
-            ev.items.polarities, ev.items.labels, ev.similarities[index], strict=True
+        ItemSimilarity(p, label, sha, float(sim))
+        for p, label, sha, sim in zip(
+            set_.polarities, set_.labels, set_.shas, ev.similarities[index], strict=True
         )
     )
     if ev.norm is None:

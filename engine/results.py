@@ -15,10 +15,12 @@ class ItemSimilarity:
 
     polarity: str
     label: str  # prompt text or reference path
+    sha256: str  # of the prompt text or of the reference image's bytes
     similarity: float
 
     def to_dict(self) -> dict[str, Any]:
-        return {"polarity": self.polarity, "label": self.label, "similarity": self.similarity}
+        return {"polarity": self.polarity, "label": self.label, "sha256": self.sha256,
+                "similarity": self.similarity}
 
 
 @dataclass(frozen=True)

@@ -81,6 +81,11 @@ class Workspace:
 
 _TOP_KEYS = {"database", "metrology", "legend", "output", "models", "roles"}
 _MODEL_KEYS = {"backend", "source", "batch_size"}
+_SECTION_KEYS = {
+    "database": {"url", "busy_timeout_s"},
+    "metrology": {"um_per_px"},
+    "output": {"dir"},
+}
 
 
 def load_config(path: Path) -> WorkspaceConfig:
@@ -94,6 +99,16 @@ def load_config(path: Path) -> WorkspaceConfig:
         raise WorkspaceError(
             f"{path}: unknown section(s) {sorted(unknown)}; allowed: {sorted(_TOP_KEYS)}"
         )
+    for section, allowed in _SECTION_KEYS.items():
+        table = data.get(section, {})
+        if not isinstance(table, dict):
+            raise WorkspaceError(f"{path}: [{section}] must be a table")
+        unknown = set(table) - allowed
+        if unknown:
+            raise WorkspaceError(
+                f"{path}: [{section}] has unknown key(s) {sorted(unknown)}; "
+                f"allowed: {sorted(allowed)}"
+            )
     root = path.parent
     return WorkspaceConfig(
         database_url=_database_url(root, data.get("database", {}), path),

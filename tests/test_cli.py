@@ -1,0 +1,163 @@
+"""The kb command's contracts: workspaces, errors on one line, JSON only on stdout."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from cli.app import app
+
+runner = CliRunner()
+
+
+def kb(*args, env=None):
+    result = runner.invoke(app, [str(a) for a in args], env=env)
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_init_then_tree_and_models(tmp_path):
+    root = tmp_path / "ws"
+    code, out, _ = kb("init", root)
+    assert code == 0 and (root / "kb.toml").is_file() and (root / "rules/tree.toml").is_file()
+    code, out, _ = kb("tree", "--json", "-w", root)
+    assert json.loads(out)["root"] == "qualification"
+    code, out, err = kb("models", "--json", "-w", root)
+    models = {m["name"]: m for m in json.loads(out)["models"]}
+    assert models["clip"]["roles"] == ["text"] and models["clip"]["offline"] is False
+    assert "hf download openai/clip-vit-base-patch32" in models["clip"]["detail"]
+
+
+def test_init_refuses_an_existing_workspace(tmp_path):
+    kb("init", tmp_path / "ws")
+    code, _, err = kb("init", tmp_path / "ws")
+    assert code == 1 and "already has a kb.toml" in err
+
+
+def test_workspace_from_environment(tmp_path):
+    kb("init", tmp_path / "ws")
+    code, out, _ = kb("tree", "--json", env={"KB_WORKSPACE": str(tmp_path / "ws")})
+    assert code == 0 and json.loads(out)["root"] == "qualification"
+
+
+def test_not_a_workspace(tmp_path):
+    code, out, err = kb("sync", "-w", tmp_path)
+    assert code == 1 and out == ""
+    assert "is not a VLKB workspace" in err and "kb init" in err
+    assert err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("append", "message"),
+    [
+        ('\n[output]\nfolder = "x"\n', "[output] has unknown key(s) ['folder']"),
+        ('\n[roles]\ntexture = "clip"\n', "unknown role"),
+        ("\n[metrology]\num_per_px = -2\n", "must be a positive number"),
+    ],
+)
+def test_bad_kb_toml(tmp_path, append, message):
+    kb("init", tmp_path / "ws")
+    config = tmp_path / "ws/kb.toml"
+    text = config.read_text()
+    for section in ("[output]", "[roles]", "[metrology]"):
+        if section in append:  # replace the section rather than repeat it
+            start = text.index(section)
+            end = text.find("\n[", start + 1)
+            text = text[:start] + text[end + 1 if end != -1 else len(text) :]
+    config.write_text(text + append)
+    code, _, err = kb("tree", "-w", tmp_path / "ws")
+    assert code == 1 and message in err
+
+
+def test_unloadable_model_is_a_clear_error_and_sync_writes_nothing(tmp_path):
+    from tests.workspaces import write_carbide_assessment
+
+    root = tmp_path / "ws"
+    kb("init", root, "--clip", tmp_path / "no-such-model")
+    from kb.config import Workspace
+
+    write_carbide_assessment(Workspace.open(root))
+    code, out, err = kb("sync", "-w", root)
+    assert code == 1
+    assert "clip" in err and str(tmp_path / "no-such-model") in err
+    assert err.count("\n") == 1
+    import sqlite3
+
+    with sqlite3.connect(root / "kb.sqlite") as con:
+        assert con.execute("SELECT COUNT(*) FROM ruleset_version").fetchone()[0] == 0
+
+
+def test_add_reference_rejects_bad_images_and_leaves_rules_untouched(
+    tmp_path, tiny_clip_dir, tiny_flava_dir
+):
+    root = tmp_path / "ws"
+    kb("init", root, "--clip", tiny_clip_dir, "--flava", tiny_flava_dir)
+    kb(
+        "add-assessment",
+        "EA-9",
+        "--name",
+        "n",
+        "--criterion",
+        "c",
+        "--positive",
+        "good",
+        "--negative",
+        "bad",
+        "-w",
+        root,
+    )
+    bad = tmp_path / "bad.png"
+    bad.write_text("not a png")
+    code, _, err = kb("add-reference", "EA-9", bad, "--positive", "-w", root)
+    assert code == 1 and "not a readable image" in err
+    assert not (root / "rules/references/EA-9/positive/bad.png").exists()
+    code, _, err = kb("add-reference", "EA-9", bad, "-w", root)
+    assert code == 1 and "--positive or --negative" in err
+    code, _, err = kb("add-reference", "EA-404", bad, "--positive", "-w", root)
+    assert code == 1 and "no assessment 'EA-404'" in err
+
+
+def test_add_assessment_failure_leaves_no_file(tmp_path):
+    root = tmp_path / "ws"
+    kb("init", root)
+    code, _, err = kb(
+        "add-assessment",
+        "EA-1",
+        "--name",
+        "n",
+        "--criterion",
+        "c",
+        "--positive",
+        "p",
+        "--negative",
+        "n",
+        "--parent",
+        "geometry",
+        "-w",
+        root,
+    )
+    assert code == 1 and "not a gate" in err
+    assert not (root / "rules/assessments/EA-1.toml").exists()
+    code, _, err = kb(
+        "add-assessment",
+        "../evil",
+        "--name",
+        "n",
+        "--criterion",
+        "c",
+        "--positive",
+        "p",
+        "--negative",
+        "n",
+        "-w",
+        root,
+    )
+    assert code == 1 and "invalid key" in err
+
+
+def test_console_script_is_installed(tmp_path):
+    kb_script = Path(sys.executable).parent / "kb"
+    done = subprocess.run([str(kb_script), "--help"], capture_output=True, text=True, check=False)
+    assert done.returncode == 0 and "qualify" in done.stdout
