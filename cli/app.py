@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -240,8 +241,7 @@ def qualify(
     """Judge micrographs against the current ruleset and store them in the audit log."""
     from engine.qualify import QualifyOptions, qualify_paths
 
-    if um_per_px is not None and um_per_px <= 0:
-        raise VLKBError("--um-per-px must be a positive number of micrometres per pixel")
+    _check_pixel_size(um_per_px)
     options = QualifyOptions(normalize=normalize, um_per_px=um_per_px, operator=operator)
     outcome = qualify_paths(Workspace.open(workspace), images, options)
     for failure in outcome.failures:
@@ -286,6 +286,107 @@ def _print_qualifications(results: list[Any]) -> None:
             *(verdict_text(by_key[k]) for k in keys),
         )
     out.print(table)
+
+
+@app.command()
+@reports_errors
+def measure(
+    images: Annotated[list[Path], typer.Argument(help="Colour-segmented micrographs.")],
+    um_per_px: Annotated[
+        float | None, typer.Option("--um-per-px", help="Pixel size for this run.")
+    ] = None,
+    workspace: WorkspaceOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Metrology quantities (areas, heights, fractions, pores, carbides) of phase maps."""
+    from engine.measure import measure_paths
+    from engine.metrology import QUANTITIES
+
+    _check_pixel_size(um_per_px)
+    measured, failures = measure_paths(Workspace.open(workspace), images, um_per_px)
+    for failure in failures:
+        err.print(f"error: {failure.error}", markup=False)
+    if json_output:
+        print_json(
+            {
+                "measurements": [m.to_dict() for m in measured],
+                "failures": [f.to_dict() for f in failures],
+            }
+        )
+    elif measured:
+        table = Table(title=f"Measurements ({measured[0].um_per_px:g} um/px)")
+        table.add_column("quantity")
+        table.add_column("unit")
+        for m in measured:
+            table.add_column(Path(m.path).name, justify="right")
+        for name, unit in QUANTITIES.items():
+            table.add_row(
+                name,
+                unit,
+                *(
+                    f"{m.quantities[name]:.4g}" if name in m.quantities else "[dim]n/a[/]"
+                    for m in measured
+                ),
+            )
+        out.print(table)
+    if failures:
+        raise typer.Exit(1)
+
+
+@app.command()
+@reports_errors
+def synth(
+    outdir: Annotated[Path, typer.Argument(help="Folder for the images, truth.csv, labels.csv.")],
+    n: Annotated[int, typer.Option("--n", min=1, help="Number of micrographs.")] = 20,
+    seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same files.")] = 0,
+    um_per_px: Annotated[float, typer.Option("--um-per-px", help="Pixel size.")] = 10.0,
+    noise: Annotated[
+        float, typer.Option(min=0, help="Gaussian noise, grey levels per channel.")
+    ] = 0.0,
+    blur: Annotated[float, typer.Option(min=0, help="Gaussian blur radius, pixels.")] = 0.0,
+    jpeg: Annotated[
+        int | None, typer.Option(min=1, max=95, help="Write JPEG at this quality, not PNG.")
+    ] = None,
+    workspace: WorkspaceOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Generate colour-segmented DED bead cross-sections with ground truth and expert labels."""
+    from engine.synth import Degradation, write_dataset
+
+    _check_pixel_size(um_per_px)
+    legend = _legend_or_default(workspace)
+    how = Degradation(noise_sigma=noise, blur_radius=blur, jpeg_quality=jpeg)
+    try:
+        paths = write_dataset(
+            outdir, n=n, seed=seed, um_per_px=um_per_px, legend=legend, degradation=how
+        )
+    except OSError as exc:
+        raise VLKBError(f"cannot write to {outdir}: {exc.strerror or exc}") from exc
+    if json_output:
+        print_json(
+            {
+                "images": [str(p) for p in paths],
+                "truth": str(outdir / "truth.csv"),
+                "labels": str(outdir / "labels.csv"),
+            }
+        )
+    else:
+        out.print(f"Wrote {len(paths)} micrographs, truth.csv and labels.csv to {outdir}")
+
+
+def _legend_or_default(workspace: Path | None) -> dict[str, tuple[int, int, int]]:
+    """The workspace's legend inside a workspace; the default legend outside any."""
+    from kb.config import CONFIG_FILE, DEFAULT_LEGEND
+
+    outside = workspace is None and not os.environ.get("KB_WORKSPACE")
+    if outside and not Path(CONFIG_FILE).is_file():
+        return dict(DEFAULT_LEGEND)
+    return Workspace.open(workspace).config.legend
+
+
+def _check_pixel_size(um_per_px: float | None) -> None:
+    if um_per_px is not None and um_per_px <= 0:
+        raise VLKBError("--um-per-px must be a positive number of micrometres per pixel")
 
 
 # --- models and the audit log ------------------------------------------------------------

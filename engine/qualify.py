@@ -22,7 +22,13 @@ from engine.evidence import EvidenceSet, evidence_set, stored_normalization
 from engine.images import Sample, load_sample
 from engine.metrology import QUANTITIES, NotASegmentationMap, measure_image
 from engine.models import ModelSet
-from engine.results import ItemSimilarity, NodeResult, QualificationResult, VLREvidence
+from engine.results import (
+    ItemSimilarity,
+    NodeResult,
+    QualificationResult,
+    SampleFailure,
+    VLREvidence,
+)
 from engine.scoring import Normalization, population_stats, zscore
 from engine.sync import compile_workspace, prepare_embeddings
 from engine.tree import walk
@@ -43,15 +49,6 @@ class QualifyOptions:
     normalize: str = "calibrated"
     um_per_px: float | None = None  # overrides the workspace default for this run
     operator: str | None = None
-
-
-@dataclass(frozen=True)
-class SampleFailure:
-    path: str
-    error: str
-
-    def to_dict(self) -> dict[str, str]:
-        return {"path": self.path, "error": self.error}
 
 
 @dataclass

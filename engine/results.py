@@ -19,8 +19,12 @@ class ItemSimilarity:
     similarity: float
 
     def to_dict(self) -> dict[str, Any]:
-        return {"polarity": self.polarity, "label": self.label, "sha256": self.sha256,
-                "similarity": self.similarity}
+        return {
+            "polarity": self.polarity,
+            "label": self.label,
+            "sha256": self.sha256,
+            "similarity": self.similarity,
+        }
 
 
 @dataclass(frozen=True)
@@ -200,3 +204,14 @@ class QualificationResult:
             **self.document(),
             "report": self.report,
         }
+
+
+@dataclass(frozen=True)
+class SampleFailure:
+    """A file that could not be judged or measured, and why, in one line."""
+
+    path: str
+    error: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"path": self.path, "error": self.error}

@@ -1,0 +1,52 @@
+"""`kb measure`: metrology quantities of colour-segmented micrographs, file by file."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine.images import load_sample
+from engine.metrology import measure_image
+from engine.results import SampleFailure
+from kb.config import Workspace
+from kb.errors import VLKBError
+
+
+@dataclass(frozen=True)
+class MeasuredSample:
+    path: str
+    sha256: str
+    um_per_px: float
+    quantities: dict[str, float]
+    unmeasurable: dict[str, str]
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "path": self.path,
+            "sha256": self.sha256,
+            "um_per_px": self.um_per_px,
+            "quantities": self.quantities,
+            "unmeasurable": self.unmeasurable,
+        }
+
+
+def measure_paths(
+    workspace: Workspace, paths: Sequence[Path], um_per_px: float | None = None
+) -> tuple[list[MeasuredSample], list[SampleFailure]]:
+    """Measure each file with the workspace legend; a bad file fails alone."""
+    scale = um_per_px or workspace.config.um_per_px
+    measured, failures = [], []
+    for path in paths:
+        try:
+            sample = load_sample(Path(path))
+            m = measure_image(sample.image, workspace.config.legend, scale)
+        except VLKBError as exc:
+            failures.append(SampleFailure(str(path), str(exc)))
+            continue
+        measured.append(
+            MeasuredSample(
+                str(path), sample.sha256, scale, dict(m.quantities), dict(m.unmeasurable)
+            )
+        )
+    return measured, failures
