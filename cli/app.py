@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.tree import Tree
@@ -66,7 +67,8 @@ def print_json(document: Any) -> None:
 
 
 def verdict_text(verdict: str) -> str:
-    return f"[{VERDICT_STYLE.get(verdict, '')}]{verdict}[/]"
+    shown = "skipped" if verdict == "not_assessed" else verdict
+    return f"[{VERDICT_STYLE.get(verdict, '')}]{shown}[/]"
 
 
 # --- workspace and rules -----------------------------------------------------------------
@@ -270,13 +272,15 @@ def _print_qualifications(results: list[Any]) -> None:
     keys = [n.key for n in results[0].nodes if n.kind == "assessment"]
     table = Table(
         title=f"Qualification (ruleset v{results[0].ruleset_version}, "
-        f"{results[0].normalization} normalisation)"
+        f"{results[0].normalization} normalisation)",
+        caption="skipped = not assessed: a precondition of its group did not hold",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
     )
-    table.add_column("ID", justify="right")
-    table.add_column("sample")
-    table.add_column("verdict")
-    for key in keys:
-        table.add_column(key)
+    table.add_column("ID", justify="right", no_wrap=True)
+    table.add_column("sample", overflow="ellipsis", min_width=12)
+    for header in ["verdict", *keys]:
+        table.add_column(header, no_wrap=True)
     for r in results:
         by_key = {n.key: n.verdict for n in r.nodes}
         table.add_row(
@@ -418,8 +422,15 @@ def models(workspace: WorkspaceOption = None, json_output: JsonOption = False) -
     for s in statuses:
         if not s.available:
             err.print(f"note: {s.name}: {s.detail}", markup=False)
+    purpose = {"text": "image-to-prompt", "image": "image-to-reference"}
+    suggestion = {"text": "clip", "image": "flava"}
     for role in statuses[0].unbound_roles if statuses else []:
-        err.print(f"note: role {role!r} is unbound", markup=False)
+        err.print(
+            f"note: role {role!r} is unbound, so assessments are judged without "
+            f"{purpose.get(role, role)} evidence; to add it, make a model load offline and "
+            f'set [roles] {role} = "{suggestion.get(role, "NAME")}" in kb.toml',
+            markup=False,
+        )
 
 
 @app.command()

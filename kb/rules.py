@@ -52,6 +52,7 @@ class Gate:
     quorum: float | None = None
     description: str = ""
     preconditions: tuple[Precondition, ...] = ()
+    position: int = 0  # where tree.toml lists it: sibling gates are shown in that order
 
 
 @dataclass(frozen=True)
@@ -167,8 +168,9 @@ class Ruleset:
         return cls(root=data["root"], gates=gates, assessments=assessments)
 
     def children(self, key: str) -> list[str]:
-        """Direct children of a gate: gates first, then assessments, each sorted by key."""
-        gates = sorted(g.key for g in self.gates.values() if g.parent == key)
+        """Direct children of a gate: gates in tree.toml order, then assessments by key."""
+        below = [g for g in self.gates.values() if g.parent == key]
+        gates = [g.key for g in sorted(below, key=lambda g: (g.position, g.key))]
         leaves = sorted(a.key for a in self.assessments.values() if a.parent == key)
         return gates + leaves
 
@@ -270,7 +272,7 @@ def _read_gates(rules_dir: Path) -> dict[str, Gate]:
     doc.check_keys({"gates"}, set())
     gates_table = doc.table("gates")
     gates: dict[str, Gate] = {}
-    for key in gates_table.data:
+    for position, key in enumerate(gates_table.data):
         t = gates_table.table(key)
         t.check_keys({"rule"}, {"name", "parent", "k", "quorum", "description", "preconditions"})
         rule = t.text("rule")
@@ -293,6 +295,7 @@ def _read_gates(rules_dir: Path) -> dict[str, Gate]:
             quorum=quorum,
             description=str(t.data.get("description", "")).strip(),
             preconditions=_read_preconditions(t),
+            position=position,
         )
     return gates
 
