@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # The CPU build of torch lies in /opt/wheels on our machines; elsewhere pip finds it on PyPI.
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 
-.PHONY: install test lint demo clean
+.PHONY: install test lint demo bench clean
 
 install: $(STAMP)
 	@command -v chromium >/dev/null 2>&1 || { \
@@ -28,6 +28,15 @@ lint: install
 
 test: install lint
 	HF_HUB_OFFLINE=1 $(BIN)/pytest -q
+
+# The example workspace at the repo root: sync rules/ and qualify the sample micrographs.
+demo: install
+	HF_HUB_OFFLINE=1 $(BIN)/kb models
+	HF_HUB_OFFLINE=1 $(BIN)/kb sync
+	HF_HUB_OFFLINE=1 COLUMNS=120 $(BIN)/kb qualify examples/*.png
+
+bench: install
+	$(BIN)/python bench/measure_throughput.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

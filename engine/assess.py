@@ -87,16 +87,29 @@ def judge_assessment(
 _OP_WORDS = {"<=": "at most", "<": "below", ">=": "at least", ">": "above"}
 
 
+def format_quantity(value: float, unit: str) -> str:
+    """A value as an engineer writes it: fractions in per cent, micrometres as µm."""
+    if unit == "fraction":
+        return f"{value * 100:.3g} %"
+    if unit == "count":
+        return f"{value:.0f}"
+    if unit == "ratio":
+        return f"{value:.3g}"
+    return f"{value:.4g} {unit.replace('um', 'µm').replace('mm2', 'mm²')}"
+
+
 def _measurement_sentence(m: MeasurementEvidence) -> str:
-    bound = f"{_OP_WORDS[m.op]} {m.limit:g} {m.unit}"
+    what = m.quantity.replace("_", " ")
+    bound = f"{_OP_WORDS[m.op]} {format_quantity(m.limit, m.unit)}"
     if m.value is None:
-        return f"The {m.quantity} must be {bound} but {m.note}; a person should check it."
+        return f"The {what} must be {bound} but {m.note}; a person should check it."
     outcome = {
         "accept": "meets the limit",
         "reject": "fails the limit",
-        "review": f"is within ±{m.uncertainty:g} of the limit, so it needs review",
+        "review": "is within the measurement uncertainty "
+        f"(±{format_quantity(m.uncertainty, m.unit)}) of the limit, so it needs review",
     }[m.verdict]
-    return f"Measured {m.quantity} = {m.value:.4g} {m.unit} (must be {bound}) {outcome}."
+    return f"Measured {what} {format_quantity(m.value, m.unit)} (must be {bound}) {outcome}."
 
 
 def _fusion_sentence(

@@ -1,0 +1,185 @@
+"""The Ni-WC example workspace at the repo root: its rules, references, samples and verdicts."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from cli.app import app
+from engine.images import load_sample
+from engine.metrology import QUANTITIES, measure_image
+from engine.qualify import QualifyOptions, qualify_paths
+from engine.results import MeasurementEvidence, VLREvidence
+from engine.sync import compile_workspace, sync_workspace
+from engine.synth import EXAMPLE_CRITERIA, label_sample, write_dataset
+from kb.config import Workspace
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLES = REPO / "examples"
+runner = CliRunner()
+
+
+def kb(*args: object) -> tuple[int, str, str]:
+    result = runner.invoke(app, [str(a) for a in args])
+    return result.exit_code, result.stdout, result.stderr
+
+
+@pytest.fixture(scope="module")
+def example(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
+    """A synced copy of the repo-root workspace, so tests never write into the checkout."""
+    root = tmp_path_factory.mktemp("example")
+    shutil.copy(REPO / "kb.toml", root / "kb.toml")
+    shutil.copytree(REPO / "rules", root / "rules")
+    workspace = Workspace.open(root)
+    sync_workspace(workspace)
+    return workspace
+
+
+def read_labels(path: Path) -> dict[str, dict[str, str]]:
+    with path.open(newline="", encoding="utf-8") as handle:
+        return {row["image"]: row for row in csv.DictReader(handle)}
+
+
+def verdicts_of(results: list) -> dict[str, dict[str, str]]:
+    return {Path(r.sample_path).name: {n.key: n.verdict for n in r.nodes} for r in results}
+
+
+def test_rules_carry_the_limits_the_labels_are_made_from(example: Workspace) -> None:
+    ruleset = compile_workspace(example)
+    assert sorted(ruleset.assessments) == sorted(EXAMPLE_CRITERIA)
+    for key, limits in EXAMPLE_CRITERIA.items():
+        rules = ruleset.assessments[key].measurements
+        assert [(r.quantity, r.op, r.limit) for r in rules] == list(limits), key
+
+
+def test_every_reference_shows_what_its_polarity_says(example: Workspace) -> None:
+    legend = example.config.legend
+    for key, assessment in compile_workspace(example).assessments.items():
+        by_polarity: dict[str, int] = {"positive": 0, "negative": 0}
+        for reference in assessment.references:
+            image = load_sample(example.rules_dir / reference.path).image
+            measured = measure_image(image, legend, example.config.um_per_px)
+            verdict = label_sample(measured.quantities)[key]
+            assert verdict == ("accept" if reference.polarity == "positive" else "reject"), (
+                reference.path
+            )
+            by_polarity[reference.polarity] += 1
+        assert min(by_polarity.values()) >= 3, key
+
+
+def test_committed_samples_get_their_labels_and_the_carbide_precondition_holds(
+    example: Workspace,
+) -> None:
+    labels = read_labels(EXAMPLES / "labels.csv")
+    outcome = qualify_paths(example, sorted(EXAMPLES.glob("*.png")))
+    assert not outcome.failures
+    got = verdicts_of(outcome.results)
+    assert set(got) == set(labels)
+    assert {row["overall"] for row in labels.values()} == {"accept", "reject"}
+    for name, row in labels.items():
+        assert got[name]["qualification"] == row["overall"], name
+        for key in EXAMPLE_CRITERIA:
+            if got[name][key] != "not_assessed":
+                assert got[name][key] == row[key], (name, key)
+    flat = next(r for r in outcome.results if r.sample_path.endswith("flat-deposit.png"))
+    skipped = {n.key: n for n in flat.nodes if n.verdict == "not_assessed"}
+    assert set(skipped) == {"carbides", "EA-5", "EA-6"}
+    assert "without a distinct bead" in skipped["carbides"].rationale
+
+
+def test_verdicts_on_a_fresh_generated_set_agree_with_its_labels(
+    example: Workspace, tmp_path: Path
+) -> None:
+    """Balanced accuracy >= 0.95 per assessment on decided samples; few sent to review."""
+    paths = write_dataset(tmp_path, n=80, seed=20261125)
+    labels = read_labels(tmp_path / "labels.csv")
+    outcome = qualify_paths(example, paths)
+    assert not outcome.failures
+    got = verdicts_of(outcome.results)
+    for key in EXAMPLE_CRITERIA:
+        judged = [(labels[name][key], v[key]) for name, v in got.items()
+                  if v[key] != "not_assessed"]
+        decided = [(truth, verdict) for truth, verdict in judged if verdict != "review"]
+        assert len(judged) - len(decided) <= 0.1 * len(judged), f"{key}: too many reviews"
+        recalls = []
+        for cls in ("accept", "reject"):
+            of_class = [verdict for truth, verdict in decided if truth == cls]
+            assert len(of_class) >= 5, f"{key}: too few {cls} samples to judge"
+            recalls.append(sum(v == cls for v in of_class) / len(of_class))
+        assert sum(recalls) / 2 >= 0.95, f"{key}: balanced accuracy {sum(recalls) / 2:.3f}"
+    # Carbides are skipped exactly when the reinforcement was rejected.
+    for v in got.values():
+        assert (v["EA-5"] == "not_assessed") == (v["EA-3"] == "reject")
+
+
+def test_measure_json_gives_every_quantity_and_refuses_a_photo(
+    example: Workspace, tmp_path: Path
+) -> None:
+    photo = tmp_path / "photo.png"
+    Image.radial_gradient("L").resize((320, 240)).convert("RGB").save(photo)
+    sample = EXAMPLES / "sound-bead-a.png"
+    code, out, err = kb("measure", sample, photo, "--json", "-w", example.root)
+    assert code == 1
+    assert err.strip().count("\n") == 0 and "does not look like a colour-segmented" in err
+    document = json.loads(out)
+    (measured,) = document["measurements"]
+    assert set(measured) == {"path", "sha256", "um_per_px", "quantities", "unmeasurable"}
+    assert set(measured["quantities"]) == set(QUANTITIES) and measured["unmeasurable"] == {}
+    assert measured["um_per_px"] == example.config.um_per_px
+    assert document["failures"][0]["path"] == str(photo)
+
+
+def test_pixel_size_override_scales_lengths_and_areas(example: Workspace) -> None:
+    sample = EXAMPLES / "sound-bead-a.png"
+    _, default, _ = kb("measure", sample, "--json", "-w", example.root)
+    _, halved, _ = kb("measure", sample, "--json", "--um-per-px", 5, "-w", example.root)
+    q10 = json.loads(default)["measurements"][0]["quantities"]
+    q5 = json.loads(halved)["measurements"][0]["quantities"]
+    assert q5["bead_area_mm2"] == pytest.approx(q10["bead_area_mm2"] / 4)
+    assert q5["reinforcement_height_mm"] == pytest.approx(q10["reinforcement_height_mm"] / 2)
+    assert q5["carbide_fraction"] == pytest.approx(q10["carbide_fraction"])
+    code, _, err = kb("measure", sample, "--um-per-px", -1, "-w", example.root)
+    assert code == 1 and "--um-per-px must be a positive number" in err
+
+
+def test_synth_command_is_deterministic_and_writes_truth_and_labels(tmp_path: Path) -> None:
+    for folder in ("a", "b"):
+        code, _, err = kb("synth", tmp_path / folder, "--n", 4, "--seed", 9, "--noise", 4)
+        assert code == 0, err
+    names = sorted(p.name for p in (tmp_path / "a").iterdir())
+    assert names == ["labels.csv", *(f"sample-{i:04d}.png" for i in range(4)), "truth.csv"]
+    for name in names:
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    with (tmp_path / "a" / "truth.csv").open() as handle:
+        assert set(QUANTITIES) <= set(csv.DictReader(handle).fieldnames or [])
+    with (tmp_path / "a" / "labels.csv").open() as handle:
+        header = csv.DictReader(handle).fieldnames
+    assert header == ["image", *EXAMPLE_CRITERIA, "overall"]
+    kb("synth", tmp_path / "c", "--n", 4, "--seed", 10)
+    assert (tmp_path / "c" / "sample-0000.png").read_bytes() != (
+        tmp_path / "a" / "sample-0000.png"
+    ).read_bytes()
+    code, _, _ = kb("synth", tmp_path / "jpeg", "--n", 1, "--jpeg", 80)
+    assert code == 0 and (tmp_path / "jpeg" / "sample-0000.jpg").is_file()
+
+
+def test_unbound_roles_judge_on_measurements_and_say_how_to_bind(example: Workspace) -> None:
+    code, out, err = kb("models", "-w", example.root)
+    assert code == 0
+    assert "role 'text' is unbound" in err and 'set [roles] text = "clip"' in err
+    outcome = qualify_paths(example, [EXAMPLES / "sound-bead-a.png"], QualifyOptions())
+    (result,) = outcome.results
+    assert result.models == []
+    ea1 = next(n for n in result.nodes if n.key == "EA-1")
+    unused = {e.role: e.note for e in ea1.evidence if isinstance(e, VLREvidence)}
+    assert set(unused) == {"text", "image"} and all("not bound" in n for n in unused.values())
+    assert [m.quantity for m in ea1.evidence if isinstance(m, MeasurementEvidence)] == [
+        "dilution_fraction"
+    ]
+    assert "Measured dilution fraction 1.4 % (must be at most 5 %)" in ea1.rationale
