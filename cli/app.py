@@ -378,6 +378,82 @@ def synth(
         out.print(f"Wrote {len(paths)} micrographs, truth.csv and labels.csv to {outdir}")
 
 
+@app.command()
+@reports_errors
+def evaluate(
+    directory: Annotated[Path, typer.Argument(help="Folder of labelled micrographs.")],
+    labels: Annotated[Path, typer.Option(help="CSV: image, one column per assessment.")],
+    top_k: Annotated[int, typer.Option("--top-k", min=1, help="K of the top-k measure.")] = 5,
+    normalize: Annotated[
+        str, typer.Option(help="z-score statistics: batch or calibrated.")
+    ] = "calibrated",
+    um_per_px: Annotated[
+        float | None, typer.Option("--um-per-px", help="Pixel size for this run.")
+    ] = None,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="Folder for evaluation.html and plots.")
+    ] = None,
+    workspace: WorkspaceOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Qualify a labelled folder and measure agreement per assessment and kind of evidence."""
+    from engine.evaluate import evaluate_folder
+    from engine.qualify import QualifyOptions
+    from reports.evaluation import write_evaluation
+
+    _check_pixel_size(um_per_px)
+    ws = Workspace.open(workspace)
+    options = QualifyOptions(normalize=normalize, um_per_px=um_per_px)
+    evaluation = evaluate_folder(ws, directory, labels, options, top_k=top_k)
+    folder = out_dir or ws.config.output_dir / f"evaluation-{directory.resolve().name}"
+    document = evaluation.to_dict()
+    try:
+        page = write_evaluation(document, folder)
+    except OSError as exc:
+        raise VLKBError(f"cannot write the evaluation to {folder}: {exc.strerror or exc}") from exc
+    for failure in evaluation.failures:
+        err.print(f"error: {failure['error']}", markup=False)
+    if json_output:
+        print_json({**document, "report": str(page)})
+    else:
+        _print_evaluation(document)
+        out.print(f"Report: {page}")
+    if evaluation.failures:
+        raise typer.Exit(1)
+
+
+def _print_evaluation(document: dict[str, Any]) -> None:
+    table = Table(
+        title=f"Evaluation on {document['images']} images "
+        f"(macro F1 {_fixed(document['macro_f1'])})",
+        box=box.SIMPLE_HEAD,
+        caption="reviews are counted in the review rate, not in the other figures",
+    )
+    for column in ("assessment", "evidence", "n", "bal. acc.", "F1", "AUROC", "review"):
+        numeric = column not in ("assessment", "evidence")
+        table.add_column(column, justify="right" if numeric else "left")
+    rows = [(k, blocks) for k, blocks in document["assessments"].items()]
+    if document["overall"]:
+        rows.append(("overall", document["overall"]))
+    for key, blocks in rows:
+        for index, (mode, m) in enumerate(blocks.items()):
+            review = m["review_rate"]
+            table.add_row(
+                key if index == 0 else "",
+                mode,
+                str(m["n"]),
+                _fixed(m["balanced_accuracy"]),
+                _fixed(m["f1"]),
+                _fixed(m["auroc"]),
+                "-" if review is None else f"{review:.0%}",
+            )
+    out.print(table)
+
+
+def _fixed(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
 def _legend_or_default(workspace: Path | None) -> dict[str, tuple[int, int, int]]:
     """The workspace's legend inside a workspace; the default legend outside any."""
     from kb.config import CONFIG_FILE, DEFAULT_LEGEND

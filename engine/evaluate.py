@@ -1,0 +1,212 @@
+"""`kb evaluate`: how far to trust a workspace, measured against expert labels.
+
+The images are qualified exactly as `kb qualify` does (and stored in the audit log like any
+qualification), then each assessment's verdicts are compared with the labels once per kind
+of evidence: each vision-language role alone, their fusion, the measurement rules, and the
+tree's final verdict.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from engine.metrics import agreement
+from engine.qualify import QualifyOptions, qualify_paths
+from engine.results import MeasurementEvidence, NodeResult, QualificationResult, VLREvidence
+from engine.scoring import decide
+from engine.sync import compile_workspace
+from kb.config import Workspace
+from kb.errors import VLKBError
+
+MODES = ("text", "image", "hybrid", "measurement", "final")
+LABELS = ("accept", "reject")
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"}
+STRICTNESS = {"reject": 3, "review": 2, "accept": 1}
+
+
+class LabelsError(VLKBError):
+    """The labels file does not match the images or the assessments."""
+
+
+@dataclass
+class Evaluation:
+    """Metrics per assessment and evidence mode, plus `overall` and the macro F1."""
+
+    assessments: dict[str, dict[str, dict[str, object]]]
+    overall: dict[str, object]
+    macro_f1: float | None
+    images: int
+    top_k: int
+    ruleset_version: int | None
+    normalization: str
+    samples: list[dict[str, object]] = field(default_factory=list)
+    failures: list[dict[str, str]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "images": self.images,
+            "top_k": self.top_k,
+            "ruleset_version": self.ruleset_version,
+            "normalization": self.normalization,
+            "assessments": self.assessments,
+            "overall": self.overall,
+            "macro_f1": self.macro_f1,
+            "samples": self.samples,
+            "failures": self.failures,
+        }
+
+
+def image_files(directory: Path) -> list[Path]:
+    """The micrographs of an evaluation folder, in name order."""
+    if not directory.is_dir():
+        raise VLKBError(f"{directory}: not a folder of images")
+    return sorted(p for p in directory.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def read_labels(
+    path: Path, keys: Sequence[str], images: Sequence[Path]
+) -> dict[str, dict[str, str]]:
+    """image file name -> {assessment key (and maybe overall): accept/reject}, all checked."""
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            columns = list(reader.fieldnames or [])
+            rows = list(reader)
+    except OSError as exc:
+        raise LabelsError(f"{path}: cannot read the labels ({exc.strerror or exc})") from exc
+    if "image" not in columns:
+        raise LabelsError(f"{path}: no `image` column; the header must be image,{','.join(keys)}")
+    missing = [k for k in keys if k not in columns]
+    if missing:
+        raise LabelsError(f"{path}: missing label columns {', '.join(missing)}")
+    wanted = [c for c in columns if c in keys or c == "overall"]
+    bad = [
+        f"{row['image']}/{column}={row[column]!r}"
+        for row in rows
+        for column in wanted
+        if (row[column] or "").strip() not in LABELS
+    ]
+    if bad:
+        raise LabelsError(
+            f"{path}: labels must be accept or reject, not {_listing(bad)}"
+        )
+    labels: dict[str, dict[str, str]] = {}
+    for row in rows:
+        name = row["image"].strip()
+        if name in labels:
+            raise LabelsError(f"{path}: image {name} is labelled twice")
+        labels[name] = {c: row[c].strip() for c in wanted}
+    present = {p.name for p in images}
+    unknown = sorted(set(labels) - present)
+    if unknown:
+        raise LabelsError(f"{path}: labels name images that are not in the folder: "
+                          f"{_listing(unknown)}")
+    unlabelled = sorted(present - set(labels))
+    if unlabelled:
+        raise LabelsError(f"{path}: images without labels: {_listing(unlabelled)}")
+    return labels
+
+
+def _listing(items: Sequence[str], shown: int = 5) -> str:
+    more = f" and {len(items) - shown} more" if len(items) > shown else ""
+    return ", ".join(items[:shown]) + more
+
+
+def evaluate_folder(
+    workspace: Workspace,
+    directory: Path,
+    labels_path: Path,
+    options: QualifyOptions | None = None,
+    top_k: int = 5,
+) -> Evaluation:
+    """Qualify every image of the folder and score the verdicts against the labels."""
+    options = options or QualifyOptions()
+    ruleset = compile_workspace(workspace)
+    images = image_files(directory)
+    labels = read_labels(labels_path, list(ruleset.assessments), images)
+    if not images:
+        raise VLKBError(f"{directory}: no images to evaluate")
+    outcome = qualify_paths(workspace, images, options)
+    evaluation = score_results(outcome.results, labels, list(ruleset.assessments), top_k)
+    evaluation.failures = [f.to_dict() for f in outcome.failures]
+    return evaluation
+
+
+def score_results(
+    results: Sequence[QualificationResult],
+    labels: dict[str, dict[str, str]],
+    keys: Sequence[str],
+    top_k: int = 5,
+) -> Evaluation:
+    """Metrics from qualification results: the same verdicts the audit log holds."""
+    named = [(r, labels[Path(r.sample_path).name]) for r in results]
+    per_assessment: dict[str, dict[str, dict[str, object]]] = {}
+    samples = [
+        {"image": Path(r.sample_path).name, "qualification_id": r.id, "labels": row,
+         "verdicts": {}}
+        for r, row in named
+    ]
+    for key in keys:
+        truth = [row[key] for _, row in named]
+        blocks = {}
+        for mode in MODES:
+            judged = [mode_verdict(_node(r, key), mode) for r, _ in named]
+            if all(j is None or j[0] == "not_assessed" for j in judged):
+                continue  # this assessment has no evidence of that kind
+            verdicts = [j[0] if j else "review" for j in judged]
+            scores = [j[1] if j else None for j in judged]
+            blocks[mode] = agreement(truth, verdicts, scores, top_k)
+            for sample, verdict, score in zip(samples, verdicts, scores, strict=True):
+                sample["verdicts"].setdefault(key, {})[mode] = {  # type: ignore[union-attr]
+                    "verdict": verdict, "score": score
+                }
+        per_assessment[key] = blocks
+    overall = {}
+    if named and all("overall" in row for _, row in named):
+        truth = [row["overall"] for _, row in named]
+        overall = {"final": agreement(truth, [r.nodes[0].verdict for r, _ in named], None, top_k)}
+    f1s = [b["final"]["f1"] for b in per_assessment.values() if b.get("final", {}).get("f1")]
+    return Evaluation(
+        assessments=per_assessment,
+        overall=overall,
+        macro_f1=sum(f1s) / len(f1s) if f1s else None,  # type: ignore[arg-type]
+        images=len(results),
+        top_k=top_k,
+        ruleset_version=results[0].ruleset_version if results else None,
+        normalization=results[0].normalization if results else "",
+        samples=samples,
+    )
+
+
+def _node(result: QualificationResult, key: str) -> NodeResult:
+    return next(n for n in result.nodes if n.key == key)
+
+
+def mode_verdict(node: NodeResult, mode: str) -> tuple[str, float | None] | None:
+    """The verdict one kind of evidence alone gives, with its continuous score if any.
+
+    None when the assessment has no evidence of that kind; a skipped node stays skipped.
+    """
+    if node.verdict == "not_assessed":
+        return ("not_assessed", None)
+    if mode == "final":
+        return (node.verdict, node.score)
+    if mode == "measurement":
+        rules = [e for e in node.evidence if isinstance(e, MeasurementEvidence)]
+        if not rules:
+            return None
+        return (max((e.verdict for e in rules), key=STRICTNESS.__getitem__), None)
+    if node.threshold is None:
+        return None
+    margin = node.review_margin or 0.0
+    if mode == "hybrid":
+        if node.score is None:
+            return None
+        return (decide(node.score, node.threshold, margin), node.score)
+    role = next((e for e in node.evidence if isinstance(e, VLREvidence) and e.role == mode), None)
+    if role is None or role.z is None:
+        return None
+    return (decide(role.z, node.threshold, margin), role.z)

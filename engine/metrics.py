@@ -1,0 +1,114 @@
+"""Agreement between verdicts and expert labels: confusion counts, rates, AUROC, top-k.
+
+Accept is the positive class. A `review` verdict is a question to a person, not an answer:
+it is counted in `review_rate` and left out of the confusion matrix; `not_assessed` samples
+are left out of everything and counted apart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Confusion:
+    tp: int
+    fn: int
+    tn: int
+    fp: int
+
+    @property
+    def total(self) -> int:
+        return self.tp + self.fn + self.tn + self.fp
+
+    def to_dict(self) -> dict[str, int]:
+        return {"tp": self.tp, "fn": self.fn, "tn": self.tn, "fp": self.fp}
+
+
+def confusion(truth: Sequence[str], predicted: Sequence[str]) -> Confusion:
+    """Counts over samples decided as accept or reject."""
+    pairs = [(t, p) for t, p in zip(truth, predicted, strict=True) if p in ("accept", "reject")]
+    return Confusion(
+        tp=sum(t == "accept" and p == "accept" for t, p in pairs),
+        fn=sum(t == "accept" and p == "reject" for t, p in pairs),
+        tn=sum(t == "reject" and p == "reject" for t, p in pairs),
+        fp=sum(t == "reject" and p == "accept" for t, p in pairs),
+    )
+
+
+def _ratio(num: float, den: float) -> float | None:
+    return num / den if den else None
+
+
+def auroc(truth: Sequence[str], scores: Sequence[float]) -> float | None:
+    """Probability that a random accept outscores a random reject (ties count half)."""
+    values = np.asarray(scores, dtype=np.float64)
+    positive = np.asarray([t == "accept" for t in truth])
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if n_pos == 0 or n_neg == 0:
+        return None
+    # Mann-Whitney U from mid-ranks, which handles ties exactly.
+    order = values.argsort(kind="mergesort")
+    ranks = np.empty(len(values))
+    sorted_values = values[order]
+    start = 0
+    while start < len(values):
+        end = start
+        while end + 1 < len(values) and sorted_values[end + 1] == sorted_values[start]:
+            end += 1
+        ranks[order[start : end + 1]] = (start + end) / 2.0 + 1.0
+        start = end + 1
+    u = ranks[positive].sum() - n_pos * (n_pos + 1) / 2.0
+    return float(u / (n_pos * n_neg))
+
+
+def top_k_precision(truth: Sequence[str], scores: Sequence[float], k: int) -> float | None:
+    """Share of true accepts among the k highest-scoring samples (the article's retrieval)."""
+    if not scores or k < 1:
+        return None
+    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="mergesort")[:k]
+    return float(np.mean([truth[i] == "accept" for i in order]))
+
+
+def agreement(
+    truth: Sequence[str],
+    predicted: Sequence[str],
+    scores: Sequence[float | None] | None = None,
+    top_k: int = 5,
+) -> dict[str, object]:
+    """Every figure of one evidence mode of one assessment, as a JSON-ready dict."""
+    per_sample = zip(truth, predicted, scores or [None] * len(truth), strict=True)
+    judged = [(t, p, s) for t, p, s in per_sample if p != "not_assessed"]
+    truths = [t for t, _, _ in judged]
+    verdicts = [p for _, p, _ in judged]
+    c = confusion(truths, verdicts)
+    precision = _ratio(c.tp, c.tp + c.fp)
+    recall = _ratio(c.tp, c.tp + c.fn)
+    specificity = _ratio(c.tn, c.tn + c.fp)
+    f1 = (
+        2 * precision * recall / (precision + recall)
+        if precision is not None and recall is not None and precision + recall > 0
+        else None
+    )
+    balanced = (
+        (recall + specificity) / 2 if recall is not None and specificity is not None else None
+    )
+    # A continuous score only counts when every judged sample has one.
+    has_scores = bool(judged) and all(s is not None and np.isfinite(s) for _, _, s in judged)
+    values = [float(s) for _, _, s in judged] if has_scores else []
+    return {
+        "n": len(judged),
+        "not_assessed": len(truth) - len(judged),
+        "accuracy": _ratio(c.tp + c.tn, c.total),
+        "balanced_accuracy": balanced,
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "confusion": c.to_dict(),
+        "auroc": auroc(truths, values) if has_scores else None,
+        "top_k": top_k_precision(truths, values, top_k) if has_scores else None,
+        "review_rate": _ratio(sum(p == "review" for p in verdicts), len(verdicts)),
+    }
