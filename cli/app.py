@@ -82,12 +82,20 @@ def init(
         str | None, typer.Option(help="Source of the CLIP model (hub id or dir).")
     ] = None,
     flava: Annotated[str | None, typer.Option(help="Source of the FLAVA model.")] = None,
+    example: Annotated[
+        str | None, typer.Option(help="Start from an example workspace: ni-wc-ded.")
+    ] = None,
     json_output: JsonOption = False,
 ) -> None:
-    """Create a workspace: kb.toml and rules/ with a root gate."""
-    from kb.init import HUB_CLIP, HUB_FLAVA, init_workspace
+    """Create a workspace: kb.toml and rules/ with a root gate, or a copy of an example."""
+    from kb.init import HUB_CLIP, HUB_FLAVA, init_example, init_workspace
 
-    ws = init_workspace(directory, clip or HUB_CLIP, flava or HUB_FLAVA)
+    if example is not None:
+        if clip or flava:
+            raise VLKBError("--example brings its own kb.toml; edit its [models] afterwards")
+        ws = init_example(directory, example)
+    else:
+        ws = init_workspace(directory, clip or HUB_CLIP, flava or HUB_FLAVA)
     if json_output:
         print_json({"workspace": str(ws.root)})
     else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from kb.config import CONFIG_FILE, DEFAULT_LEGEND, DEFAULT_UM_PER_PX, RULES_DIR, Workspace
@@ -56,6 +57,37 @@ TREE_TEXT = """# The detection tree: gates combine the verdicts of their childre
 name = "Overall qualification"
 rule = "all"
 """
+
+
+EXAMPLES = ("ni-wc-ded",)
+# The example workspace is the repository root itself (kb.toml, rules/, examples/).
+REPOSITORY = Path(__file__).resolve().parent.parent
+
+
+def init_example(directory: Path, name: str) -> Workspace:
+    """A copy of an example workspace: its kb.toml, rules/ (with references) and samples."""
+    if name not in EXAMPLES:
+        raise WorkspaceError(f"unknown example {name!r}; known examples: {', '.join(EXAMPLES)}")
+    source = REPOSITORY
+    if not (source / CONFIG_FILE).is_file() or not (source / RULES_DIR).is_dir():
+        raise WorkspaceError(
+            f"the {name} example is not next to this installation ({source}); "
+            "install VLKB from a clone of its repository to use --example"
+        )
+    directory = directory.expanduser().resolve()
+    for existing in (CONFIG_FILE, RULES_DIR):
+        if (directory / existing).exists():
+            raise WorkspaceError(f"{directory} already has {existing}; nothing was changed")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(source / RULES_DIR, directory / RULES_DIR)
+        shutil.copytree(source / "examples", directory / "examples",
+                        ignore=shutil.ignore_patterns("*.py", "__pycache__"))
+        shutil.copy2(source / CONFIG_FILE, directory / CONFIG_FILE)
+    except OSError as exc:
+        shutil.rmtree(directory / RULES_DIR, ignore_errors=True)
+        raise WorkspaceError(f"cannot create a workspace in {directory}: {exc.strerror}") from exc
+    return Workspace.open(directory)
 
 
 def init_workspace(

@@ -183,3 +183,17 @@ def test_unbound_roles_judge_on_measurements_and_say_how_to_bind(example: Worksp
         "dilution_fraction"
     ]
     assert "Measured dilution fraction 1.4 % (must be at most 5 %)" in ea1.rationale
+
+
+def test_init_example_copies_the_workspace_and_refuses_unknown_names(tmp_path: Path) -> None:
+    code, _, err = kb("init", tmp_path / "ws", "--example", "ni-wc-ded")
+    assert code == 0, err
+    assert (tmp_path / "ws" / "rules" / "references" / "EA-6" / "negative").is_dir()
+    assert (tmp_path / "ws" / "examples" / "labels.csv").is_file()
+    code, out, err = kb("sync", "--json", "-w", tmp_path / "ws")
+    assert code == 0 and json.loads(out)["created"] is True
+    code, _, err = kb("init", tmp_path / "other", "--example", "ti-64")
+    assert code == 1 and "unknown example 'ti-64'; known examples: ni-wc-ded" in err
+    assert not (tmp_path / "other").exists()
+    code, _, err = kb("init", tmp_path / "ws", "--example", "ni-wc-ded")
+    assert code == 1 and "already has kb.toml" in err
