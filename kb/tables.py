@@ -1,7 +1,8 @@
 """SQLModel tables of the knowledge base.
 
-Ruleset versions, qualifications and node verdicts are written once and never updated;
-embeddings and images are content-addressed caches keyed by SHA-256.
+Ruleset versions, qualifications, node verdicts, expert feedback and the audit chain are
+written once and never updated; embeddings and images are content-addressed caches keyed by
+SHA-256.
 """
 
 from __future__ import annotations
@@ -144,3 +145,48 @@ class NodeVerdict(SQLModel, table=True):
     score: float | None
     threshold: float | None
     rationale: str
+
+
+class Feedback(SQLModel, table=True):
+    """An expert's verdict on one node of one qualification, kept beside the machine verdict."""
+
+    __tablename__ = "feedback"
+    id: int | None = Field(default=None, primary_key=True)
+    created_at: datetime = Field(default_factory=utcnow)
+    qualification_id: int = Field(foreign_key="qualification.id", index=True)
+    node: str
+    verdict: str
+    comment: str
+    expert: str
+    prev_hash: str = Field(unique=True)
+    record_hash: str = Field(unique=True)
+
+
+class AuditEntry(SQLModel, table=True):
+    """The order of the audit log across record kinds; `seq` is the position in the chain.
+
+    prev_hash is unique over all kinds, so two writers can never fork the chain, whichever
+    kind of record each appends.
+    """
+
+    __tablename__ = "audit_chain"
+    __table_args__ = (UniqueConstraint("kind", "record_id"),)
+    seq: int | None = Field(default=None, primary_key=True)
+    kind: str  # "qualification" or "feedback"
+    record_id: int
+    prev_hash: str = Field(unique=True)
+    record_hash: str = Field(unique=True)
+
+
+class Calibration(SQLModel, table=True):
+    """A calibration version: normalisation statistics measured on a calibration set of one
+    ruleset version and, when expert labels came with it, the thresholds chosen on them."""
+
+    __tablename__ = "calibration"
+    id: int | None = Field(default=None, primary_key=True)  # the calibration version
+    ruleset_id: int = Field(foreign_key="ruleset_version.id", index=True)
+    created_at: datetime = Field(default_factory=utcnow)
+    images: int
+    source: str  # the folder the images came from
+    labels_sha256: str | None = None
+    thresholds_json: str = "{}"  # assessment key -> fused-score threshold
