@@ -115,6 +115,10 @@ class NodeResult:
     criterion: str | None = None
     evidence: tuple[Evidence, ...] = ()
     measurements: dict[str, float] = field(default_factory=dict)
+    reason: str | None = None  # why a node is not_assessed, in one phrase
+    rule: str | None = None  # a gate's combination rule: all, any, k_of_n, consensus
+    k: int | None = None  # accepting children a k_of_n gate needs
+    quorum: float | None = None  # share of children a consensus gate needs
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -123,6 +127,10 @@ class NodeResult:
             "parent": self.parent,
             "name": self.name,
             "verdict": self.verdict,
+            "reason": self.reason,
+            "rule": self.rule,
+            "k": self.k,
+            "quorum": self.quorum,
             "score": self.score,
             "threshold": self.threshold,
             "review_margin": self.review_margin,
@@ -176,8 +184,9 @@ class QualificationResult:
     report: str | None = None
 
     def document(self) -> dict[str, Any]:
-        """The stored record: everything except what is only known after storing."""
+        """The stored record: everything except the ID, which is only known after storing."""
         return {
+            "created_at": self.created_at,
             "sample": {
                 "path": self.sample_path,
                 "sha256": self.sample_sha256,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 import networkx as nx
 
@@ -114,7 +115,7 @@ def walk(ruleset: Ruleset, judge: Callable[[Assessment], NodeResult]) -> list[No
         if key in ruleset.assessments:
             a = ruleset.assessments[key]
             result = (
-                judge(a)
+                _with_reason(judge(a))
                 if reason is None
                 else _skipped(key, "assessment", a.parent, a.name, reason, a.criterion)
             )
@@ -132,7 +133,9 @@ def walk(ruleset: Ruleset, judge: Callable[[Assessment], NodeResult]) -> list[No
                     name=gate.name,
                     verdict=verdict,
                     rationale=f"{gate.name}: {verdict}; {how}.",
+                    reason=how if verdict == NOT_ASSESSED else None,
                 )
+            result = replace(result, rule=gate.rule, k=gate.k, quorum=gate.quorum)
         results[key] = result
         verdicts[key] = result.verdict
     return [results[k] for k in _display_order(ruleset)]
@@ -149,7 +152,16 @@ def _skipped(
         verdict=NOT_ASSESSED,
         rationale=f"{name}: not assessed; {reason}.",
         criterion=criterion,
+        reason=reason,
     )
+
+
+def _with_reason(result: NodeResult) -> NodeResult:
+    """A judged assessment left not_assessed says why: the notes of its unusable evidence."""
+    if result.verdict != NOT_ASSESSED or result.reason:
+        return result
+    notes = [n for n in (getattr(e, "note", None) for e in result.evidence) if n]
+    return replace(result, reason="; ".join(notes) or "no evidence could be used")
 
 
 def _display_order(ruleset: Ruleset) -> list[str]:

@@ -173,6 +173,25 @@ def skip_reason(node: Any) -> str:
     return reason.strip() or "no reason recorded"
 
 
+def gate_rule(node: Any) -> str:
+    """How a gate combines its children, in words; empty for a record from before gates said."""
+    rule = node.get("rule")
+    if is_missing(rule):
+        return ""
+    if rule == "all":
+        return "all children must accept"
+    if rule == "any":
+        return "one accepting child suffices"
+    if rule == "k_of_n":
+        k = node.get("k")
+        return f"{shown(k, 'k')} accepting children needed"
+    if rule == "consensus":
+        quorum = node.get("quorum")
+        share = "a" if is_missing(quorum) else f"a {float(quorum):.0%}"
+        return f"{share} consensus of the children needed"
+    return str(rule)
+
+
 FILTERS: dict[str, Callable[..., Any]] = {
     "shown": shown,
     "fixed": fixed,
@@ -189,4 +208,5 @@ FILTERS: dict[str, Callable[..., Any]] = {
     "file_name": file_name,
     "sentences": sentences,
     "skip_reason": skip_reason,
+    "gate_rule": gate_rule,
 }

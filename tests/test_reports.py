@@ -329,6 +329,35 @@ def test_report_shows_each_assessment_with_criterion_chart_and_rationale(rich_ht
     assert "A distinct bead must stand above the substrate." in sections["EA-3"].text()
 
 
+@pytest.mark.parametrize(
+    ("rule", "extra", "words"),
+    [
+        ("all", {}, "all children must accept"),
+        ("any", {}, "one accepting child suffices"),
+        ("k_of_n", {"k": 2}, "2 accepting children needed"),
+        ("consensus", {"quorum": 0.75}, "a 75% consensus of the children needed"),
+    ],
+)
+def test_gate_rule_is_shown_in_the_tree(rule: str, extra: dict[str, Any], words: str) -> None:
+    doc = rich_document()
+    geometry = next(n for n in doc["nodes"] if n["key"] == "geometry")
+    geometry.update(rule=rule, **extra)
+    dom = parse(render_qualification(doc, {}))
+    entry = dom.find_all(lambda e: e.tag == "div" and e.attrs.get("data-node") == "geometry")[0]
+    assert [r.text() for r in entry.find_all(by_class("rule"))] == [words]
+    root = dom.find_all(lambda e: e.tag == "div" and e.attrs.get("data-node") == "qualification")
+    assert not root[0].find_all(by_class("rule"))  # a record stored before gates said
+
+
+def test_skip_reason_field_is_preferred_over_the_rationale() -> None:
+    doc = rich_document()
+    ea3 = next(n for n in doc["nodes"] if n["key"] == "EA-3")
+    ea3.update(reason="precondition failed: EA-1 is reject", rationale="EA-3: long story.")
+    text = parse(render_qualification(doc, {})).text()
+    assert "Not assessed: precondition failed: EA-1 is reject" in text
+    assert "long story" not in text
+
+
 def test_evidence_table_numbers_are_formatted(rich_html: str) -> None:
     dom = parse(rich_html)
     ea5 = dom.find_all(lambda e: e.attrs.get("data-node") == "EA-5" and e.tag == "section")[0]
