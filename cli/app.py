@@ -7,6 +7,7 @@ import json
 import os
 import sys
 from collections.abc import Callable
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -245,6 +246,9 @@ def qualify(
     operator: Annotated[
         str | None, typer.Option(help="Who runs this (default: user name).")
     ] = None,
+    report: Annotated[
+        bool, typer.Option("--report", help="Write an HTML report per sample (and a run index).")
+    ] = False,
     workspace: WorkspaceOption = None,
     json_output: JsonOption = False,
 ) -> None:
@@ -252,25 +256,36 @@ def qualify(
     from engine.qualify import QualifyOptions, qualify_paths
 
     _check_pixel_size(um_per_px)
-    options = QualifyOptions(normalize=normalize, um_per_px=um_per_px, operator=operator)
+    options = QualifyOptions(
+        normalize=normalize, um_per_px=um_per_px, operator=operator, report=report
+    )
     outcome = qualify_paths(Workspace.open(workspace), images, options)
     for failure in outcome.failures:
         err.print(f"error: {failure.error}", markup=False)
+    for problem in outcome.report_errors:
+        err.print(f"error: {problem}", markup=False)
     if json_output:
-        print_json(
-            {
-                "qualifications": [r.to_dict() for r in outcome.results],
-                "failures": [f.to_dict() for f in outcome.failures],
-            }
-        )
+        document = {
+            "qualifications": [r.to_dict() for r in outcome.results],
+            "failures": [f.to_dict() for f in outcome.failures],
+        }
+        if report:
+            document.update(index=outcome.index, report_errors=outcome.report_errors)
+        print_json(document)
     else:
         _print_qualifications(outcome.results)
+        for r in outcome.results:
+            if r.report:
+                out.print(f"Report {r.id}: {r.report}", markup=False)
+        if outcome.index:
+            out.print(f"Run index: {outcome.index}", markup=False)
     if outcome.failures:
         err.print(
             f"{len(outcome.failures)} of {len(images)} file(s) failed; "
             f"{len(outcome.results)} qualified and stored.",
             markup=False,
         )
+    if outcome.failures or outcome.report_errors:
         raise typer.Exit(1)
 
 
@@ -521,27 +536,39 @@ def models(workspace: WorkspaceOption = None, json_output: JsonOption = False) -
 @reports_errors
 def history(
     limit: Annotated[int, typer.Option(help="Newest N qualifications.")] = 50,
+    since: Annotated[
+        str | None,
+        typer.Option(help="Only from this day (YYYY-MM-DD, UTC) or ISO time on.", metavar="DATE"),
+    ] = None,
+    verdict: Annotated[
+        str | None,
+        typer.Option(help="Only this overall verdict: accept, reject, review, not_assessed."),
+    ] = None,
     workspace: WorkspaceOption = None,
     json_output: JsonOption = False,
 ) -> None:
-    """The audit log, newest first."""
+    """The audit log, newest first, with expert feedback."""
     from engine.history import list_qualifications
 
-    rows = list_qualifications(Workspace.open(workspace), limit=limit)
+    rows = list_qualifications(Workspace.open(workspace), limit=limit, since=since, verdict=verdict)
     if json_output:
         print_json({"qualifications": rows})
         return
-    table = Table(title="History")
+    table = Table(title="History", box=box.SIMPLE_HEAD, pad_edge=False)
     for column in ("ID", "time (UTC)", "sample", "verdict", "ruleset", "operator"):
-        table.add_column(column)
+        table.add_column(column, no_wrap=column != "sample")
+    table.add_column("expert feedback")
     for r in rows:
         table.add_row(
             str(r["id"]),
-            r["created_at"],
+            r["created_at"][:19].replace("T", " "),
             Path(r["sample"]["path"]).name,
             verdict_text(r["verdict"]),
             f"v{r['ruleset']['version']}",
             r["operator"],
+            "\n".join(
+                f"{f['node']} {verdict_text(f['verdict'])} ({f['expert']})" for f in r["feedback"]
+            ),
         )
     out.print(table)
 
@@ -553,7 +580,7 @@ def show(
     workspace: WorkspaceOption = None,
     json_output: JsonOption = False,
 ) -> None:
-    """One qualification as stored, with every node's rationale."""
+    """One qualification as stored, with every node's rationale and the expert feedback."""
     from engine.history import load_qualification
 
     doc = load_qualification(Workspace.open(workspace), qualification_id)
@@ -561,21 +588,80 @@ def show(
         print_json(doc)
         return
     out.print(
-        f"[bold]Qualification {doc['id']}[/] {doc['created_at']} UTC: "
-        f"{verdict_text(doc['verdict'])}"
+        f"[bold]Qualification {doc['id']}[/] {doc['created_at']}: {verdict_text(doc['verdict'])}"
     )
     out.print(f"sample {doc['sample']['path']} (sha256 {doc['sample']['sha256']})", markup=False)
     out.print(
         f"ruleset v{doc['ruleset']['version']} ({doc['ruleset']['hash'][:12]}), "
-        f"{doc['normalization']} normalisation, operator {doc['operator']}",
+        f"{doc['normalization']} normalisation, operator {doc['operator']}, "
+        f"VLKB {doc.get('software_version', '?')}",
         markup=False,
     )
     for node in doc["nodes"]:
+        out.print(f"- {node['key']} {verdict_text(node['verdict'])}: ", end="")
+        out.print(node["rationale"], markup=False)
+    if doc["feedback"]:
+        out.print("[bold]Expert feedback[/] (beside the machine verdicts, which stand as stored):")
+    for f in doc["feedback"]:
         out.print(
-            f"- {node['key']} [{VERDICT_STYLE.get(node['verdict'], '')}]{node['verdict']}[/]: ",
+            f"- {f['node']} {verdict_text(f['verdict'])} by {f['expert']}, {f['created_at']}: ",
             end="",
         )
-        out.print(node["rationale"], markup=False)
+        out.print(f["comment"], markup=False)
+
+
+@app.command()
+@reports_errors
+def report(
+    qualification_id: Annotated[int, typer.Argument(metavar="ID")],
+    workspace: WorkspaceOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Re-render a stored qualification's HTML report (with its feedback); nothing is recomputed."""
+    from engine.reporting import write_stored_report
+
+    path = write_stored_report(Workspace.open(workspace), qualification_id)
+    if json_output:
+        print_json({"id": qualification_id, "report": str(path)})
+    else:
+        out.print(f"Report {qualification_id}: {path}", markup=False)
+
+
+class ExpertVerdict(StrEnum):
+    """An expert agrees that a node passes or fails; review is the machine's word for unsure."""
+
+    accept = "accept"
+    reject = "reject"
+
+
+@app.command()
+@reports_errors
+def feedback(
+    qualification_id: Annotated[int, typer.Argument(metavar="ID")],
+    node: Annotated[str, typer.Argument(help="Node key, e.g. EA-5 or the root gate.")],
+    verdict: Annotated[
+        ExpertVerdict, typer.Option(help="The expert's verdict on that node.", show_choices=True)
+    ],
+    comment: Annotated[str, typer.Option(help="Why, in the expert's words.")],
+    expert: Annotated[str | None, typer.Option(help="Who says so (default: user name).")] = None,
+    workspace: WorkspaceOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Record an expert's verdict on one node, beside the machine verdict, in the audit log."""
+    from engine.history import add_feedback
+
+    entry = add_feedback(
+        Workspace.open(workspace), qualification_id, node, verdict.value, comment, expert
+    )
+    if json_output:
+        print_json({"feedback": entry})
+        return
+    out.print(
+        f"Feedback {entry['id']} on qualification {qualification_id}, node {node}: "
+        f"{verdict_text(entry['verdict'])} by {entry['expert']} "
+        f"(machine verdict {verdict_text(entry['machine_verdict'])}, unchanged); "
+        "recorded in the audit log."
+    )
 
 
 @audit_app.command("verify")
@@ -585,19 +671,36 @@ def audit_verify(workspace: WorkspaceOption = None, json_output: JsonOption = Fa
     from engine.history import verify_audit_log
 
     report = verify_audit_log(Workspace.open(workspace))
+    counts = dict(report.counts)
     if json_output:
         print_json(
             {
                 "ok": report.ok,
                 "checked": report.checked,
-                "first_bad_id": report.first_bad_id,
+                "qualifications": counts.get("qualification", 0),
+                "feedback": counts.get("feedback", 0),
+                "head": report.head,
+                "first_bad": (
+                    None
+                    if report.ok
+                    else {"kind": report.first_bad_kind, "id": report.first_bad_id}
+                ),
                 "problem": report.problem,
             }
         )
     elif report.ok:
-        out.print(f"Audit log intact: {report.checked} record(s) verified.")
+        out.print(
+            f"Audit log intact: {report.checked} record(s) verified "
+            f"({counts.get('qualification', 0)} qualification(s), "
+            f"{counts.get('feedback', 0)} feedback); chain head {report.head[:16]}.",
+            markup=False,
+        )
     if not report.ok:
-        err.print(f"error: audit log record {report.first_bad_id} {report.problem}", markup=False)
+        err.print(
+            f"error: audit log broken: {report.first_bad} {report.problem}; "
+            f"the {report.checked} record(s) before it verified",
+            markup=False,
+        )
         raise typer.Exit(1)
 
 

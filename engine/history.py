@@ -1,51 +1,163 @@
-"""Reading the audit log back: the history list, one stored qualification, chain checks."""
+"""Reading the audit log back: the history list, one stored qualification, expert feedback and
+chain checks. Nothing here recomputes a verdict; everything comes from the stored records.
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, date, datetime
 from typing import Any
 
-from sqlmodel import col, select
+from sqlmodel import Session, col, select
 
-from kb.audit import ChainReport, get_qualification, verify_chain
+from kb.audit import (
+    ChainReport,
+    append_feedback,
+    feedback_of,
+    get_qualification,
+    node_verdicts,
+    os_user,
+    verify_chain,
+)
 from kb.config import Workspace
+from kb.errors import VLKBError
 from kb.store import KnowledgeBase
-from kb.tables import Qualification
+from kb.tables import Feedback, Qualification
+
+VERDICTS = ("accept", "reject", "review", "not_assessed")
 
 
-def _document(q: Qualification) -> dict[str, Any]:
-    stored = json.loads(q.result_json)
-    return {"id": q.id, "created_at": q.created_at.isoformat(), **stored, "report": None}
-
-
-def list_qualifications(workspace: Workspace, limit: int = 50) -> list[dict[str, Any]]:
+@contextmanager
+def workspace_session(workspace: Workspace) -> Iterator[Session]:
+    """One transaction on the workspace KB, closed afterwards so no file handle lingers."""
     kb = KnowledgeBase.open(workspace)
-    with kb.transaction() as session:
-        rows = session.exec(
-            select(Qualification).order_by(col(Qualification.id).desc()).limit(limit)
-        ).all()
+    try:
+        with kb.transaction() as session:
+            yield session
+    finally:
+        kb.close()
+
+
+def iso_utc(moment: datetime) -> str:
+    """A stored time (naive UTC in SQLite) as ISO 8601 with its zone, like `kb qualify` prints."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).isoformat()
+
+
+def parse_since(text: str) -> datetime:
+    """`--since`: a day (YYYY-MM-DD, from midnight UTC) or an ISO time (UTC unless it says)."""
+    try:
+        if len(text.strip()) == 10:
+            day = date.fromisoformat(text.strip())
+            return datetime(day.year, day.month, day.day, tzinfo=UTC)
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise VLKBError(
+            f"--since {text!r} is not a date; use YYYY-MM-DD or an ISO time such as "
+            "2026-11-25T14:30:00+01:00"
+        ) from None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def check_verdict(verdict: str) -> str:
+    if verdict not in VERDICTS:
+        raise VLKBError(f"unknown verdict {verdict!r}; use one of {', '.join(VERDICTS)}")
+    return verdict
+
+
+def feedback_dict(f: Feedback) -> dict[str, Any]:
+    """One feedback entry as shown by show, history and the report."""
+    return {
+        "id": f.id,
+        "qualification_id": f.qualification_id,
+        "node": f.node,
+        "verdict": f.verdict,
+        "comment": f.comment,
+        "expert": f.expert,
+        "created_at": iso_utc(f.created_at),
+    }
+
+
+def feedback_by_qualification(
+    session: Session, qualification_ids: Sequence[int]
+) -> dict[int, list[dict[str, Any]]]:
+    """Feedback grouped by qualification ID, oldest first; every ID gets a list."""
+    grouped: dict[int, list[dict[str, Any]]] = {i: [] for i in qualification_ids}
+    for f in feedback_of(session, qualification_ids):
+        grouped[f.qualification_id].append(feedback_dict(f))
+    return grouped
+
+
+def stored_document(session: Session, qualification_id: int) -> dict[str, Any]:
+    """The stored document exactly as it was recorded, with its ID and time."""
+    q = get_qualification(session, qualification_id)
+    stored = json.loads(q.result_json)
+    document = {"id": q.id, "created_at": iso_utc(q.created_at), **stored}
+    document["created_at"] = stored.get("created_at") or document["created_at"]
+    return document
+
+
+def list_qualifications(
+    workspace: Workspace,
+    limit: int = 50,
+    since: str | datetime | None = None,
+    verdict: str | None = None,
+) -> list[dict[str, Any]]:
+    """The newest `limit` qualifications at or after `since` with this overall verdict."""
+    query = select(Qualification)
+    if since is not None:
+        moment = parse_since(since) if isinstance(since, str) else since
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        query = query.where(col(Qualification.created_at) >= moment)
+    if verdict is not None:
+        query = query.where(Qualification.verdict == check_verdict(verdict))
+    if limit < 1:
+        raise VLKBError("--limit must be at least 1")
+    with workspace_session(workspace) as session:
+        rows = session.exec(query.order_by(col(Qualification.id).desc()).limit(limit)).all()
+        feedback = feedback_by_qualification(session, [q.id for q in rows if q.id is not None])
         return [
             {
                 "id": q.id,
-                "created_at": q.created_at.isoformat(),
+                "created_at": iso_utc(q.created_at),
                 "sample": {"path": q.sample_path, "sha256": q.sample_sha256},
                 "verdict": q.verdict,
                 "ruleset": json.loads(q.result_json)["ruleset"],
                 "normalization": q.normalization,
                 "operator": q.operator,
+                "feedback": feedback[q.id] if q.id is not None else [],
             }
             for q in rows
         ]
 
 
 def load_qualification(workspace: Workspace, qualification_id: int) -> dict[str, Any]:
-    """The stored document exactly as it was recorded; nothing is recomputed."""
-    kb = KnowledgeBase.open(workspace)
-    with kb.transaction() as session:
-        return _document(get_qualification(session, qualification_id))
+    """One stored qualification with its expert feedback; nothing is recomputed."""
+    with workspace_session(workspace) as session:
+        document = stored_document(session, qualification_id)
+        feedback = feedback_by_qualification(session, [qualification_id])[qualification_id]
+        return {**document, "feedback": feedback, "report": None}
+
+
+def add_feedback(
+    workspace: Workspace,
+    qualification_id: int,
+    node: str,
+    verdict: str,
+    comment: str,
+    expert: str | None = None,
+) -> dict[str, Any]:
+    """Append an expert's verdict on one node, beside the machine verdict, to the audit log."""
+    with workspace_session(workspace) as session:
+        f = append_feedback(session, qualification_id, node, verdict, comment, expert or os_user())
+        machine = next(n.verdict for n in node_verdicts(session, qualification_id) if n.key == node)
+        return {**feedback_dict(f), "machine_verdict": machine, "record_hash": f.record_hash}
 
 
 def verify_audit_log(workspace: Workspace) -> ChainReport:
-    kb = KnowledgeBase.open(workspace)
-    with kb.transaction() as session:
+    with workspace_session(workspace) as session:
         return verify_chain(session)

@@ -8,7 +8,6 @@ never loses the others.
 
 from __future__ import annotations
 
-import getpass
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -22,6 +21,7 @@ from engine.evidence import EvidenceSet, evidence_set, stored_normalization
 from engine.images import Sample, load_sample
 from engine.metrology import QUANTITIES, NotASegmentationMap, measure_image
 from engine.models import ModelSet
+from engine.reporting import output_dir, write_run_reports
 from engine.results import (
     ItemSimilarity,
     NodeResult,
@@ -32,14 +32,14 @@ from engine.results import (
 from engine.scoring import Normalization, population_stats, zscore
 from engine.sync import compile_workspace, prepare_embeddings
 from engine.tree import walk
-from kb.audit import NodeRecord, append_qualification
+from kb.audit import NodeRecord, append_qualification, os_user
 from kb.config import ROLES, Workspace
 from kb.errors import RulesError, VLKBError
 from kb.images import store_image
 from kb.rules import Assessment, Ruleset
 from kb.rulesets import latest_version, ruleset_of, software_version
 from kb.store import KnowledgeBase
-from kb.tables import RulesetVersion
+from kb.tables import RulesetVersion, utcnow
 
 NORMALIZATIONS = ("batch", "calibrated")
 
@@ -49,12 +49,15 @@ class QualifyOptions:
     normalize: str = "calibrated"
     um_per_px: float | None = None  # overrides the workspace default for this run
     operator: str | None = None
+    report: bool = False  # write each stored qualification's HTML report (and a run index)
 
 
 @dataclass
 class QualifyOutcome:
     results: list[QualificationResult] = field(default_factory=list)
     failures: list[SampleFailure] = field(default_factory=list)
+    index: str | None = None  # the run's index.html, for a reported run of 2+ samples
+    report_errors: list[str] = field(default_factory=list)  # reports that could not be written
 
 
 def current_ruleset(session: Session, workspace: Workspace) -> tuple[RulesetVersion, Ruleset]:
@@ -92,6 +95,8 @@ def qualify_paths(
     """Qualify files; unreadable ones are reported as failures and the rest still judged."""
     if options.normalize not in NORMALIZATIONS:
         raise VLKBError(f"unknown normalisation {options.normalize!r}; use one of {NORMALIZATIONS}")
+    if options.report:
+        output_dir(workspace)  # refuse a bad output folder before anything is stored
     outcome = QualifyOutcome()
     samples: list[Sample] = []
     for path in paths:
@@ -118,7 +123,7 @@ def qualify_paths(
         normalization=options.normalize,
         nodes=[],
         software_version=software_version(),
-        operator=options.operator or _default_operator(),
+        operator=options.operator or os_user(),
         um_per_px=um_per_px,
     )
     for index, sample in enumerate(samples):
@@ -149,7 +154,19 @@ def qualify_paths(
             outcome.failures.append(SampleFailure(str(sample.path), str(exc)))
             continue
         outcome.results.append(result)
+    if options.report:
+        _write_reports(workspace, outcome)
     return outcome
+
+
+def _write_reports(workspace: Workspace, outcome: QualifyOutcome) -> None:
+    """Render every stored qualification from the KB, exactly as `kb report ID` would."""
+    written = write_run_reports(workspace, [r.id for r in outcome.results if r.id is not None])
+    for result in outcome.results:
+        path = written.paths.get(result.id) if result.id is not None else None
+        result.report = str(path) if path else None
+    outcome.index = str(written.index) if written.index else None
+    outcome.report_errors.extend(written.errors)
 
 
 def _vlr_evidence(
@@ -254,8 +271,10 @@ def _measure(
 def _store(
     kb: KnowledgeBase, row: RulesetVersion, result: QualificationResult, sample: Sample
 ) -> None:
-    """Append one qualification atomically and fill in its ID and time."""
+    """Append one qualification atomically; its time is in the stored document, its ID after."""
     assert row.id is not None
+    moment = utcnow()
+    result.created_at = moment.isoformat()
     with kb.transaction() as session:
         store_image(session, sample.sha256, sample.image, sample.format)
         record = append_qualification(
@@ -268,17 +287,10 @@ def _store(
             operator=result.operator,
             software_version=result.software_version,
             document=result.document(),
+            created_at=moment,
             nodes=[
                 NodeRecord(n.key, n.kind, n.parent, n.verdict, n.score, n.threshold, n.rationale)
                 for n in result.nodes
             ],
         )
         result.id = record.id
-        result.created_at = record.created_at.isoformat()
-
-
-def _default_operator() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return "unknown"

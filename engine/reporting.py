@@ -1,0 +1,144 @@
+"""HTML reports rendered from stored records only, so a report written at qualification time
+and one re-rendered months later (after the sample file moved) show the same numbers.
+
+Shared by `kb qualify --report`, `kb report ID` and any other caller (a Python script, a web
+API): the document, the thumbnails and the feedback all come from the knowledge base.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlmodel import Session
+
+import reports
+from engine.history import feedback_by_qualification, stored_document, workspace_session
+from kb.config import Workspace
+from kb.errors import VLKBError
+from kb.tables import ImageRecord
+from reports.render import render_batch_index, render_qualification, write_report
+
+REPORTS_PACKAGE = Path(reports.__file__).resolve().parent
+
+
+@dataclass
+class WrittenReports:
+    """Where each qualification's report went, the run index, and what could not be written."""
+
+    paths: dict[int, Path] = field(default_factory=dict)
+    index: Path | None = None
+    errors: list[str] = field(default_factory=list)
+
+
+def output_dir(workspace: Workspace) -> Path:
+    """The workspace's report folder, refused when it lies inside the reports package."""
+    folder = workspace.config.output_dir.resolve()
+    if folder == REPORTS_PACKAGE or folder.is_relative_to(REPORTS_PACKAGE):
+        raise VLKBError(
+            f"output folder {folder} is inside {REPORTS_PACKAGE}, which holds the report "
+            "templates and code only; set [output] dir in kb.toml to another folder"
+        )
+    return folder
+
+
+def report_name(qualification_id: int, sample_path: str) -> str:
+    """A stable, unique file name: the ID makes it unique, the sample's stem makes it readable."""
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(sample_path).stem).strip(".-")[:60]
+    return f"q{qualification_id:06d}-{stem or 'sample'}.html"
+
+
+def report_images(session: Session, document: dict[str, Any]) -> dict[str, bytes]:
+    """The sample's stored thumbnail and the closest reference images, by SHA-256."""
+    wanted = {str((document.get("sample") or {}).get("sha256"))}
+    for node in document.get("nodes") or []:
+        for evidence in node.get("evidence") or []:
+            if evidence.get("role") != "image":
+                continue
+            for side in ("closest_positive", "closest_negative"):
+                item = evidence.get(side)
+                if item and item.get("sha256"):
+                    wanted.add(str(item["sha256"]))
+    images = {}
+    for sha in sorted(wanted):
+        record = session.get(ImageRecord, sha)
+        if record is not None:
+            images[sha] = record.data or record.thumbnail_png
+    return images
+
+
+def render_stored(session: Session, qualification_id: int) -> tuple[dict[str, Any], str]:
+    """The stored document of one qualification and its report HTML."""
+    document = stored_document(session, qualification_id)
+    feedback = feedback_by_qualification(session, [qualification_id])[qualification_id]
+    return document, render_qualification(document, report_images(session, document), feedback)
+
+
+def render_stored_report(workspace: Workspace, qualification_id: int) -> str:
+    """One qualification's report HTML, from the knowledge base alone."""
+    with workspace_session(workspace) as session:
+        return render_stored(session, qualification_id)[1]
+
+
+def write_stored_report(workspace: Workspace, qualification_id: int) -> Path:
+    """`kb report ID`: re-render the stored record into its report file; returns the path."""
+    folder = output_dir(workspace)
+    with workspace_session(workspace) as session:
+        document, html = render_stored(session, qualification_id)
+    path = folder / report_name(qualification_id, document["sample"]["path"])
+    try:
+        return write_report(path, html)
+    except OSError as exc:
+        raise VLKBError(f"could not write the report to {path}: {_why(exc)}") from exc
+
+
+def write_run_reports(workspace: Workspace, qualification_ids: Sequence[int]) -> WrittenReports:
+    """Reports of a run's stored qualifications, and an index.html when there are several.
+
+    The index sits in run-<first ID>-<last ID>/ under the output folder and links to the
+    reports beside that folder with relative paths, so the folder can be moved or zipped.
+    A report that cannot be written becomes an error line; the qualifications stay stored.
+    """
+    written = WrittenReports()
+    if not qualification_ids:
+        return written
+    folder = output_dir(workspace)
+    with workspace_session(workspace) as session:
+        rendered = [render_stored(session, i) for i in qualification_ids]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        written.errors.append(_not_written(folder, qualification_ids, exc))
+        return written
+    for ident, (document, html) in zip(qualification_ids, rendered, strict=True):
+        path = folder / report_name(ident, document["sample"]["path"])
+        try:
+            written.paths[ident] = write_report(path, html)
+        except OSError as exc:
+            written.errors.append(_not_written(path, [ident], exc))
+    if len(qualification_ids) > 1:
+        run = folder / f"run-{qualification_ids[0]:06d}-{qualification_ids[-1]:06d}"
+        links = {ident: f"../{path.name}" for ident, path in written.paths.items()}
+        index = render_batch_index([d for d, _ in rendered], links)
+        try:
+            written.index = write_report(run / "index.html", index)
+        except OSError as exc:
+            written.errors.append(f"could not write the run index to {run}: {_why(exc)}")
+    return written
+
+
+def _why(exc: OSError) -> str:
+    return exc.strerror or str(exc)
+
+
+def _not_written(where: Path, ids: Sequence[int], exc: OSError) -> str:
+    which = ", ".join(str(i) for i in ids)
+    noun = "qualification" if len(ids) == 1 else "qualifications"
+    return (
+        f"could not write the report of {noun} {which} to {where}: {_why(exc)}; "
+        f"the {noun} {'is' if len(ids) == 1 else 'are'} stored: run `kb report ID` "
+        "once the folder is writable"
+    )
