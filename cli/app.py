@@ -7,6 +7,7 @@ import json
 import os
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -236,7 +237,9 @@ def tree(workspace: WorkspaceOption = None, json_output: JsonOption = False) -> 
 @app.command()
 @reports_errors
 def qualify(
-    images: Annotated[list[Path], typer.Argument(help="Micrographs to qualify.")],
+    images: Annotated[
+        list[str], typer.Argument(help="Micrographs, folders of them, or glob patterns.")
+    ],
     normalize: Annotated[
         str, typer.Option(help="z-score statistics: batch or calibrated.")
     ] = "calibrated",
@@ -249,70 +252,118 @@ def qualify(
     report: Annotated[
         bool, typer.Option("--report", help="Write an HTML report per sample (and a run index).")
     ] = False,
+    skip_existing: Annotated[
+        bool,
+        typer.Option(
+            "--skip-existing",
+            help="Skip files already judged under this ruleset, calibration and models.",
+        ),
+    ] = False,
     workspace: WorkspaceOption = None,
     json_output: JsonOption = False,
 ) -> None:
     """Judge micrographs against the current ruleset and store them in the audit log."""
+    from cli.streams import JsonArray, progress_bar
+    from engine.inputs import expand_inputs
     from engine.qualify import QualifyOptions, qualify_paths
 
     _check_pixel_size(um_per_px)
     options = QualifyOptions(
-        normalize=normalize, um_per_px=um_per_px, operator=operator, report=report
+        normalize=normalize,
+        um_per_px=um_per_px,
+        operator=operator,
+        report=report,
+        skip_existing=skip_existing,
     )
-    outcome = qualify_paths(Workspace.open(workspace), images, options)
-    for failure in outcome.failures:
+    paths, unmatched = expand_inputs(images)
+    stream = JsonArray(sys.stdout, "qualifications") if json_output and not report else None
+    summary = VerdictTable()
+
+    def on_result(result: Any) -> None:
+        if stream is not None:
+            stream.add(result.to_dict())
+        elif not json_output:
+            summary.add(result)
+
+    try:
+        with progress_bar(err, len(paths)) as progress:
+            outcome = qualify_paths(
+                Workspace.open(workspace), paths, options,
+                progress=progress, on_result=on_result, keep_results=report,
+            )
+    except VLKBError as exc:
+        if stream is not None and stream.started:  # keep stdout one valid JSON document
+            stream.close({"error": str(exc)})
+        raise
+    failures = unmatched + outcome.failures
+    for failure in failures:
         err.print(f"error: {failure.error}", markup=False)
     for problem in outcome.report_errors:
         err.print(f"error: {problem}", markup=False)
-    if json_output:
-        document = {
-            "qualifications": [r.to_dict() for r in outcome.results],
-            "failures": [f.to_dict() for f in outcome.failures],
-        }
-        if report:
-            document.update(index=outcome.index, report_errors=outcome.report_errors)
-        print_json(document)
+    extra: dict[str, Any] = {
+        "failures": [f.to_dict() for f in failures],
+        "skipped": outcome.skipped,
+    }
+    if stream is not None:
+        stream.close(extra)
+    elif json_output:
+        extra.update(index=outcome.index, report_errors=outcome.report_errors)
+        print_json({"qualifications": [r.to_dict() for r in outcome.results], **extra})
     else:
-        _print_qualifications(outcome.results)
+        summary.print()
         for r in outcome.results:
             if r.report:
                 out.print(f"Report {r.id}: {r.report}", markup=False)
         if outcome.index:
             out.print(f"Run index: {outcome.index}", markup=False)
-    if outcome.failures:
+    if outcome.skipped:
+        err.print(f"{len(outcome.skipped)} file(s) skipped: already judged under the same "
+                  "ruleset, calibration and models.", markup=False)
+    if failures:
         err.print(
-            f"{len(outcome.failures)} of {len(images)} file(s) failed; "
-            f"{len(outcome.results)} qualified and stored.",
+            f"{len(failures)} input(s) failed; {outcome.stored} qualified and stored.",
             markup=False,
         )
-    if outcome.failures or outcome.report_errors:
+    if failures or outcome.report_errors:
         raise typer.Exit(1)
 
 
-def _print_qualifications(results: list[Any]) -> None:
-    if not results:
-        return
-    keys = [n.key for n in results[0].nodes if n.kind == "assessment"]
-    table = Table(
-        title=f"Qualification (ruleset v{results[0].ruleset_version}, "
-        f"{results[0].normalization} normalisation)",
-        caption="skipped = not assessed: a precondition of its group did not hold",
-        box=box.SIMPLE_HEAD,
-        pad_edge=False,
-    )
-    table.add_column("ID", justify="right", no_wrap=True)
-    table.add_column("sample", overflow="ellipsis", min_width=12)
-    for header in ["verdict", *keys]:
-        table.add_column(header, no_wrap=True)
-    for r in results:
-        by_key = {n.key: n.verdict for n in r.nodes}
-        table.add_row(
-            str(r.id),
-            Path(r.sample_path).name,
-            verdict_text(r.verdict),
-            *(verdict_text(by_key[k]) for k in keys),
+@dataclass
+class VerdictTable:
+    """The human summary of a qualify run, one compact row per stored sample."""
+
+    title: str = "Qualification"
+    keys: list[str] = field(default_factory=list)
+    rows: list[tuple[str, str, str, list[str]]] = field(default_factory=list)
+
+    def add(self, result: Any) -> None:
+        assessments = [n for n in result.nodes if n.kind == "assessment"]
+        if not self.rows:
+            self.keys = [n.key for n in assessments]
+            self.title = (
+                f"Qualification (ruleset v{result.ruleset_version}, "
+                f"{result.normalization} normalisation)"
+            )
+        verdicts = {n.key: n.verdict for n in assessments}
+        self.rows.append((str(result.id), Path(result.sample_path).name, result.verdict,
+                          [verdicts[k] for k in self.keys]))
+
+    def print(self) -> None:
+        if not self.rows:
+            return
+        table = Table(
+            title=self.title,
+            caption="skipped = not assessed: a precondition of its group did not hold",
+            box=box.SIMPLE_HEAD,
+            pad_edge=False,
         )
-    out.print(table)
+        table.add_column("ID", justify="right", no_wrap=True)
+        table.add_column("sample", overflow="ellipsis", min_width=12)
+        for header in ["verdict", *self.keys]:
+            table.add_column(header, no_wrap=True)
+        for ident, name, verdict, verdicts in self.rows:
+            table.add_row(ident, name, verdict_text(verdict), *map(verdict_text, verdicts))
+        out.print(table)
 
 
 @app.command()
@@ -443,6 +494,46 @@ def evaluate(
         out.print(f"Report: {page}")
     if evaluation.failures:
         raise typer.Exit(1)
+
+
+@app.command()
+@reports_errors
+def calibrate(
+    directory: Annotated[Path, typer.Argument(help="Folder of calibration micrographs.")],
+    labels: Annotated[
+        Path | None, typer.Option(help="Expert labels: also choose each threshold.")
+    ] = None,
+    workspace: WorkspaceOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Store mu and sigma per assessment and role from your images (thresholds with labels)."""
+    from engine.calibrate import calibrate_folder
+
+    result = calibrate_folder(Workspace.open(workspace), directory, labels)
+    for failure in result.failures:
+        err.print(f"error: {failure.error}", markup=False)
+    if json_output:
+        print_json(result.to_dict())
+        return
+    out.print(
+        f"Calibration v{result.version} of ruleset v{result.ruleset_version} "
+        f"from {result.images} images."
+    )
+    stats = Table(box=box.SIMPLE_HEAD, title="Normalisation")
+    for column in ("assessment", "role", "model", "mu", "sigma", "n"):
+        stats.add_column(column, justify="right" if column in ("mu", "sigma", "n") else "left")
+    for s in result.stats:
+        stats.add_row(s.assessment, s.role, s.model, f"{s.mu:+.4f}", f"{s.sigma:.4f}",
+                      str(s.count))
+    out.print(stats)
+    if result.thresholds:
+        table = Table(box=box.SIMPLE_HEAD, title="Thresholds (balanced accuracy on these images)")
+        for column in ("assessment", "before", "after", "bal. acc. before", "bal. acc. after"):
+            table.add_column(column, justify="left" if column == "assessment" else "right")
+        for t in result.thresholds:
+            table.add_row(t.assessment, f"{t.before:+.3f}", f"{t.after:+.3f}",
+                          _fixed(t.balanced_accuracy_before), _fixed(t.balanced_accuracy_after))
+        out.print(table)
 
 
 def _print_evaluation(document: dict[str, Any]) -> None:

@@ -112,3 +112,34 @@ def agreement(
         "top_k": top_k_precision(truths, values, top_k) if has_scores else None,
         "review_rate": _ratio(sum(p == "review" for p in verdicts), len(verdicts)),
     }
+
+
+def balanced_accuracy_at(
+    scores: Sequence[float] | np.ndarray, truth: Sequence[str], threshold: float
+) -> float | None:
+    """Balanced accuracy of `accept when score >= threshold` (no review band)."""
+    values = np.asarray(scores, dtype=np.float64)
+    positive = np.asarray([t == "accept" for t in truth])
+    if positive.all() or not positive.any():
+        return None
+    accepted = values >= threshold
+    recall = float(accepted[positive].mean())
+    specificity = float((~accepted[~positive]).mean())
+    return (recall + specificity) / 2
+
+
+def best_threshold(
+    scores: Sequence[float] | np.ndarray, truth: Sequence[str], current: float
+) -> float:
+    """The threshold with the highest balanced accuracy; ties go to the one nearest current.
+
+    Candidates are the current threshold and the midpoints between neighbouring scores, so
+    the choice never sits on a calibration image's own score.
+    """
+    values = np.unique(np.asarray(scores, dtype=np.float64))
+    candidates = [current, values[0] - 1.0, values[-1] + 1.0]
+    candidates += list((values[:-1] + values[1:]) / 2.0)
+    ranked = [
+        (balanced_accuracy_at(scores, truth, c) or 0.0, -abs(c - current), c) for c in candidates
+    ]
+    return float(max(ranked)[2])

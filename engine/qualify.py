@@ -8,14 +8,18 @@ never loses the others.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+import json
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
-from sqlmodel import Session
+from sqlmodel import Session, select
 
 from engine.assess import judge_assessment, measurement_evidence
+from engine.calibrate import calibrated_thresholds, latest_calibration, with_threshold
 from engine.embedding import embed_images
 from engine.evidence import EvidenceSet, evidence_set, stored_normalization
 from engine.images import Sample, load_sample
@@ -30,18 +34,25 @@ from engine.results import (
     VLREvidence,
 )
 from engine.scoring import Normalization, population_stats, zscore
-from engine.sync import compile_workspace, prepare_embeddings
+from engine.sync import current_ruleset, prepare_embeddings
 from engine.tree import walk
 from kb.audit import NodeRecord, append_qualification, os_user
 from kb.config import ROLES, Workspace
-from kb.errors import RulesError, VLKBError
+from kb.errors import VLKBError
 from kb.images import store_image
 from kb.rules import Assessment, Ruleset
-from kb.rulesets import latest_version, ruleset_of, software_version
+from kb.rulesets import software_version
 from kb.store import KnowledgeBase
-from kb.tables import RulesetVersion, utcnow
+from kb.tables import Qualification, RulesetVersion, utcnow
 
 NORMALIZATIONS = ("batch", "calibrated")
+CHUNK = 32  # files decoded and embedded together; memory stays flat however many there are
+
+
+class Progress(Protocol):
+    """Told how far a run has got: a stage name, files done and files in that stage."""
+
+    def __call__(self, stage: str, done: int, total: int) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -50,33 +61,31 @@ class QualifyOptions:
     um_per_px: float | None = None  # overrides the workspace default for this run
     operator: str | None = None
     report: bool = False  # write each stored qualification's HTML report (and a run index)
+    skip_existing: bool = False  # skip files already judged under the same conditions
 
 
 @dataclass
 class QualifyOutcome:
     results: list[QualificationResult] = field(default_factory=list)
     failures: list[SampleFailure] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # paths judged before (--skip-existing)
+    stored: int = 0
     index: str | None = None  # the run's index.html, for a reported run of 2+ samples
     report_errors: list[str] = field(default_factory=list)  # reports that could not be written
 
 
-def current_ruleset(session: Session, workspace: Workspace) -> tuple[RulesetVersion, Ruleset]:
-    """The latest synced version, refusing to judge while rules/ holds unsynced edits."""
-    compiled = compile_workspace(workspace)
-    row = latest_version(session)
-    if row is None:
-        raise RulesError("no ruleset has been synced yet; run `kb sync` first")
-    if row.content_hash != compiled.content_hash:
-        raise RulesError(
-            f"rules/ has changed since ruleset version {row.version} was synced; "
-            "run `kb sync` so verdicts point at the rules as they are now"
-        )
-    return row, ruleset_of(row)
+@dataclass
+class _RoleSetup:
+    """What one assessment and one role need for the whole run: items and normalisation."""
+
+    items: EvidenceSet | None
+    norm: Normalization | None
+    note: str | None
 
 
 @dataclass
 class _RoleEvidence:
-    """Everything computed for one assessment and one role over the whole batch."""
+    """Everything computed for one assessment and one role over one chunk of images."""
 
     items: EvidenceSet | None
     deltas: np.ndarray
@@ -88,75 +97,273 @@ class _RoleEvidence:
 def qualify_paths(
     workspace: Workspace,
     paths: Sequence[Path],
-    options: QualifyOptions = QualifyOptions(),
+    options: QualifyOptions | None = None,
     kb: KnowledgeBase | None = None,
     models: ModelSet | None = None,
+    *,
+    progress: Progress | None = None,
+    on_result: Callable[[QualificationResult], None] | None = None,
+    keep_results: bool = True,
 ) -> QualifyOutcome:
-    """Qualify files; unreadable ones are reported as failures and the rest still judged."""
+    """Qualify files chunk by chunk; unreadable ones are reported and the rest still judged.
+
+    on_result sees each stored qualification as soon as it is stored; keep_results=False
+    keeps only their count, so a run over thousands of files holds none of them in memory.
+    """
+    options = options or QualifyOptions()
     if options.normalize not in NORMALIZATIONS:
         raise VLKBError(f"unknown normalisation {options.normalize!r}; use one of {NORMALIZATIONS}")
     if options.report:
         output_dir(workspace)  # refuse a bad output folder before anything is stored
+    report = progress or (lambda stage, done, total: None)
     outcome = QualifyOutcome()
-    samples: list[Sample] = []
-    for path in paths:
-        try:
-            samples.append(load_sample(Path(path)))
-        except VLKBError as exc:
-            outcome.failures.append(SampleFailure(str(path), str(exc)))
     kb = kb or KnowledgeBase.open(workspace)
     models = models or ModelSet(workspace.config)
+    um_per_px = options.um_per_px or workspace.config.um_per_px
     with kb.transaction() as session:
         row, ruleset = current_ruleset(session, workspace)
+        assert row.id is not None
         prepare_embeddings(session, row, ruleset, models)
-        evidence = _vlr_evidence(session, row, ruleset, models, samples, options.normalize)
-    um_per_px = options.um_per_px or workspace.config.um_per_px
+        calibration = (
+            latest_calibration(session, row.id) if options.normalize == "calibrated" else None
+        )
+        base = QualificationResult(
+            sample_path="",
+            sample_sha256="",
+            verdict="",
+            ruleset_version=row.version,
+            ruleset_hash=row.content_hash,
+            git_commit=row.git_commit,
+            models=models.uses(),
+            normalization=options.normalize,
+            nodes=[],
+            software_version=software_version(),
+            operator=options.operator or os_user(),
+            um_per_px=um_per_px,
+            calibration=calibration.id if calibration is not None else None,
+        )
+        judged_before = (
+            qualified_shas(session, row.id, base) if options.skip_existing else frozenset()
+        )
+        setup = _role_setup(session, row.id, ruleset, models, options.normalize)
+    ruleset = _with_thresholds(ruleset, calibrated_thresholds(calibration))
+
+    pending = _without_judged(paths, judged_before, outcome)
+    if options.normalize == "batch":
+        pending = _batch_normalization(kb, ruleset, models, pending, setup, outcome, report)
     needs_metrology = any(a.measurements for a in ruleset.assessments.values())
-    base = QualificationResult(
-        sample_path="",
-        sample_sha256="",
-        verdict="",
-        ruleset_version=row.version,
-        ruleset_hash=row.content_hash,
-        git_commit=row.git_commit,
-        models=models.uses(),
-        normalization=options.normalize,
-        nodes=[],
-        software_version=software_version(),
-        operator=options.operator or os_user(),
-        um_per_px=um_per_px,
-    )
-    for index, sample in enumerate(samples):
-        quantities, unmeasurable = (
-            _measure(sample, workspace, um_per_px) if needs_metrology else ({}, {})
-        )
-
-        def judge(a: Assessment, i: int = index, q=quantities, u=unmeasurable) -> NodeResult:
-            vlr = [
-                _sample_evidence(a.key, role, i, evidence, models)
-                for role in ROLES
-                if a.items_of(role)
-            ]
-            return judge_assessment(a, vlr, measurement_evidence(a, q, u))
-
-        nodes = walk(ruleset, judge)
-        result = replace(
-            base,
-            nodes=nodes,
-            sample_path=str(sample.path.resolve()),
-            sample_sha256=sample.sha256,
-            verdict=nodes[0].verdict,
-            conversion=sample.conversion,
-        )
-        try:
-            _store(kb, row, result, sample)
-        except VLKBError as exc:
-            outcome.failures.append(SampleFailure(str(sample.path), str(exc)))
-            continue
-        outcome.results.append(result)
+    done = 0
+    for chunk in _chunks(pending):
+        samples = _load(chunk, outcome)
+        done += len(chunk) - len(samples)  # files that failed to load are done too
+        with kb.transaction() as session:
+            evidence = _chunk_evidence(session, ruleset, models, samples, setup)
+        for index, sample in enumerate(samples):
+            result = _judge(sample, index, ruleset, evidence, models, base, um_per_px,
+                            workspace if needs_metrology else None)
+            done += 1
+            report("judging", done, len(pending))
+            try:
+                _store(kb, row, result, sample)
+            except VLKBError as exc:
+                outcome.failures.append(SampleFailure(str(sample.path), str(exc)))
+                continue
+            outcome.stored += 1
+            if keep_results:
+                outcome.results.append(result)
+            if on_result is not None:
+                on_result(result)
     if options.report:
         _write_reports(workspace, outcome)
     return outcome
+
+
+def qualified_shas(session: Session, ruleset_id: int, run: QualificationResult) -> frozenset[str]:
+    """Samples already judged under this ruleset, normalisation, calibration, models and scale."""
+    wanted = _conditions(run.document())
+    rows = session.exec(
+        select(Qualification.sample_sha256, Qualification.result_json).where(
+            Qualification.ruleset_id == ruleset_id
+        )
+    ).all()
+    return frozenset(sha for sha, stored in rows if _conditions(json.loads(stored)) == wanted)
+
+
+def _conditions(document: dict) -> tuple:
+    return (
+        document.get("normalization"),
+        document.get("calibration"),
+        document.get("um_per_px"),
+        tuple(sorted((m.get("role"), m.get("fingerprint")) for m in document.get("models", []))),
+    )
+
+
+def _without_judged(
+    paths: Sequence[Path], judged: frozenset[str], outcome: QualifyOutcome
+) -> list[Path]:
+    if not judged:
+        return [Path(p) for p in paths]
+    pending = []
+    for path in map(Path, paths):
+        try:
+            sha = hashlib.sha256(path.read_bytes()).hexdigest()
+        except OSError:
+            sha = None  # load_sample will say what is wrong with it
+        if sha in judged:
+            outcome.skipped.append(str(path))
+        else:
+            pending.append(path)
+    return pending
+
+
+def _chunks(paths: Sequence[Path]) -> Iterator[Sequence[Path]]:
+    for start in range(0, len(paths), CHUNK):
+        yield paths[start : start + CHUNK]
+
+
+def _load(paths: Sequence[Path], outcome: QualifyOutcome) -> list[Sample]:
+    samples = []
+    for path in paths:
+        try:
+            samples.append(load_sample(path))
+        except VLKBError as exc:
+            outcome.failures.append(SampleFailure(str(path), str(exc)))
+    return samples
+
+
+def _with_thresholds(ruleset: Ruleset, thresholds: dict[str, float]) -> Ruleset:
+    if not thresholds:
+        return ruleset
+    assessments = {
+        key: with_threshold(a, thresholds.get(key)) for key, a in ruleset.assessments.items()
+    }
+    return replace(ruleset, assessments=assessments)
+
+
+def _role_setup(
+    session: Session, ruleset_id: int, ruleset: Ruleset, models: ModelSet, normalize: str
+) -> dict[tuple[str, str], _RoleSetup]:
+    """Evidence items and, for `calibrated`, the stored statistics of every bound role."""
+    setup: dict[tuple[str, str], _RoleSetup] = {}
+    for role in models.bound_roles():
+        encoder = models.encoder(role)
+        for a in ruleset.assessments.values():
+            if not a.items_of(role):
+                continue
+            items = evidence_set(session, a, role, encoder)
+            if items is None:
+                setup[(a.key, role)] = _RoleSetup(None, None, a.one_sided(role))
+            elif normalize == "batch":
+                setup[(a.key, role)] = _RoleSetup(items, None, None)  # known after pass one
+            else:
+                norm = stored_normalization(session, ruleset_id, a.key, role, encoder.fingerprint)
+                note = None if norm is not None else (
+                    "no calibration statistics for this model (too few reference images);"
+                    " run `kb calibrate` or use --normalize batch"
+                )
+                setup[(a.key, role)] = _RoleSetup(items, norm, note)
+    return setup
+
+
+def _batch_normalization(
+    kb: KnowledgeBase,
+    ruleset: Ruleset,
+    models: ModelSet,
+    paths: Sequence[Path],
+    setup: dict[tuple[str, str], _RoleSetup],
+    outcome: QualifyOutcome,
+    report: Progress,
+) -> list[Path]:
+    """First pass of a batch run: every delta, for statistics over all images of the run.
+
+    Returns the files that loaded; the embeddings are cached, so the second pass only reads.
+    """
+    deltas: dict[tuple[str, str], list[np.ndarray]] = {key: [] for key in setup}
+    readable: list[Path] = []
+    done = 0
+    for chunk in _chunks(paths):
+        samples = _load(chunk, outcome)
+        readable.extend(s.path for s in samples)
+        with kb.transaction() as session:
+            for key, evidence in _chunk_evidence(session, ruleset, models, samples, setup).items():
+                deltas[key].append(evidence.deltas)
+        done += len(chunk)
+        report("embedding", done, len(paths))
+    for key, parts in deltas.items():
+        values = np.concatenate(parts) if parts else np.zeros(0)
+        if setup[key].items is None:
+            continue
+        if values.size < 2:
+            setup[key].note = (
+                "batch normalisation needs at least 2 images; use --normalize calibrated"
+            )
+        else:
+            setup[key].norm = population_stats(values, f"batch (n={values.size})")
+    return readable
+
+
+def _chunk_evidence(
+    session: Session,
+    ruleset: Ruleset,
+    models: ModelSet,
+    samples: Sequence[Sample],
+    setup: dict[tuple[str, str], _RoleSetup],
+) -> dict[tuple[str, str], _RoleEvidence]:
+    """Deltas and similarities of a chunk of images for every (assessment, bound role)."""
+    found: dict[tuple[str, str], _RoleEvidence] = {}
+    if not samples:
+        return found
+    for role in models.bound_roles():
+        encoder = models.encoder(role)
+        vectors = embed_images(session, encoder, {s.sha256: (lambda s=s: s.image) for s in samples})
+        matrix = np.stack([vectors[s.sha256] for s in samples]).astype(np.float64)
+        for a in ruleset.assessments.values():
+            if (a.key, role) not in setup:
+                continue
+            plan = setup[(a.key, role)]
+            if plan.items is None:
+                empty = np.zeros(0)
+                found[(a.key, role)] = _RoleEvidence(None, empty, empty, None, plan.note)
+                continue
+            found[(a.key, role)] = _RoleEvidence(
+                plan.items,
+                plan.items.deltas(matrix),
+                plan.items.similarities(matrix),
+                plan.norm,
+                plan.note,
+            )
+    return found
+
+
+def _judge(
+    sample: Sample,
+    index: int,
+    ruleset: Ruleset,
+    evidence: dict[tuple[str, str], _RoleEvidence],
+    models: ModelSet,
+    base: QualificationResult,
+    um_per_px: float,
+    metrology: Workspace | None,
+) -> QualificationResult:
+    """Walk the tree for one image of a chunk."""
+    quantities, unmeasurable = (
+        _measure(sample, metrology, um_per_px) if metrology is not None else ({}, {})
+    )
+
+    def judge(a: Assessment) -> NodeResult:
+        vlr = [_sample_evidence(a.key, role, index, evidence, models)
+               for role in ROLES if a.items_of(role)]
+        return judge_assessment(a, vlr, measurement_evidence(a, quantities, unmeasurable))
+
+    nodes = walk(ruleset, judge)
+    return replace(
+        base,
+        nodes=nodes,
+        sample_path=str(sample.path.resolve()),
+        sample_sha256=sample.sha256,
+        verdict=nodes[0].verdict,
+        conversion=sample.conversion,
+    )
 
 
 def _write_reports(workspace: Workspace, outcome: QualifyOutcome) -> None:
@@ -167,51 +374,6 @@ def _write_reports(workspace: Workspace, outcome: QualifyOutcome) -> None:
         result.report = str(path) if path else None
     outcome.index = str(written.index) if written.index else None
     outcome.report_errors.extend(written.errors)
-
-
-def _vlr_evidence(
-    session: Session,
-    row: RulesetVersion,
-    ruleset: Ruleset,
-    models: ModelSet,
-    samples: Sequence[Sample],
-    normalize: str,
-) -> dict[tuple[str, str], _RoleEvidence]:
-    """Deltas, similarities and normalisation for every (assessment, bound role) over the batch."""
-    assert row.id is not None
-    found: dict[tuple[str, str], _RoleEvidence] = {}
-    if not samples:
-        return found
-    for role in models.bound_roles():
-        encoder = models.encoder(role)
-        vectors = embed_images(session, encoder, {s.sha256: (lambda s=s: s.image) for s in samples})
-        matrix = np.stack([vectors[s.sha256] for s in samples]).astype(np.float64)
-        for a in ruleset.assessments.values():
-            if not a.items_of(role):
-                continue
-            items = evidence_set(session, a, role, encoder)
-            if items is None:
-                empty = np.zeros(0)
-                found[(a.key, role)] = _RoleEvidence(None, empty, empty, None, a.one_sided(role))
-                continue
-            deltas = items.deltas(matrix)
-            norm, note = None, None
-            if normalize == "batch":
-                if len(samples) < 2:
-                    note = "batch normalisation needs at least 2 images; use --normalize calibrated"
-                else:
-                    norm = population_stats(deltas, f"batch (n={len(samples)})")
-            else:
-                norm = stored_normalization(session, row.id, a.key, role, encoder.fingerprint)
-                if norm is None:
-                    note = (
-                        "no calibration statistics for this model (too few reference images);"
-                        " run `kb calibrate` or use --normalize batch"
-                    )
-            found[(a.key, role)] = _RoleEvidence(
-                items, deltas, items.similarities(matrix), norm, note
-            )
-    return found
 
 
 def _sample_evidence(

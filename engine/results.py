@@ -179,6 +179,7 @@ class QualificationResult:
     operator: str
     um_per_px: float
     conversion: str | None = None
+    calibration: int | None = None  # the calibration version of `calibrated` z-scores
     id: int | None = None
     created_at: str | None = None
     report: str | None = None
@@ -200,6 +201,7 @@ class QualificationResult:
             },
             "models": [m.to_dict() for m in self.models],
             "normalization": self.normalization,
+            "calibration": self.calibration,
             "um_per_px": self.um_per_px,
             "software_version": self.software_version,
             "operator": self.operator,

@@ -53,6 +53,20 @@ def compile_workspace(workspace: Workspace) -> Ruleset:
     return ruleset
 
 
+def current_ruleset(session: Session, workspace: Workspace) -> tuple[RulesetVersion, Ruleset]:
+    """The latest synced version, refusing to judge while rules/ holds unsynced edits."""
+    compiled = compile_workspace(workspace)
+    row = latest_version(session)
+    if row is None:
+        raise RulesError("no ruleset has been synced yet; run `kb sync` first")
+    if row.content_hash != compiled.content_hash:
+        raise RulesError(
+            f"rules/ has changed since ruleset version {row.version} was synced; "
+            "run `kb sync` so verdicts point at the rules as they are now"
+        )
+    return row, ruleset_of(row)
+
+
 @dataclass
 class SyncResult:
     version: int

@@ -12,8 +12,15 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.app import app
-from engine.evaluate import LabelsError, image_files, read_labels
-from engine.metrics import agreement, auroc, top_k_precision
+from engine.inputs import image_files
+from engine.labels import LabelsError, read_labels
+from engine.metrics import (
+    agreement,
+    auroc,
+    balanced_accuracy_at,
+    best_threshold,
+    top_k_precision,
+)
 from engine.scoring import decide
 from engine.sync import sync_workspace
 from engine.synth import write_dataset
@@ -177,3 +184,15 @@ def test_vision_language_modes_are_scored_from_the_fused_and_per_role_numbers(
             assert hybrid["verdict"] == decide(node["score"], node["threshold"], margin)
             text = next(e for e in node["evidence"] if e["role"] == "text")
             assert sample["verdicts"]["EA-5"]["text"]["score"] == pytest.approx(text["z"])
+
+
+def test_threshold_choice_maximises_balanced_accuracy_and_stays_near_the_current_one() -> None:
+    scores = [-1.0, -0.5, 0.2, 0.4, 0.9, 1.5]
+    truth = [R, R, R, A, A, A]
+    assert balanced_accuracy_at(scores, truth, 0.0) == pytest.approx((1 + 2 / 3) / 2)
+    chosen = best_threshold(scores, truth, current=0.0)
+    assert chosen == pytest.approx(0.3)  # the midpoint between 0.2 (R) and 0.4 (A)
+    assert balanced_accuracy_at(scores, truth, chosen) == 1.0
+    # Every threshold in (0.2, 0.4] is perfect; the current one wins when it is among them.
+    assert best_threshold(scores, truth, current=0.35) == 0.35
+    assert balanced_accuracy_at(scores, [A] * 6, 0.0) is None

@@ -1,0 +1,64 @@
+"""Expert labels for a folder of micrographs: read, and checked against images and rules."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from pathlib import Path
+
+from kb.errors import VLKBError
+
+LABELS = ("accept", "reject")
+
+
+class LabelsError(VLKBError):
+    """The labels file does not match the images or the assessments."""
+
+
+def read_labels(
+    path: Path, keys: Sequence[str], images: Sequence[Path]
+) -> dict[str, dict[str, str]]:
+    """image file name -> {assessment key (and maybe overall): accept/reject}, all checked."""
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            columns = list(reader.fieldnames or [])
+            rows = list(reader)
+    except OSError as exc:
+        raise LabelsError(f"{path}: cannot read the labels ({exc.strerror or exc})") from exc
+    if "image" not in columns:
+        raise LabelsError(f"{path}: no `image` column; the header must be image,{','.join(keys)}")
+    missing = [k for k in keys if k not in columns]
+    if missing:
+        raise LabelsError(f"{path}: missing label columns {', '.join(missing)}")
+    wanted = [c for c in columns if c in keys or c == "overall"]
+    bad = [
+        f"{row['image']}/{column}={row[column]!r}"
+        for row in rows
+        for column in wanted
+        if (row[column] or "").strip() not in LABELS
+    ]
+    if bad:
+        raise LabelsError(
+            f"{path}: labels must be accept or reject, not {_listing(bad)}"
+        )
+    labels: dict[str, dict[str, str]] = {}
+    for row in rows:
+        name = row["image"].strip()
+        if name in labels:
+            raise LabelsError(f"{path}: image {name} is labelled twice")
+        labels[name] = {c: row[c].strip() for c in wanted}
+    present = {p.name for p in images}
+    unknown = sorted(set(labels) - present)
+    if unknown:
+        raise LabelsError(f"{path}: labels name images that are not in the folder: "
+                          f"{_listing(unknown)}")
+    unlabelled = sorted(present - set(labels))
+    if unlabelled:
+        raise LabelsError(f"{path}: images without labels: {_listing(unlabelled)}")
+    return labels
+
+
+def _listing(items: Sequence[str], shown: int = 5) -> str:
+    more = f" and {len(items) - shown} more" if len(items) > shown else ""
+    return ", ".join(items[:shown]) + more
