@@ -18,8 +18,7 @@ from pathlib import Path
 import numpy as np
 from sqlmodel import Session, col, select
 
-from engine.embedding import embed_images
-from engine.evidence import evidence_set, stored_normalization
+from engine.evidence import chunk_evidence, plan_roles, stored_normalization
 from engine.images import Sample, load_sample
 from engine.inputs import image_files
 from engine.labels import read_labels
@@ -124,7 +123,7 @@ def calibrate_folder(
             else None
         )
         prepare_embeddings(session, row, ruleset, models)
-        deltas = _deltas(session, ruleset, models, samples)
+        deltas = _deltas(session, row.id, ruleset, models, samples)
         previous = {
             key: stored_normalization(session, row.id, key[0], key[1],
                                       models.encoder(key[1]).fingerprint)
@@ -183,21 +182,13 @@ def _load(paths: Sequence[Path]) -> tuple[list[Sample], list[SampleFailure]]:
 
 
 def _deltas(
-    session: Session, ruleset: Ruleset, models: ModelSet, samples: Sequence[Sample]
+    session: Session, ruleset_id: int, ruleset: Ruleset, models: ModelSet,
+    samples: Sequence[Sample],
 ) -> dict[tuple[str, str], np.ndarray]:
-    """Net similarity of every calibration image per (assessment, bound role)."""
-    found: dict[tuple[str, str], np.ndarray] = {}
-    for role in models.bound_roles():
-        encoder = models.encoder(role)
-        vectors = embed_images(session, encoder, {s.sha256: (lambda s=s: s.image) for s in samples})
-        matrix = np.stack([vectors[s.sha256] for s in samples]).astype(np.float64)
-        for assessment in ruleset.assessments.values():
-            if not assessment.items_of(role):
-                continue
-            items = evidence_set(session, assessment, role, encoder)
-            if items is not None:
-                found[(assessment.key, role)] = items.deltas(matrix)
-    return found
+    """Net similarity of every calibration image per (assessment, bound role) with items."""
+    plans = plan_roles(session, ruleset_id, ruleset, models, "batch")
+    evidence = chunk_evidence(session, ruleset, models, samples, plans)
+    return {key: ev.deltas for key, ev in evidence.items() if ev.items is not None}
 
 
 def _choose_threshold(

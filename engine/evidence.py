@@ -5,6 +5,7 @@ net similarity to samples, and the statistics that standardise it.
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,6 +14,8 @@ from sqlmodel import Session, col, select
 
 from engine.embedding import embed_images, embed_prompts
 from engine.encoders import Encoder
+from engine.images import Sample
+from engine.models import ModelSet
 from engine.scoring import (
     Normalization,
     leave_one_out_deltas,
@@ -20,7 +23,7 @@ from engine.scoring import (
     net_similarity,
     population_stats,
 )
-from kb.rules import Assessment
+from kb.rules import Assessment, Ruleset
 from kb.tables import ImageRecord, NormalizationStat
 
 
@@ -177,3 +180,81 @@ def stored_normalization(
         else f"references (leave-one-out, n={chosen.count})"
     )
     return Normalization(chosen.mu, chosen.sigma, source, chosen.count)
+
+
+@dataclass
+class RolePlan:
+    """What one assessment and one role need for a whole run: its items and normalisation."""
+
+    items: EvidenceSet | None
+    norm: Normalization | None
+    note: str | None
+
+
+@dataclass
+class RoleEvidence:
+    """Everything computed for one assessment and one role over one chunk of images."""
+
+    items: EvidenceSet | None
+    deltas: np.ndarray
+    similarities: np.ndarray
+    norm: Normalization | None
+    note: str | None
+
+
+def plan_roles(
+    session: Session, ruleset_id: int, ruleset: Ruleset, models: ModelSet, normalize: str
+) -> dict[tuple[str, str], RolePlan]:
+    """Evidence items and, for `calibrated`, the stored statistics of every bound role."""
+    setup: dict[tuple[str, str], RolePlan] = {}
+    for role in models.bound_roles():
+        encoder = models.encoder(role)
+        for a in ruleset.assessments.values():
+            if not a.items_of(role):
+                continue
+            items = evidence_set(session, a, role, encoder)
+            if items is None:
+                setup[(a.key, role)] = RolePlan(None, None, a.one_sided(role))
+            elif normalize == "batch":
+                setup[(a.key, role)] = RolePlan(items, None, None)  # known after pass one
+            else:
+                norm = stored_normalization(session, ruleset_id, a.key, role, encoder.fingerprint)
+                note = None if norm is not None else (
+                    "no calibration statistics for this model (too few reference images);"
+                    " run `kb calibrate` or use --normalize batch"
+                )
+                setup[(a.key, role)] = RolePlan(items, norm, note)
+    return setup
+
+
+def chunk_evidence(
+    session: Session,
+    ruleset: Ruleset,
+    models: ModelSet,
+    samples: Sequence[Sample],
+    setup: dict[tuple[str, str], RolePlan],
+) -> dict[tuple[str, str], RoleEvidence]:
+    """Deltas and similarities of a chunk of images for every (assessment, bound role)."""
+    found: dict[tuple[str, str], RoleEvidence] = {}
+    if not samples:
+        return found
+    for role in models.bound_roles():
+        encoder = models.encoder(role)
+        vectors = embed_images(session, encoder, {s.sha256: (lambda s=s: s.image) for s in samples})
+        matrix = np.stack([vectors[s.sha256] for s in samples]).astype(np.float64)
+        for a in ruleset.assessments.values():
+            if (a.key, role) not in setup:
+                continue
+            plan = setup[(a.key, role)]
+            if plan.items is None:
+                empty = np.zeros(0)
+                found[(a.key, role)] = RoleEvidence(None, empty, empty, None, plan.note)
+                continue
+            found[(a.key, role)] = RoleEvidence(
+                plan.items,
+                plan.items.deltas(matrix),
+                plan.items.similarities(matrix),
+                plan.norm,
+                plan.note,
+            )
+    return found

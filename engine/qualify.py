@@ -20,8 +20,7 @@ from sqlmodel import Session, select
 
 from engine.assess import judge_assessment, measurement_evidence
 from engine.calibrate import calibrated_thresholds, latest_calibration, with_threshold
-from engine.embedding import embed_images
-from engine.evidence import EvidenceSet, evidence_set, stored_normalization
+from engine.evidence import RoleEvidence, RolePlan, chunk_evidence, plan_roles
 from engine.images import Sample, load_sample
 from engine.metrology import QUANTITIES, NotASegmentationMap, measure_image
 from engine.models import ModelSet
@@ -33,7 +32,7 @@ from engine.results import (
     SampleFailure,
     VLREvidence,
 )
-from engine.scoring import Normalization, population_stats, zscore
+from engine.scoring import population_stats, zscore
 from engine.sync import current_ruleset, prepare_embeddings
 from engine.tree import walk
 from kb.audit import NodeRecord, append_qualification, os_user
@@ -72,26 +71,6 @@ class QualifyOutcome:
     stored: int = 0
     index: str | None = None  # the run's index.html, for a reported run of 2+ samples
     report_errors: list[str] = field(default_factory=list)  # reports that could not be written
-
-
-@dataclass
-class _RoleSetup:
-    """What one assessment and one role need for the whole run: items and normalisation."""
-
-    items: EvidenceSet | None
-    norm: Normalization | None
-    note: str | None
-
-
-@dataclass
-class _RoleEvidence:
-    """Everything computed for one assessment and one role over one chunk of images."""
-
-    items: EvidenceSet | None
-    deltas: np.ndarray
-    similarities: np.ndarray
-    norm: Normalization | None
-    note: str | None
 
 
 def qualify_paths(
@@ -145,7 +124,7 @@ def qualify_paths(
         judged_before = (
             qualified_shas(session, row.id, base) if options.skip_existing else frozenset()
         )
-        setup = _role_setup(session, row.id, ruleset, models, options.normalize)
+        setup = plan_roles(session, row.id, ruleset, models, options.normalize)
     ruleset = _with_thresholds(ruleset, calibrated_thresholds(calibration))
 
     pending = _without_judged(paths, judged_before, outcome)
@@ -157,7 +136,7 @@ def qualify_paths(
         samples = _load(chunk, outcome)
         done += len(chunk) - len(samples)  # files that failed to load are done too
         with kb.transaction() as session:
-            evidence = _chunk_evidence(session, ruleset, models, samples, setup)
+            evidence = chunk_evidence(session, ruleset, models, samples, setup)
         for index, sample in enumerate(samples):
             result = _judge(sample, index, ruleset, evidence, models, base, um_per_px,
                             workspace if needs_metrology else None)
@@ -240,37 +219,12 @@ def _with_thresholds(ruleset: Ruleset, thresholds: dict[str, float]) -> Ruleset:
     return replace(ruleset, assessments=assessments)
 
 
-def _role_setup(
-    session: Session, ruleset_id: int, ruleset: Ruleset, models: ModelSet, normalize: str
-) -> dict[tuple[str, str], _RoleSetup]:
-    """Evidence items and, for `calibrated`, the stored statistics of every bound role."""
-    setup: dict[tuple[str, str], _RoleSetup] = {}
-    for role in models.bound_roles():
-        encoder = models.encoder(role)
-        for a in ruleset.assessments.values():
-            if not a.items_of(role):
-                continue
-            items = evidence_set(session, a, role, encoder)
-            if items is None:
-                setup[(a.key, role)] = _RoleSetup(None, None, a.one_sided(role))
-            elif normalize == "batch":
-                setup[(a.key, role)] = _RoleSetup(items, None, None)  # known after pass one
-            else:
-                norm = stored_normalization(session, ruleset_id, a.key, role, encoder.fingerprint)
-                note = None if norm is not None else (
-                    "no calibration statistics for this model (too few reference images);"
-                    " run `kb calibrate` or use --normalize batch"
-                )
-                setup[(a.key, role)] = _RoleSetup(items, norm, note)
-    return setup
-
-
 def _batch_normalization(
     kb: KnowledgeBase,
     ruleset: Ruleset,
     models: ModelSet,
     paths: Sequence[Path],
-    setup: dict[tuple[str, str], _RoleSetup],
+    setup: dict[tuple[str, str], RolePlan],
     outcome: QualifyOutcome,
     report: Progress,
 ) -> list[Path]:
@@ -285,7 +239,7 @@ def _batch_normalization(
         samples = _load(chunk, outcome)
         readable.extend(s.path for s in samples)
         with kb.transaction() as session:
-            for key, evidence in _chunk_evidence(session, ruleset, models, samples, setup).items():
+            for key, evidence in chunk_evidence(session, ruleset, models, samples, setup).items():
                 deltas[key].append(evidence.deltas)
         done += len(chunk)
         report("embedding", done, len(paths))
@@ -302,44 +256,11 @@ def _batch_normalization(
     return readable
 
 
-def _chunk_evidence(
-    session: Session,
-    ruleset: Ruleset,
-    models: ModelSet,
-    samples: Sequence[Sample],
-    setup: dict[tuple[str, str], _RoleSetup],
-) -> dict[tuple[str, str], _RoleEvidence]:
-    """Deltas and similarities of a chunk of images for every (assessment, bound role)."""
-    found: dict[tuple[str, str], _RoleEvidence] = {}
-    if not samples:
-        return found
-    for role in models.bound_roles():
-        encoder = models.encoder(role)
-        vectors = embed_images(session, encoder, {s.sha256: (lambda s=s: s.image) for s in samples})
-        matrix = np.stack([vectors[s.sha256] for s in samples]).astype(np.float64)
-        for a in ruleset.assessments.values():
-            if (a.key, role) not in setup:
-                continue
-            plan = setup[(a.key, role)]
-            if plan.items is None:
-                empty = np.zeros(0)
-                found[(a.key, role)] = _RoleEvidence(None, empty, empty, None, plan.note)
-                continue
-            found[(a.key, role)] = _RoleEvidence(
-                plan.items,
-                plan.items.deltas(matrix),
-                plan.items.similarities(matrix),
-                plan.norm,
-                plan.note,
-            )
-    return found
-
-
 def _judge(
     sample: Sample,
     index: int,
     ruleset: Ruleset,
-    evidence: dict[tuple[str, str], _RoleEvidence],
+    evidence: dict[tuple[str, str], RoleEvidence],
     models: ModelSet,
     base: QualificationResult,
     um_per_px: float,
@@ -380,7 +301,7 @@ def _sample_evidence(
     key: str,
     role: str,
     index: int,
-    evidence: dict[tuple[str, str], _RoleEvidence],
+    evidence: dict[tuple[str, str], RoleEvidence],
     models: ModelSet,
 ) -> VLREvidence:
     spec = models.spec(role)
