@@ -33,7 +33,8 @@ test: install lint
 demo: install
 	HF_HUB_OFFLINE=1 $(BIN)/kb models
 	HF_HUB_OFFLINE=1 $(BIN)/kb sync
-	HF_HUB_OFFLINE=1 COLUMNS=120 $(BIN)/kb qualify examples/*.png
+	HF_HUB_OFFLINE=1 COLUMNS=120 $(BIN)/kb qualify examples/*.png --report
+	HF_HUB_OFFLINE=1 $(BIN)/kb audit verify
 
 bench: install
 	$(BIN)/python bench/measure_throughput.py
