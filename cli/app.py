@@ -259,6 +259,18 @@ def qualify(
             help="Skip files already judged under this ruleset, calibration and models.",
         ),
     ] = False,
+    fusion: Annotated[
+        str | None, typer.Option(help="This run only: zsum or weighted (rules unchanged).")
+    ] = None,
+    weight: Annotated[
+        list[str] | None, typer.Option(help="This run only: ROLE=WEIGHT, e.g. image=2.")
+    ] = None,
+    threshold: Annotated[
+        float | None, typer.Option(help="This run only: fused-score threshold.")
+    ] = None,
+    review_margin: Annotated[
+        float | None, typer.Option("--review-margin", help="This run only: review band.")
+    ] = None,
     workspace: WorkspaceOption = None,
     json_output: JsonOption = False,
 ) -> None:
@@ -274,6 +286,7 @@ def qualify(
         operator=operator,
         report=report,
         skip_existing=skip_existing,
+        decision=_decision_override(fusion, weight, threshold, review_margin),
     )
     paths, unmatched = expand_inputs(images)
     stream = JsonArray(sys.stdout, "qualifications") if json_output and not report else None
@@ -566,6 +579,27 @@ def _print_evaluation(document: dict[str, Any]) -> None:
 
 def _fixed(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
+
+
+def _decision_override(
+    fusion: str | None,
+    weights: list[str] | None,
+    threshold: float | None,
+    review_margin: float | None,
+) -> Any:
+    """The --fusion/--weight/--threshold/--review-margin of one run, or None when unused."""
+    from engine.qualify import DecisionOverride
+
+    parsed: dict[str, float] = {}
+    for item in weights or []:
+        role, _, value = item.partition("=")
+        try:
+            parsed[role.strip()] = float(value)
+        except ValueError:
+            raise VLKBError(f"--weight {item!r}: write ROLE=NUMBER, e.g. image=2") from None
+    if fusion is None and not parsed and threshold is None and review_margin is None:
+        return None
+    return DecisionOverride(fusion, parsed or None, threshold, review_margin)
 
 
 def _legend_or_default(workspace: Path | None) -> dict[str, tuple[int, int, int]]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -39,7 +39,7 @@ from kb.audit import NodeRecord, append_qualification, os_user
 from kb.config import ROLES, Workspace
 from kb.errors import VLKBError
 from kb.images import store_image
-from kb.rules import Assessment, Ruleset
+from kb.rules import FUSIONS, Assessment, Decision, Ruleset
 from kb.rulesets import software_version
 from kb.store import KnowledgeBase
 from kb.tables import Qualification, RulesetVersion, utcnow
@@ -61,6 +61,49 @@ class QualifyOptions:
     operator: str | None = None
     report: bool = False  # write each stored qualification's HTML report (and a run index)
     skip_existing: bool = False  # skip files already judged under the same conditions
+    decision: DecisionOverride | None = None  # this request's fusion / threshold, not the rules'
+
+
+@dataclass(frozen=True)
+class DecisionOverride:
+    """Fusion and thresholds for one run only (the web page's controls); rules/ is unchanged.
+
+    Every field left None keeps the assessment's own (or calibrated) value. The override is
+    recorded in each stored qualification, so the audit trail says what was changed.
+    """
+
+    fusion: str | None = None
+    weights: dict[str, float] | None = None
+    threshold: float | None = None
+    review_margin: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.fusion is not None and self.fusion not in FUSIONS:
+            raise VLKBError(f"unknown fusion {self.fusion!r}; use one of {', '.join(FUSIONS)}")
+        if self.weights is not None:
+            unknown = sorted(set(self.weights) - set(ROLES))
+            if unknown:
+                raise VLKBError(f"unknown role(s) in weights: {', '.join(unknown)}; "
+                                f"roles are {', '.join(ROLES)}")
+            if any(w < 0 for w in self.weights.values()) or not any(self.weights.values()):
+                raise VLKBError("weights must not be negative and must not all be zero")
+        if self.review_margin is not None and self.review_margin < 0:
+            raise VLKBError("the review margin must not be negative")
+
+    def apply(self, decision: Decision) -> Decision:
+        weights = {**decision.weights, **self.weights} if self.weights else decision.weights
+        return replace(
+            decision,
+            fusion=self.fusion or decision.fusion,
+            weights=weights,
+            threshold=decision.threshold if self.threshold is None else self.threshold,
+            review_margin=(
+                decision.review_margin if self.review_margin is None else self.review_margin
+            ),
+        )
+
+    def to_dict(self) -> dict[str, object]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
 
 
 @dataclass
@@ -120,12 +163,15 @@ def qualify_paths(
             operator=options.operator or os_user(),
             um_per_px=um_per_px,
             calibration=calibration.id if calibration is not None else None,
+            decision=options.decision.to_dict() if options.decision else None,
         )
         judged_before = (
             qualified_shas(session, row.id, base) if options.skip_existing else frozenset()
         )
         setup = plan_roles(session, row.id, ruleset, models, options.normalize)
     ruleset = _with_thresholds(ruleset, calibrated_thresholds(calibration))
+    if options.decision is not None:
+        ruleset = _with_decision(ruleset, options.decision)
 
     pending = _without_judged(paths, judged_before, outcome)
     if options.normalize == "batch":
@@ -173,6 +219,7 @@ def _conditions(document: dict) -> tuple:
         document.get("normalization"),
         document.get("calibration"),
         document.get("um_per_px"),
+        json.dumps(document.get("decision_override"), sort_keys=True),
         tuple(sorted((m.get("role"), m.get("fingerprint")) for m in document.get("models", []))),
     )
 
@@ -215,6 +262,14 @@ def _with_thresholds(ruleset: Ruleset, thresholds: dict[str, float]) -> Ruleset:
         return ruleset
     assessments = {
         key: with_threshold(a, thresholds.get(key)) for key, a in ruleset.assessments.items()
+    }
+    return replace(ruleset, assessments=assessments)
+
+
+def _with_decision(ruleset: Ruleset, override: DecisionOverride) -> Ruleset:
+    assessments = {
+        key: replace(a, decision=override.apply(a.decision))
+        for key, a in ruleset.assessments.items()
     }
     return replace(ruleset, assessments=assessments)
 

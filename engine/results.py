@@ -180,6 +180,7 @@ class QualificationResult:
     um_per_px: float
     conversion: str | None = None
     calibration: int | None = None  # the calibration version of `calibrated` z-scores
+    decision: dict[str, Any] | None = None  # a run's override of fusion / thresholds, if any
     id: int | None = None
     created_at: str | None = None
     report: str | None = None
@@ -202,6 +203,7 @@ class QualificationResult:
             "models": [m.to_dict() for m in self.models],
             "normalization": self.normalization,
             "calibration": self.calibration,
+            "decision_override": self.decision,
             "um_per_px": self.um_per_px,
             "software_version": self.software_version,
             "operator": self.operator,

@@ -123,3 +123,32 @@ def test_calibration_refuses_what_it_cannot_use(workspace: Workspace, tmp_path: 
     unbound = new_workspace(tmp_path / "unbound")
     code, _, err = kb("calibrate", tmp_path / "one", "-w", unbound.root)
     assert code == 1 and "no vision-language role is bound" in err
+
+
+def test_a_run_override_moves_a_verdict_and_is_recorded_not_written_to_rules(
+    workspace: Workspace, tmp_path: Path
+) -> None:
+    image = micrograph(tmp_path / "one.png", seed=3, pink_share=0.3)
+    rules_before = (workspace.rules_dir / "assessments" / "EA-5.toml").read_text()
+
+    def ea5(*options: object) -> dict:
+        code, out, err = kb("qualify", image, "--json", *options, "-w", workspace.root)
+        assert code == 0, err
+        (q,) = json.loads(out)["qualifications"]
+        return {**next(n for n in q["nodes"] if n["key"] == "EA-5"), "doc": q}
+
+    plain = ea5()
+    assert plain["doc"]["decision_override"] is None
+    high = ea5("--threshold", plain["score"] + 1.0)
+    low = ea5("--threshold", plain["score"] - 1.0)
+    assert (high["verdict"], low["verdict"]) == ("reject", "accept")
+    assert high["doc"]["decision_override"] == {"threshold": plain["score"] + 1.0}
+    banded = ea5("--threshold", plain["score"] + 0.1, "--review-margin", 0.5)
+    assert banded["verdict"] == "review"
+    text, image_z = (next(e["z"] for e in plain["evidence"] if e["role"] == r)
+                     for r in ("text", "image"))
+    weighted = ea5("--fusion", "weighted", "--weight", "image=3")
+    assert weighted["score"] == pytest.approx((text + 3 * image_z) / 4)
+    assert (workspace.rules_dir / "assessments" / "EA-5.toml").read_text() == rules_before
+    code, _, err = kb("qualify", image, "--fusion", "max", "-w", workspace.root)
+    assert code == 1 and "unknown fusion 'max'" in err
