@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from datetime import UTC, date, datetime
 from typing import Any
 
+from sqlalchemy import func
 from sqlmodel import Session, col, select
 
 from kb.audit import (
@@ -105,8 +106,12 @@ def list_qualifications(
     limit: int = 50,
     since: str | datetime | None = None,
     verdict: str | None = None,
+    sample: str | None = None,
 ) -> list[dict[str, Any]]:
-    """The newest `limit` qualifications at or after `since` with this overall verdict."""
+    """The newest `limit` qualifications at or after `since` with this overall verdict.
+
+    sample: only those whose sample path contains this text (any case; % and _ are literal).
+    """
     query = select(Qualification)
     if since is not None:
         moment = parse_since(since) if isinstance(since, str) else since
@@ -115,6 +120,9 @@ def list_qualifications(
         query = query.where(col(Qualification.created_at) >= moment)
     if verdict is not None:
         query = query.where(Qualification.verdict == check_verdict(verdict))
+    if sample:
+        path = func.lower(col(Qualification.sample_path))
+        query = query.where(path.contains(sample.lower(), autoescape=True))
     if limit < 1:
         raise VLKBError("--limit must be at least 1")
     with workspace_session(workspace) as session:

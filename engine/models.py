@@ -17,6 +17,11 @@ class ModelSet:
     def spec(self, role: str) -> ModelSpec | None:
         return self._config.model_for_role(role)
 
+    def is_loaded(self, role: str) -> bool:
+        """Whether the model behind this role is in memory already (a server shows this)."""
+        spec = self.spec(role)
+        return spec is not None and spec.name in self._loaded
+
     def bound_roles(self) -> list[str]:
         return [role for role in ROLES if self.spec(role) is not None]
 

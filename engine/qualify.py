@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
@@ -126,11 +126,14 @@ def qualify_paths(
     progress: Progress | None = None,
     on_result: Callable[[QualificationResult], None] | None = None,
     keep_results: bool = True,
+    sample_names: Mapping[Path, str] | None = None,
 ) -> QualifyOutcome:
     """Qualify files chunk by chunk; unreadable ones are reported and the rest still judged.
 
     on_result sees each stored qualification as soon as it is stored; keep_results=False
     keeps only their count, so a run over thousands of files holds none of them in memory.
+    sample_names: what to record as a file's sample path instead of its resolved path (a web
+    upload lives in a temporary file; its record keeps the name it was uploaded under).
     """
     options = options or QualifyOptions()
     if options.normalize not in NORMALIZATIONS:
@@ -186,6 +189,8 @@ def qualify_paths(
         for index, sample in enumerate(samples):
             result = _judge(sample, index, ruleset, evidence, models, base, um_per_px,
                             workspace if needs_metrology else None)
+            if sample_names and sample.path in sample_names:
+                result.sample_path = sample_names[sample.path]
             done += 1
             report("judging", done, len(pending))
             try:
