@@ -829,5 +829,27 @@ def audit_verify(workspace: WorkspaceOption = None, json_output: JsonOption = Fa
         raise typer.Exit(1)
 
 
+# --- web interface -------------------------------------------------------------------------
+
+
+@app.command()
+@reports_errors
+def serve(
+    host: Annotated[
+        str, typer.Option(help="Address to listen on; beyond loopback needs KB_TOKEN.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = 8000,
+    max_upload_mb: Annotated[
+        float, typer.Option("--max-upload-mb", min=0.001, help="Largest micrograph upload (MB).")
+    ] = 50.0,
+    workspace: WorkspaceOption = None,
+) -> None:
+    """Serve the web pages and the JSON API (OpenAPI docs at /docs) until interrupted."""
+    from cli.web import serve as run_server
+
+    run_server(Workspace.open(workspace), host, port, os.environ.get("KB_TOKEN"),
+               max_file_bytes=int(max_upload_mb * 1_000_000))
+
+
 def main() -> None:
     app()

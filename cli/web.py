@@ -1,0 +1,805 @@
+"""`kb serve`: web pages and a JSON API, an interface as thin as the `kb` command itself.
+
+Every route parses its request, calls the engine function the matching `kb` command calls,
+and renders the result (JSON, or the report templates of `reports/`); nothing here decides a
+verdict. One ModelSet and one knowledge-base handle live as long as the app, so models load
+once; writes to the audit log go through one lock per process (see WRITE_LOCK).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import json
+import math
+import shutil
+import tempfile
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from http.cookies import SimpleCookie
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from fastapi import Depends, FastAPI, Form, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from cli.web_uploads import (
+    FIELD,
+    MAX_FIELD_BYTES,
+    Upload,
+    UploadError,
+    human_bytes,
+    receive_uploads,
+)
+from engine.catalog import ModelStatus, model_statuses
+from engine.history import VERDICTS, add_feedback, list_qualifications, load_qualification
+from engine.models import ModelSet
+from engine.qualify import NORMALIZATIONS, DecisionOverride, QualifyOptions, qualify_paths
+from engine.reporting import render_stored_report
+from engine.sync import compile_workspace
+from engine.tree import build_tree
+from kb.config import ROLES, Workspace
+from kb.errors import (
+    DatabaseError,
+    ImageError,
+    ModelLoadError,
+    NotFoundError,
+    RulesError,
+    VLKBError,
+    WorkspaceError,
+)
+from kb.store import KnowledgeBase
+from reports.render import environment
+
+MB = 1_000_000
+DEFAULT_MAX_FILE_BYTES = 50 * MB
+DEFAULT_MAX_FILES = 64
+MAX_ID = 2**63 - 1  # SQLite's largest integer; a bigger ID cannot exist
+MAX_BODY_BYTES = 1 * MB  # any request but an upload: a feedback form, a login
+MIN_TOKEN_LENGTH = 16
+SESSION_COOKIE = "vlkb_session"
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+DOCS_PATHS = ("/docs", "/openapi.json")  # Swagger UI loads its script from a CDN: no CSP there
+PUBLIC_PATHS = ("/login",)
+UPLOAD_PATHS = ("/api/qualify", "/qualify")
+# One writer at a time in this process: every qualification and feedback appends to the head
+# of one hash chain, and two SQLite transactions that both read the head before writing would
+# collide ("database is locked"). Reads never take it.
+WRITE_LOCK = threading.Lock()
+# The pages fetch nothing from elsewhere; the browser is told so and enforces it.
+PAGE_POLICY = (
+    "default-src 'none'; img-src 'self' data:; style-src 'unsafe-inline'; "
+    "script-src 'unsafe-inline'; connect-src 'self'; form-action 'self'; frame-src 'self'; "
+    "frame-ancestors 'self'; base-uri 'none'"
+)
+ERROR_STATUS: tuple[tuple[type[VLKBError], int], ...] = (
+    (NotFoundError, 404),
+    (ImageError, 422),
+    (RulesError, 409),
+    (WorkspaceError, 409),
+    (ModelLoadError, 503),
+    (DatabaseError, 503),
+)
+ICON = (  # browsers ask for /favicon.ico on every page; a small inline drawing answers
+    '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16">'
+    '<rect width="16" height="16" rx="3" fill="#24466e"/>'
+    '<path d="M3 4l5 9 5-9" stroke="#fff" stroke-width="2" fill="none"/></svg>'
+)
+ROLE_PURPOSE = {"text": "micrograph ↔ text prompts", "image": "micrograph ↔ reference images"}
+
+
+def status_of(exc: VLKBError) -> int:
+    """The HTTP status of an error the CLI would print as one line."""
+    return next((status for kind, status in ERROR_STATUS if isinstance(exc, kind)), 400)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding to host keeps the server on this machine."""
+    if host.strip("[]") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def session_value(token: str) -> str:
+    """The login cookie: derived from the token, so the cookie never carries the token itself."""
+    return hmac.new(token.encode(), b"vlkb web session", hashlib.sha256).hexdigest()
+
+
+def is_api(path: str) -> bool:
+    """API paths answer JSON errors; every other path answers an HTML page."""
+    return path.startswith("/api/") or path in DOCS_PATHS
+
+
+def render(template: str, **context: Any) -> str:
+    """A web page from reports/templates through the reports' own Jinja2 environment."""
+    return environment().get_template(template).render(**context)
+
+
+def error_response(path: str, status: int, message: str) -> Response:
+    """{"error": ...} for the API, a short page for a browser; one readable line either way."""
+    if is_api(path):
+        return JSONResponse({"error": message}, status_code=status)
+    return HTMLResponse(render("web_error.html.j2", status=status, message=message), status)
+
+
+# --- the app's state ---------------------------------------------------------------------------
+
+
+@dataclass
+class WebState:
+    """What lives as long as the app: the workspace, its models and the KB handle."""
+
+    workspace: Workspace
+    token: str | None
+    max_file_bytes: int
+    max_files: int
+    models: ModelSet
+    kb: KnowledgeBase
+    _statuses: list[ModelStatus] | None = None
+    _statuses_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def statuses(self) -> list[ModelStatus]:
+        """`kb models` once per app: fingerprinting large weights is too slow for every page."""
+        with self._statuses_lock:
+            if self._statuses is None:
+                self._statuses = model_statuses(self.workspace)
+            return self._statuses
+
+    def roles(self) -> list[dict[str, Any]]:
+        """Each role, the model bound to it, whether its files are here and whether it is loaded."""
+        by_name = {s.name: s for s in self.statuses()}
+        rows = []
+        for role in ROLES:
+            spec = self.models.spec(role)
+            status = by_name.get(spec.name) if spec is not None else None
+            rows.append(
+                {
+                    "role": role,
+                    "purpose": ROLE_PURPOSE.get(role, role),
+                    "model": spec.name if spec is not None else None,
+                    "backend": spec.backend if spec is not None else None,
+                    "source": spec.source if spec is not None else None,
+                    "offline": bool(status and status.available),
+                    "detail": status.detail if status is not None else None,
+                    "loaded": self.models.is_loaded(role),
+                }
+            )
+        return rows
+
+
+# --- authentication, origin and headers ------------------------------------------------------
+
+
+class Guard:
+    """ASGI middleware: token check, same-origin writes, allowed Host names, security headers."""
+
+    def __init__(
+        self,
+        app: Any,
+        token: str | None,
+        allowed_hosts: frozenset[str] | None,
+        upload_bytes: int,
+    ) -> None:
+        self.app = app
+        self.token = token
+        self.allowed_hosts = allowed_hosts
+        self.upload_bytes = upload_bytes
+
+    async def __call__(
+        self,
+        scope: MutableMapping[str, Any],
+        receive: Callable[[], Awaitable[Any]],
+        send: Callable[[Any], Awaitable[None]],
+    ) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"]
+        refusal = self.refusal(scope)
+        if refusal is not None:
+            await refusal(scope, receive, send)
+            return
+        limit = self.body_limit(path)
+        received = 0
+
+        async def receive_with_limit() -> Any:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > limit:  # a body sent without Content-Length, or longer than it said
+                raise StarletteHTTPException(413, f"request body over {human_bytes(limit)}")
+            return message
+
+        async def send_with_headers(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                headers.setdefault("X-Content-Type-Options", "nosniff")
+                # not no-referrer: with it, browsers send "Origin: null" on same-site forms
+                headers.setdefault("Referrer-Policy", "same-origin")
+                headers.setdefault("Cache-Control", "no-store")
+                if path not in DOCS_PATHS:
+                    headers.setdefault("Content-Security-Policy", PAGE_POLICY)
+            await send(message)
+
+        await self.app(scope, receive_with_limit, send_with_headers)
+
+    def body_limit(self, path: str) -> int:
+        return self.upload_bytes if path in UPLOAD_PATHS else MAX_BODY_BYTES
+
+    def refusal(self, scope: MutableMapping[str, Any]) -> Response | None:
+        headers = Headers(scope=scope)
+        path = scope["path"]
+        host = headers.get("host", "")
+        if self.allowed_hosts is not None:
+            name = urlsplit(f"//{host}").hostname or ""
+            if name not in self.allowed_hosts:
+                return error_response(path, 400, f"host {host!r} is not served here")
+        origin = headers.get("origin")
+        writes = scope["method"] not in ("GET", "HEAD", "OPTIONS")
+        if writes and origin is not None and urlsplit(origin).netloc != host:
+            return error_response(path, 403, "cross-site request refused")
+        if self.token is not None and path not in PUBLIC_PATHS and not self.authorised(headers):
+            return self.unauthorised(path)
+        declared = headers.get("content-length", "")
+        limit = self.body_limit(path)
+        if declared.isdigit() and int(declared) > limit:
+            return error_response(
+                path, 413, f"request of {human_bytes(int(declared))} is over the limit of "
+                f"{human_bytes(limit)}",
+            )
+        return None
+
+    def unauthorised(self, path: str) -> Response:
+        if is_api(path):
+            return JSONResponse(
+                {"error": "missing or wrong token: send Authorization: Bearer <KB_TOKEN>"},
+                status_code=401,
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        return HTMLResponse(render("web_login.html.j2", failed=False), 401)
+
+    def authorised(self, headers: Headers) -> bool:
+        assert self.token is not None
+        scheme, _, given = headers.get("authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and hmac.compare_digest(
+            given.strip().encode(), self.token.encode()
+        ):
+            return True
+        cookies = SimpleCookie()
+        try:
+            cookies.load(headers.get("cookie", ""))
+        except Exception:  # a malformed Cookie header is simply no login
+            return False
+        morsel = cookies.get(SESSION_COOKIE)
+        return morsel is not None and hmac.compare_digest(
+            morsel.value.encode(), session_value(self.token).encode()
+        )
+
+
+# --- request parsing ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class QualifyParams:
+    """The query options of a qualify request, as `kb qualify` takes them on its command line."""
+
+    normalize: str
+    um_per_px: float | None
+    fusion: str | None
+    weight: list[str]
+    weights: str | None
+    threshold: float | None
+    review_margin: float | None
+    operator: str | None
+    report: bool
+
+    def options(self) -> QualifyOptions:
+        """QualifyOptions and this request's DecisionOverride; VLKBError when a value is wrong."""
+        if self.normalize not in NORMALIZATIONS:
+            raise VLKBError(
+                f"unknown normalisation {self.normalize!r}; use one of {', '.join(NORMALIZATIONS)}"
+            )
+        for name in ("um_per_px", "threshold", "review_margin"):
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):
+                raise VLKBError(f"{name} must be a finite number")
+        if self.um_per_px is not None and self.um_per_px <= 0:
+            raise VLKBError("um_per_px must be a positive number of micrometres per pixel")
+        weights = parse_weights(self.weight, self.weights)
+        decision = None
+        if self.fusion or weights or self.threshold is not None or self.review_margin is not None:
+            decision = DecisionOverride(
+                self.fusion or None, weights or None, self.threshold, self.review_margin
+            )
+        return QualifyOptions(
+            normalize=self.normalize,
+            um_per_px=self.um_per_px,
+            operator=(self.operator or "").strip() or None,
+            report=self.report,
+            decision=decision,
+        )
+
+
+def parse_weights(pairs: list[str], as_json: str | None) -> dict[str, float]:
+    """Role weights from repeated `weight=ROLE=NUMBER` and/or `weights={"ROLE": NUMBER}`."""
+    parsed: dict[str, float] = {}
+    if as_json:
+        try:
+            document = json.loads(as_json)
+            if not isinstance(document, dict):
+                raise ValueError
+            parsed.update({str(k): float(v) for k, v in document.items()})
+        except (ValueError, TypeError):
+            raise VLKBError('weights: write a JSON object such as {"image": 2}') from None
+    for item in pairs:
+        role, _, value = item.partition("=")
+        try:
+            parsed[role.strip()] = float(value)
+        except ValueError:
+            raise VLKBError(f"weight {item!r}: write ROLE=NUMBER, e.g. image=2") from None
+    if not all(math.isfinite(w) for w in parsed.values()):
+        raise VLKBError("weights must be finite numbers")
+    return parsed
+
+
+def qualify_params(
+    normalize: Annotated[
+        str, Query(description="z-score statistics: calibrated (default) or batch.")
+    ] = "calibrated",
+    um_per_px: Annotated[
+        float | None, Query(description="Pixel size for this request (µm per pixel).")
+    ] = None,
+    fusion: Annotated[
+        str | None, Query(description="This request only: zsum or weighted (rules unchanged).")
+    ] = None,
+    weight: Annotated[
+        list[str] | None, Query(description="This request only: ROLE=NUMBER, repeatable.")
+    ] = None,
+    weights: Annotated[
+        str | None, Query(description='This request only: JSON map, e.g. {"image": 2}.')
+    ] = None,
+    threshold: Annotated[
+        float | None, Query(description="This request only: fused-score threshold.")
+    ] = None,
+    review_margin: Annotated[
+        float | None, Query(description="This request only: review band around the threshold.")
+    ] = None,
+    operator: Annotated[str | None, Query(description="Who runs this, as recorded.")] = None,
+    report: Annotated[
+        bool, Query(description="Also write each report to the workspace's output folder.")
+    ] = False,
+) -> QualifyParams:
+    """The query of POST /api/qualify (and of the page's own POST /qualify)."""
+    return QualifyParams(
+        normalize, um_per_px, fusion, weight or [], weights, threshold, review_margin, operator,
+        report,
+    )
+
+
+QualifyQuery = Annotated[QualifyParams, Depends(qualify_params)]
+
+
+class FeedbackIn(BaseModel):
+    """An expert's verdict on one node of a stored qualification (as `kb feedback`)."""
+
+    node: str = Field(description="Node key, e.g. EA-5 or the root gate.")
+    verdict: Literal["accept", "reject"]
+    comment: str = Field(description="Why, in the expert's words.")
+    expert: str | None = Field(default=None, description="Who says so.")
+
+
+def check_id(qualification_id: int) -> int:
+    """An ID the router already parsed as digits; one beyond SQLite's range cannot exist."""
+    if qualification_id > MAX_ID:
+        raise NotFoundError(f"no qualification with ID {qualification_id}")
+    return qualification_id
+
+
+def readable(exc: RequestValidationError) -> str:
+    """FastAPI's validation errors as one line: where, and what was wrong."""
+    parts = []
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error.get("loc", ()) if p not in ("query", "body", "path"))
+        parts.append(f"{where or 'request'}: {error.get('msg', 'invalid')}")
+    return "; ".join(parts) or "invalid request"
+
+
+# --- qualification -------------------------------------------------------------------------------
+
+
+def tree_document(workspace: Workspace) -> dict[str, Any]:
+    """The detection tree as `kb tree --json` prints it."""
+    ruleset = compile_workspace(workspace)
+    graph = build_tree(ruleset)
+    nodes = [
+        {
+            "key": key,
+            "kind": data["kind"],
+            "label": data["label"],
+            "parent": next(iter(graph.predecessors(key)), None),
+        }
+        for key, data in graph.nodes(data=True)
+    ]
+    return {"root": ruleset.root, "hash": ruleset.content_hash, "nodes": nodes}
+
+
+def rules_decisions(workspace: Workspace) -> list[dict[str, Any]]:
+    """Each assessment's own fusion, weights, threshold and review margin, as the rules say."""
+    ruleset = compile_workspace(workspace)
+    return [
+        {
+            "key": key,
+            "name": a.name,
+            "fusion": a.decision.fusion,
+            "weights": dict(a.decision.weights),
+            "threshold": a.decision.threshold,
+            "review_margin": a.decision.review_margin,
+        }
+        for key, a in ruleset.assessments.items()
+    ]
+
+
+async def qualify_request(
+    request: Request, params: QualifyParams, state: WebState
+) -> tuple[int, dict[str, Any]]:
+    """Receive the uploads, qualify them as `kb qualify --json` does; (status, JSON document).
+
+    Files that are no image are refused before the engine sees them; the engine reports the
+    rest that fail. As with the CLI, the good files of a request are judged and stored and the
+    bad ones listed under "failures"; only when every file failed is the answer an error
+    (415 when none was an accepted image type, else 422), and then nothing was stored.
+    """
+    folder = Path(tempfile.mkdtemp(prefix="vlkb-upload-"))
+    try:
+        options = params.options()
+        uploads = await receive_uploads(request, folder, state.max_file_bytes, state.max_files)
+        judged = [u for u in uploads if u.path is not None]
+        outcome = None
+        if judged:
+            outcome = await run_in_threadpool(qualify_locked, state, judged, options)
+    except UploadError as exc:
+        return exc.status, {"error": str(exc)}
+    except VLKBError as exc:
+        return status_of(exc), {"error": str(exc)}
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    failures = upload_failures(uploads, outcome.failures if outcome else [])
+    document: dict[str, Any] = {
+        "qualifications": [r.to_dict() for r in outcome.results] if outcome else [],
+        "failures": failures,
+        "skipped": outcome.skipped if outcome else [],
+    }
+    if options.report:
+        document["index"] = outcome.index if outcome else None
+        document["report_errors"] = outcome.report_errors if outcome else []
+    if document["qualifications"]:
+        return 200, document
+    unsupported = all(u.unsupported for u in uploads)
+    first = failures[0]["error"] if failures else "no file could be judged"
+    return (415 if unsupported else 422), {"error": f"nothing stored: {first}", **document}
+
+
+def upload_ceiling(state: WebState) -> int:
+    """The largest upload request: every file at the limit, plus room for multipart headers."""
+    return state.max_files * (state.max_file_bytes + MAX_FIELD_BYTES)
+
+
+def qualify_locked(state: WebState, uploads: list[Upload], options: QualifyOptions) -> Any:
+    """The engine's qualify_paths, one run at a time (models load once, the chain stays whole)."""
+    paths = [u.path for u in uploads if u.path is not None]
+    names = {u.path: u.record_name for u in uploads if u.path is not None}
+    with WRITE_LOCK:
+        return qualify_paths(
+            state.workspace, paths, options, kb=state.kb, models=state.models,
+            sample_names=names,
+        )
+
+
+def upload_failures(uploads: list[Upload], engine_failures: list[Any]) -> list[dict[str, str]]:
+    """Refused uploads and engine failures in upload order, named as uploaded, not as stored."""
+    by_path = {str(u.path): u for u in uploads if u.path is not None}
+    found: dict[int, dict[str, str]] = {
+        u.index: {"path": u.record_name, "error": u.error} for u in uploads if u.error
+    }
+    extra = []
+    for failure in engine_failures:
+        upload = by_path.get(failure.path)
+        if upload is None:
+            extra.append(failure.to_dict())
+            continue
+        message = failure.error.replace(str(upload.path), upload.record_name)
+        found[upload.index] = {"path": upload.record_name, "error": message}
+    return [found[i] for i in sorted(found)] + extra
+
+
+def results_view(document: dict[str, Any]) -> dict[str, Any]:
+    """What the results fragment shows: assessment columns and each row's nodes by key."""
+    keys: list[str] = []
+    rows = []
+    for q in document.get("qualifications", []):
+        nodes = {n["key"]: n for n in q["nodes"]}
+        for n in q["nodes"]:
+            if n["kind"] == "assessment" and n["key"] not in keys:
+                keys.append(n["key"])
+        rows.append({"doc": q, "nodes": nodes})
+    return {"columns": keys, "rows": rows}
+
+
+# --- the app -----------------------------------------------------------------------------------
+
+
+def create_app(
+    workspace: Workspace,
+    token: str | None = None,
+    *,
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+    max_files: int = DEFAULT_MAX_FILES,
+    allowed_hosts: frozenset[str] | None = None,
+) -> FastAPI:
+    """The web app of one workspace; token (when given) is required on every request."""
+    state = WebState(
+        workspace=workspace,
+        token=token or None,
+        max_file_bytes=max_file_bytes,
+        max_files=max_files,
+        models=ModelSet(workspace.config),
+        kb=KnowledgeBase.open(workspace),
+    )
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        state.kb.close()
+
+    app = FastAPI(
+        title="VLKB",
+        summary="Qualify micrographs against expert criteria; the JSON API mirrors `kb`.",
+        version="1",
+        lifespan=lifespan,
+        redoc_url=None,
+    )
+    app.state.vlkb = state
+    app.add_middleware(
+        Guard, token=state.token, allowed_hosts=allowed_hosts, upload_bytes=upload_ceiling(state)
+    )
+
+    @app.exception_handler(VLKBError)
+    async def vlkb_error(request: Request, exc: VLKBError) -> Response:
+        return error_response(request.url.path, status_of(exc), str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> Response:
+        return error_response(request.url.path, 400, readable(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        message = exc.detail if isinstance(exc.detail, str) else "request refused"
+        if exc.status_code == 404:
+            message = f"not found: {request.method} {request.url.path}"
+        return error_response(request.url.path, exc.status_code, message)
+
+    _api_routes(app, state)
+    _page_routes(app, state)
+    return app
+
+
+def _api_routes(app: FastAPI, state: WebState) -> None:
+    """The JSON API: each endpoint answers what the matching `kb ... --json` prints."""
+    ws = state.workspace
+    upload_body = {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": [FIELD],
+                        "properties": {
+                            FIELD: {
+                                "type": "array",
+                                "items": {"type": "string", "format": "binary"},
+                                "description": "One or many micrographs (PNG, JPEG, TIFF, BMP), "
+                                f"at most {human_bytes(state.max_file_bytes)} each.",
+                            }
+                        },
+                    }
+                }
+            },
+        }
+    }
+
+    @app.post("/api/qualify", tags=["qualify"], openapi_extra=upload_body)
+    async def api_qualify(request: Request, params: QualifyQuery) -> JSONResponse:
+        """Judge and store micrographs: the JSON of `kb qualify --json`."""
+        status, document = await qualify_request(request, params, state)
+        return JSONResponse(document, status_code=status)
+
+    @app.get("/api/qualifications", tags=["history"])
+    def api_history(
+        since: Annotated[str | None, Query(description="YYYY-MM-DD (UTC) or ISO time.")] = None,
+        verdict: Annotated[str | None, Query(description=", ".join(VERDICTS))] = None,
+        q: Annotated[str | None, Query(description="Sample name contains (any case).")] = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+    ) -> dict[str, Any]:
+        """The audit log, newest first, with expert feedback: `kb history --json`."""
+        rows = list_qualifications(
+            ws, limit=limit, since=since or None, verdict=verdict or None, sample=q or None
+        )
+        return {"qualifications": rows}
+
+    @app.get("/api/qualifications/{qualification_id:int}", tags=["history"])
+    def api_show(qualification_id: int) -> dict[str, Any]:
+        """One stored qualification with its feedback: `kb show ID --json`."""
+        return load_qualification(ws, check_id(qualification_id))
+
+    @app.post(
+        "/api/qualifications/{qualification_id:int}/feedback", tags=["history"], status_code=201
+    )
+    def api_feedback(qualification_id: int, body: FeedbackIn) -> dict[str, Any]:
+        """Record an expert's verdict beside the machine's: `kb feedback --json`."""
+        with WRITE_LOCK:
+            entry = add_feedback(
+                ws, check_id(qualification_id), body.node, body.verdict, body.comment,
+                body.expert,
+            )
+        return {"feedback": entry}
+
+    @app.get("/api/tree", tags=["rules"])
+    def api_tree() -> dict[str, Any]:
+        """The detection tree of the rules as they are now: `kb tree --json`."""
+        return tree_document(ws)
+
+    @app.get("/api/models", tags=["rules"])
+    def api_models() -> dict[str, Any]:
+        """`kb models --json`, plus whether each model is loaded in this server, and the roles."""
+        loaded = {r["model"] for r in state.roles() if r["loaded"]}
+        models = [{**s.to_dict(), "loaded": s.name in loaded} for s in state.statuses()]
+        return {"models": models, "roles": state.roles()}
+
+
+def _page_routes(app: FastAPI, state: WebState) -> None:
+    """Server-rendered pages for people; they call the same engine functions as the API."""
+    ws = state.workspace
+
+    def page(template: str, status: int = 200, **context: Any) -> HTMLResponse:
+        context.setdefault("workspace_name", ws.root.name)
+        context.setdefault("login", state.token is not None)
+        return HTMLResponse(render(template, **context), status_code=status)
+
+    @app.get("/", include_in_schema=False)
+    def qualify_page() -> HTMLResponse:
+        try:
+            decisions, rules_error = rules_decisions(ws), None
+        except VLKBError as exc:
+            decisions, rules_error = [], str(exc)
+        return page(
+            "web_qualify.html.j2",
+            roles=state.roles(),
+            decisions=decisions,
+            rules_error=rules_error,
+            max_file=human_bytes(state.max_file_bytes),
+            max_files=state.max_files,
+        )
+
+    @app.post("/qualify", include_in_schema=False)
+    async def qualify_fragment(request: Request, params: QualifyQuery) -> HTMLResponse:
+        status, document = await qualify_request(request, params, state)
+        html = render("web_results.html.j2", status=status, document=document,
+                      view=results_view(document))
+        return HTMLResponse(html, status_code=status)
+
+    @app.get("/history", include_in_schema=False)
+    def history_page(
+        since: str | None = None,
+        verdict: str | None = None,
+        q: str | None = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+    ) -> HTMLResponse:
+        filters = {"since": since or "", "verdict": verdict or "", "q": q or "", "limit": limit}
+        try:
+            rows = list_qualifications(
+                ws, limit=limit, since=since or None, verdict=verdict or None, sample=q or None
+            )
+        except VLKBError as exc:
+            return page("web_history.html.j2", status_of(exc), rows=[], filters=filters,
+                        error=str(exc), verdicts=VERDICTS)
+        return page("web_history.html.j2", rows=rows, filters=filters, error=None,
+                    verdicts=VERDICTS)
+
+    def qualification_page(
+        qualification_id: int, status: int = 200, **context: Any
+    ) -> HTMLResponse:
+        doc = load_qualification(ws, check_id(qualification_id))
+        context.setdefault("form", {})
+        context.setdefault("error", None)
+        context.setdefault("recorded", None)
+        return page("web_qualification.html.j2", status, doc=doc, **context)
+
+    @app.get("/qualifications/{qualification_id:int}", include_in_schema=False)
+    def show_page(qualification_id: int, recorded: int | None = None) -> HTMLResponse:
+        return qualification_page(qualification_id, recorded=recorded)
+
+    @app.get("/qualifications/{qualification_id:int}/report", include_in_schema=False)
+    def report_page(qualification_id: int) -> HTMLResponse:
+        return HTMLResponse(render_stored_report(ws, check_id(qualification_id)))
+
+    @app.post("/qualifications/{qualification_id:int}/feedback", include_in_schema=False)
+    def feedback_form(
+        qualification_id: int,
+        node: Annotated[str, Form()] = "",
+        verdict: Annotated[str, Form()] = "",
+        comment: Annotated[str, Form()] = "",
+        expert: Annotated[str, Form()] = "",
+    ) -> Response:
+        form = {"node": node, "verdict": verdict, "comment": comment, "expert": expert}
+        try:
+            with WRITE_LOCK:
+                entry = add_feedback(
+                    ws, check_id(qualification_id), node, verdict, comment, expert.strip() or None
+                )
+        except VLKBError as exc:  # a missing qualification raises again below: 404
+            status = 400 if isinstance(exc, NotFoundError) else status_of(exc)
+            return qualification_page(qualification_id, status, form=form, error=str(exc))
+        return RedirectResponse(
+            f"/qualifications/{qualification_id}?recorded={entry['id']}#feedback", 303
+        )
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    def favicon() -> Response:
+        return Response(ICON, media_type="image/svg+xml")
+
+    @app.get("/login", include_in_schema=False)
+    def login_page() -> HTMLResponse:
+        return page("web_login.html.j2", failed=False)
+
+    @app.post("/login", include_in_schema=False)
+    def login(token: Annotated[str, Form()] = "") -> Response:
+        if state.token is None:
+            return RedirectResponse("/", 303)
+        if not hmac.compare_digest(token.encode(), state.token.encode()):
+            return page("web_login.html.j2", 401, failed=True)
+        response = RedirectResponse("/", 303)
+        response.set_cookie(
+            SESSION_COOKIE, session_value(state.token), httponly=True, samesite="strict",
+            secure=False, path="/",
+        )
+        return response
+
+
+def serve(
+    workspace: Workspace,
+    host: str,
+    port: int,
+    token: str | None,
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+) -> None:
+    """`kb serve`: refuse to listen beyond this machine without a token, then run uvicorn."""
+    import uvicorn
+
+    token = token or None
+    loopback = is_loopback(host)
+    if not loopback and token is None:
+        raise VLKBError(
+            f"refusing to serve on {host} without a token: set KB_TOKEN (at least "
+            f"{MIN_TOKEN_LENGTH} random characters); clients then send Authorization: Bearer <it>"
+        )
+    if token is not None and len(token) < MIN_TOKEN_LENGTH:
+        raise VLKBError(
+            f"KB_TOKEN is too short; use at least {MIN_TOKEN_LENGTH} random characters, e.g. "
+            "python -c 'import secrets; print(secrets.token_urlsafe(24))'"
+        )
+    allowed = LOOPBACK_NAMES | {host.strip("[]")} if loopback else None
+    app = create_app(workspace, token, max_file_bytes=max_file_bytes, allowed_hosts=allowed)
+    uvicorn.run(app, host=host.strip("[]"), port=port, log_level="info")
