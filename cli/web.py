@@ -69,7 +69,7 @@ MIN_TOKEN_LENGTH = 16
 SESSION_COOKIE = "vlkb_session"
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 DOCS_PATHS = ("/docs", "/openapi.json")  # Swagger UI loads its script from a CDN: no CSP there
-PUBLIC_PATHS = ("/login",)
+PUBLIC_PATHS = ("/login", "/favicon.ico")
 UPLOAD_PATHS = ("/api/qualify", "/qualify")
 # One writer at a time in this process: every qualification and feedback appends to the head
 # of one hash chain, and two SQLite transactions that both read the head before writing would
@@ -579,6 +579,12 @@ def create_app(
     async def vlkb_error(request: Request, exc: VLKBError) -> Response:
         return error_response(request.url.path, status_of(exc), str(exc))
 
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        return error_response(  # uvicorn logs the traceback; the client gets one line
+            request.url.path, 500, f"internal error ({type(exc).__name__}); see the server log"
+        )
+
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> Response:
         return error_response(request.url.path, 400, readable(exc))
@@ -765,7 +771,7 @@ def _page_routes(app: FastAPI, state: WebState) -> None:
         return page("web_login.html.j2", failed=False)
 
     @app.post("/login", include_in_schema=False)
-    def login(token: Annotated[str, Form()] = "") -> Response:
+    def login(request: Request, token: Annotated[str, Form()] = "") -> Response:
         if state.token is None:
             return RedirectResponse("/", 303)
         if not hmac.compare_digest(token.encode(), state.token.encode()):
@@ -773,7 +779,7 @@ def _page_routes(app: FastAPI, state: WebState) -> None:
         response = RedirectResponse("/", 303)
         response.set_cookie(
             SESSION_COOKIE, session_value(state.token), httponly=True, samesite="strict",
-            secure=False, path="/",
+            secure=request.url.scheme == "https", path="/",
         )
         return response
 
