@@ -47,6 +47,10 @@ WorkspaceOption = Annotated[
     ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document only.")]
+NormalizeOption = Annotated[str, typer.Option(help="z-score statistics: batch or calibrated.")]
+PixelSizeOption = Annotated[
+    float | None, typer.Option("--um-per-px", help="Pixel size for this run (um per pixel).")
+]
 VERDICT_STYLE = {"accept": "green", "reject": "red", "review": "yellow", "not_assessed": "dim"}
 
 
@@ -194,22 +198,13 @@ def add_reference(
 def tree(workspace: WorkspaceOption = None, json_output: JsonOption = False) -> None:
     """Show the detection tree of the rules as they are now."""
     from engine.sync import compile_workspace
-    from engine.tree import build_tree
+    from engine.tree import build_tree, tree_document
 
     ruleset = compile_workspace(Workspace.open(workspace))
-    graph = build_tree(ruleset)
     if json_output:
-        nodes = [
-            {
-                "key": key,
-                "kind": data["kind"],
-                "label": data["label"],
-                "parent": next(iter(graph.predecessors(key)), None),
-            }
-            for key, data in graph.nodes(data=True)
-        ]
-        print_json({"root": ruleset.root, "hash": ruleset.content_hash, "nodes": nodes})
+        print_json(tree_document(ruleset))
         return
+    graph = build_tree(ruleset)
     view = Tree(
         f"[bold]{graph.nodes[ruleset.root]['label']}[/] ({ruleset.root}, "
         f"{graph.nodes[ruleset.root]['rule']})"
@@ -240,12 +235,8 @@ def qualify(
     images: Annotated[
         list[str], typer.Argument(help="Micrographs, folders of them, or glob patterns.")
     ],
-    normalize: Annotated[
-        str, typer.Option(help="z-score statistics: batch or calibrated.")
-    ] = "calibrated",
-    um_per_px: Annotated[
-        float | None, typer.Option("--um-per-px", help="Pixel size for this run.")
-    ] = None,
+    normalize: NormalizeOption = "calibrated",
+    um_per_px: PixelSizeOption = None,
     operator: Annotated[
         str | None, typer.Option(help="Who runs this (default: user name).")
     ] = None,
@@ -383,9 +374,7 @@ class VerdictTable:
 @reports_errors
 def measure(
     images: Annotated[list[Path], typer.Argument(help="Colour-segmented micrographs.")],
-    um_per_px: Annotated[
-        float | None, typer.Option("--um-per-px", help="Pixel size for this run.")
-    ] = None,
+    um_per_px: PixelSizeOption = None,
     workspace: WorkspaceOption = None,
     json_output: JsonOption = False,
 ) -> None:
@@ -471,12 +460,8 @@ def evaluate(
     directory: Annotated[Path, typer.Argument(help="Folder of labelled micrographs.")],
     labels: Annotated[Path, typer.Option(help="CSV: image, one column per assessment.")],
     top_k: Annotated[int, typer.Option("--top-k", min=1, help="K of the top-k measure.")] = 5,
-    normalize: Annotated[
-        str, typer.Option(help="z-score statistics: batch or calibrated.")
-    ] = "calibrated",
-    um_per_px: Annotated[
-        float | None, typer.Option("--um-per-px", help="Pixel size for this run.")
-    ] = None,
+    normalize: NormalizeOption = "calibrated",
+    um_per_px: PixelSizeOption = None,
     out_dir: Annotated[
         Path | None, typer.Option("--out", help="Folder for evaluation.html and plots.")
     ] = None,
@@ -849,6 +834,56 @@ def serve(
 
     run_server(Workspace.open(workspace), host, port, os.environ.get("KB_TOKEN"),
                max_file_bytes=int(max_upload_mb * 1_000_000))
+
+
+# --- the dual encoder -----------------------------------------------------------------------
+
+
+@app.command("train-vlr")
+@reports_errors
+def train_vlr(
+    outdir: Annotated[Path, typer.Argument(help="New folder for the checkpoint and its card.")],
+    seed: Annotated[int, typer.Option(help="Seed of the generated data and the training.")] = 0,
+    n_images: Annotated[
+        int | None, typer.Option("--n-images", min=8, help="Generated training micrographs.")
+    ] = None,
+    epochs: Annotated[
+        int | None, typer.Option(min=1, help="Passes over the training micrographs.")
+    ] = None,
+    eval_images: Annotated[
+        int, typer.Option("--eval-images", min=0, help="Fresh micrographs for the model card.")
+    ] = 200,
+    eval_seed: Annotated[
+        int, typer.Option("--eval-seed", help="Seed of the evaluation set (not the training's).")
+    ] = 4242,
+    workspace: WorkspaceOption = None,
+) -> None:
+    """Train VLKB's dual encoder (a ViT against the frozen MiniLM text tower) on generated maps.
+
+    The model card evaluates it with the workspace's prompts and references, if there is one.
+    """
+    from engine.train_vlr import TrainConfig, train
+    from kb.errors import WorkspaceError
+
+    defaults = TrainConfig()
+    config = TrainConfig(
+        seed=seed,
+        n_images=n_images or defaults.n_images,
+        epochs=epochs or defaults.epochs,
+    )
+    try:
+        rules_dir: Path | None = Workspace.open(workspace).rules_dir
+    except WorkspaceError:
+        rules_dir = None
+    command = (
+        f"kb train-vlr {outdir} --seed {seed} --n-images {config.n_images} "
+        f"--epochs {config.epochs}"
+    )
+    train(
+        outdir, config, log=lambda line: err.print(line, markup=False),
+        evaluate_with=rules_dir, eval_n=eval_images, eval_seed=eval_seed, command=command,
+    )
+    out.print(f"Wrote {outdir}: see {outdir / 'MODEL_CARD.md'}")
 
 
 def main() -> None:

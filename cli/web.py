@@ -46,7 +46,7 @@ from engine.models import ModelSet
 from engine.qualify import NORMALIZATIONS, DecisionOverride, QualifyOptions, qualify_paths
 from engine.reporting import render_stored_report
 from engine.sync import compile_workspace
-from engine.tree import build_tree
+from engine.tree import tree_document
 from kb.config import ROLES, Workspace
 from kb.errors import (
     DatabaseError,
@@ -419,20 +419,9 @@ def readable(exc: RequestValidationError) -> str:
 # --- qualification -------------------------------------------------------------------------------
 
 
-def tree_document(workspace: Workspace) -> dict[str, Any]:
+def tree_of(workspace: Workspace) -> dict[str, Any]:
     """The detection tree as `kb tree --json` prints it."""
-    ruleset = compile_workspace(workspace)
-    graph = build_tree(ruleset)
-    nodes = [
-        {
-            "key": key,
-            "kind": data["kind"],
-            "label": data["label"],
-            "parent": next(iter(graph.predecessors(key)), None),
-        }
-        for key, data in graph.nodes(data=True)
-    ]
-    return {"root": ruleset.root, "hash": ruleset.content_hash, "nodes": nodes}
+    return tree_document(compile_workspace(workspace))
 
 
 def rules_decisions(workspace: Workspace) -> list[dict[str, Any]]:
@@ -665,7 +654,7 @@ def _api_routes(app: FastAPI, state: WebState) -> None:
     @app.get("/api/tree", tags=["rules"])
     def api_tree() -> dict[str, Any]:
         """The detection tree of the rules as they are now: `kb tree --json`."""
-        return tree_document(ws)
+        return tree_of(ws)
 
     @app.get("/api/models", tags=["rules"])
     def api_models() -> dict[str, Any]:

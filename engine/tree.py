@@ -174,3 +174,18 @@ def _display_order(ruleset: Ruleset) -> list[str]:
         if key in ruleset.gates:
             stack.extend(reversed(ruleset.children(key)))
     return ordered
+
+
+def tree_document(ruleset: Ruleset) -> dict[str, object]:
+    """The tree as JSON (`kb tree --json`, GET /api/tree): every node and its parent."""
+    graph = build_tree(ruleset)
+    nodes = [
+        {
+            "key": key,
+            "kind": data["kind"],
+            "label": data["label"],
+            "parent": next(iter(graph.predecessors(key)), None),
+        }
+        for key, data in graph.nodes(data=True)
+    ]
+    return {"root": ruleset.root, "hash": ruleset.content_hash, "nodes": nodes}

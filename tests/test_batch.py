@@ -18,7 +18,7 @@ from engine.qualify import CHUNK, QualifyOptions, qualify_paths
 from engine.sync import sync_workspace
 from engine.synth import write_dataset
 from kb.config import Workspace
-from tests.workspaces import micrograph, new_workspace, write_carbide_assessment
+from tests.workspaces import example_copy, micrograph, new_workspace, write_carbide_assessment
 
 REPO = Path(__file__).resolve().parent.parent
 runner = CliRunner()
@@ -31,12 +31,7 @@ def kb(*args: object) -> tuple[int, str, str]:
 
 @pytest.fixture(scope="module")
 def example(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
-    root = tmp_path_factory.mktemp("example")
-    shutil.copy(REPO / "kb.toml", root / "kb.toml")
-    shutil.copytree(REPO / "rules", root / "rules")
-    workspace = Workspace.open(root)
-    sync_workspace(workspace)
-    return workspace
+    return example_copy(tmp_path_factory.mktemp("example"))
 
 
 def test_folders_globs_and_a_bad_file_in_one_run(example: Workspace, tmp_path: Path) -> None:

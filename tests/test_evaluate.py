@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import re
-import shutil
 from pathlib import Path
 
 import pytest
@@ -27,7 +26,7 @@ from engine.synth import write_dataset
 from kb.audit import get_qualification
 from kb.config import Workspace
 from kb.store import KnowledgeBase
-from tests.workspaces import micrograph, new_workspace, write_carbide_assessment
+from tests.workspaces import example_copy, micrograph, new_workspace, write_carbide_assessment
 
 REPO = Path(__file__).resolve().parent.parent
 runner = CliRunner()
@@ -103,12 +102,7 @@ def test_bad_labels_are_refused_with_what_is_wrong(
 
 @pytest.fixture(scope="module")
 def example(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
-    root = tmp_path_factory.mktemp("example")
-    shutil.copy(REPO / "kb.toml", root / "kb.toml")
-    shutil.copytree(REPO / "rules", root / "rules")
-    workspace = Workspace.open(root)
-    sync_workspace(workspace)
-    return workspace
+    return example_copy(tmp_path_factory.mktemp("example"))
 
 
 def test_evaluation_agrees_with_the_verdicts_stored_in_the_audit_log(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -16,9 +15,10 @@ from engine.images import load_sample
 from engine.metrology import QUANTITIES, measure_image
 from engine.qualify import QualifyOptions, qualify_paths
 from engine.results import MeasurementEvidence, VLREvidence
-from engine.sync import compile_workspace, sync_workspace
+from engine.sync import compile_workspace
 from engine.synth import EXAMPLE_CRITERIA, label_sample, write_dataset
 from kb.config import Workspace
+from tests.workspaces import example_copy
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
@@ -32,13 +32,7 @@ def kb(*args: object) -> tuple[int, str, str]:
 
 @pytest.fixture(scope="module")
 def example(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
-    """A synced copy of the repo-root workspace, so tests never write into the checkout."""
-    root = tmp_path_factory.mktemp("example")
-    shutil.copy(REPO / "kb.toml", root / "kb.toml")
-    shutil.copytree(REPO / "rules", root / "rules")
-    workspace = Workspace.open(root)
-    sync_workspace(workspace)
-    return workspace
+    return example_copy(tmp_path_factory.mktemp("example"))
 
 
 def read_labels(path: Path) -> dict[str, dict[str, str]]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +11,8 @@ from PIL import Image
 
 from kb.config import Workspace
 from kb.init import init_workspace
+
+REPO = Path(__file__).resolve().parent.parent
 
 GREEN, PINK, RED, BLUE = (0, 255, 0), (255, 105, 180), (255, 0, 0), (0, 0, 255)
 
@@ -68,3 +72,21 @@ def write_carbide_assessment(ws: Workspace, with_references: bool = True) -> Non
         for i in range(3):
             micrograph(refs / "positive" / f"pos-{i}.png", seed=i, pink_share=0.35 + 0.05 * i)
             micrograph(refs / "negative" / f"neg-{i}.png", seed=10 + i, pink_share=0.03 + 0.02 * i)
+
+
+def example_copy(root: Path, unbind_roles: bool = True) -> Workspace:
+    """A synced copy of the repo-root example workspace, so tests never write into the checkout.
+
+    unbind_roles judges on measurements alone, whatever models the example binds.
+    """
+    from engine.sync import sync_workspace
+
+    root.mkdir(parents=True, exist_ok=True)
+    config = (REPO / "kb.toml").read_text(encoding="utf-8")
+    if unbind_roles:
+        config = re.sub(r'(?m)^(text|image)\s*=\s*"[^"]*"', r'\1 = ""', config)
+    (root / "kb.toml").write_text(config, encoding="utf-8")
+    shutil.copytree(REPO / "rules", root / "rules")
+    workspace = Workspace.open(root)
+    sync_workspace(workspace)
+    return workspace
