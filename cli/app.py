@@ -373,17 +373,22 @@ class VerdictTable:
 @app.command()
 @reports_errors
 def measure(
-    images: Annotated[list[Path], typer.Argument(help="Colour-segmented micrographs.")],
+    images: Annotated[
+        list[str], typer.Argument(help="Phase maps, folders of them, or glob patterns.")
+    ],
     um_per_px: PixelSizeOption = None,
     workspace: WorkspaceOption = None,
     json_output: JsonOption = False,
 ) -> None:
     """Metrology quantities (areas, heights, fractions, pores, carbides) of phase maps."""
+    from engine.inputs import expand_inputs
     from engine.measure import measure_paths
     from engine.metrology import QUANTITIES
 
     _check_pixel_size(um_per_px)
-    measured, failures = measure_paths(Workspace.open(workspace), images, um_per_px)
+    paths, unmatched = expand_inputs(images)
+    measured, failures = measure_paths(Workspace.open(workspace), paths, um_per_px)
+    failures = unmatched + failures
     for failure in failures:
         err.print(f"error: {failure.error}", markup=False)
     if json_output:
