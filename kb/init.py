@@ -83,6 +83,8 @@ def init_example(directory: Path, name: str) -> Workspace:
         shutil.copytree(source / RULES_DIR, directory / RULES_DIR)
         shutil.copytree(source / "examples", directory / "examples",
                         ignore=shutil.ignore_patterns("*.py", "__pycache__"))
+        if (source / "models").is_dir():  # the example's own trained model, if it ships one
+            shutil.copytree(source / "models", directory / "models")
         shutil.copy2(source / CONFIG_FILE, directory / CONFIG_FILE)
     except OSError as exc:
         shutil.rmtree(directory / RULES_DIR, ignore_errors=True)
