@@ -118,7 +118,7 @@ def calibrate_folder(
         row, ruleset = current_ruleset(session, workspace)
         assert row.id is not None
         labels = (
-            read_labels(labels_path, list(ruleset.assessments), [s.path for s in samples])
+            read_labels(labels_path, list(ruleset.assessments), paths)
             if labels_path is not None
             else None
         )
