@@ -1,4 +1,8 @@
-"""Model I/O: turn micrographs and prompts into L2-normalised embeddings with CLIP or FLAVA.
+"""Model I/O: turn micrographs and prompts into L2-normalised embeddings.
+
+Backends: CLIP, FLAVA and `dual`, transformers' VisionTextDualEncoderModel (any vision encoder,
+any text encoder, two projections), which also loads VLKB's own trained checkpoint: its text
+tower is not in the checkpoint but a pinned, hash-checked package (engine/dual.py).
 
 Every model is loaded by the real transformers code (`from_pretrained`) from a local directory:
 either the workspace's own folder or the Hugging Face cache snapshot of a hub id. The
@@ -28,14 +32,22 @@ from transformers import (
     CLIPModel,
     FlavaModel,
     PreTrainedModel,
+    VisionTextDualEncoderModel,
 )
 from transformers.utils import logging as transformers_logging
 
+from engine import dual
 from engine.scoring import l2_normalize
 from kb.config import ModelSpec
 from kb.errors import ModelLoadError
 
-BACKENDS: tuple[str, ...] = ("clip", "flava")
+BACKENDS: tuple[str, ...] = ("clip", "flava", "dual")
+# config.json's model_type of each backend's checkpoints
+MODEL_TYPES: dict[str, str] = {
+    "clip": "clip",
+    "flava": "flava",
+    "dual": "vision-text-dual-encoder",
+}
 
 # Files that never change what the PyTorch model computes: docs and other frameworks' weights.
 _IGNORED_SUFFIXES = (".md", ".h5", ".msgpack", ".onnx", ".ot", ".tflite", ".gguf")
@@ -183,7 +195,66 @@ def _cls_token(output: Any) -> torch.Tensor:
     return sequence[:, 0]
 
 
-_ENCODERS: dict[str, type[Encoder]] = {"clip": ClipEncoder, "flava": FlavaEncoder}
+class DualEncoder(Encoder):
+    """VisionTextDualEncoderModel: projected pooled vision output and projected text output.
+
+    A self-contained checkpoint embeds texts as transformers does (the text encoder's pooled
+    output, projected). A checkpoint with a `text_tower.json` (VLKB's own) leaves its text
+    encoder out: the pinned sentence encoder is loaded from its package after its files'
+    SHA-256 are checked, and a text is the projection of its mean-pooled token states.
+    """
+
+    model_class = VisionTextDualEncoderModel
+    text_inputs = dual.TEXT_INPUTS
+    embedding_weights = ("vision_model.", "visual_projection.", "text_projection.", "text_model.")
+
+    def __init__(self, spec: ModelSpec, model_dir: Path) -> None:
+        self.text_tower: dual.TextTower | None = None
+        super().__init__(spec, model_dir)
+        if self.text_tower is not None:
+            self.max_text_length = min(self.max_text_length, self.text_tower.pin.max_length)
+
+    def _load(self, model_dir: Path) -> tuple[PreTrainedModel, Any, Any]:
+        pin = dual.read_reference(model_dir)
+        if pin is None:
+            return super()._load(model_dir)
+        tower = dual.load_text_tower(pin)  # hash check first: nothing is loaded if it fails
+        with dual.quiet_transformers():
+            model, info = VisionTextDualEncoderModel.from_pretrained(
+                model_dir, dtype=torch.float32, output_loading_info=True
+            )
+        own = tuple(p for p in self.embedding_weights if p != "text_model.")
+        missing = sorted(k for k in info["missing_keys"] if k.startswith(own))
+        if missing:
+            raise ValueError(
+                f"the weights lack {len(missing)} tensor(s) the embeddings need, e.g. {missing[0]}"
+            )
+        if model.config.text_config.hidden_size != tower.dim:
+            raise ValueError(
+                f"the text projection expects {model.config.text_config.hidden_size}-d sentence "
+                f"embeddings, {pin.package} gives {tower.dim}-d"
+            )
+        model.text_model = tower.model
+        self.text_tower = tower
+        processor = AutoImageProcessor.from_pretrained(model_dir, backend="pil")
+        return model.eval(), tower.tokenizer, processor
+
+    def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return _projected(
+            self.model.get_image_features(pixel_values=pixel_values, return_dict=True)
+        )
+
+    def text_features(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        if self.text_tower is None:
+            return _projected(self.model.get_text_features(**inputs, return_dict=True))
+        return self.model.text_projection(self.text_tower.encode(inputs))
+
+
+_ENCODERS: dict[str, type[Encoder]] = {
+    "clip": ClipEncoder,
+    "flava": FlavaEncoder,
+    "dual": DualEncoder,
+}
 
 
 def load_encoder(spec: ModelSpec) -> Encoder:
@@ -199,7 +270,10 @@ def load_encoder(spec: ModelSpec) -> Encoder:
     if problem:
         raise _load_error(spec, *problem)
     try:
+        dual.verify_checksums(model_dir)
         return encoder_class(spec, model_dir)
+    except ModelLoadError as exc:  # says itself how to fix it (e.g. reinstall the text tower)
+        raise _load_error(spec, str(exc), "") from exc
     except Exception as exc:  # every failure inside transformers/safetensors becomes one line
         raise _load_error(spec, f"loading {model_dir} failed: {_first_line(exc)}") from exc
 
@@ -288,18 +362,25 @@ def offline_status(spec: ModelSpec) -> tuple[bool, str]:
     problem = _model_type_problem(spec, model_dir)
     if problem:
         return False, "; ".join(problem)
-    lacking = _missing_files(model_dir)
+    try:
+        # A checkpoint whose text tower is a pinned package: that package, hash-checked.
+        tower = dual.read_reference(model_dir) if spec.backend == "dual" else None
+        if tower is not None:
+            dual.text_tower_dir(tower)
+    except ModelLoadError as exc:
+        return False, str(exc)
+    lacking = _missing_files(model_dir, tokenizer=tower is None)
     if lacking:
         return False, f"{model_dir} has no {', no '.join(lacking)}; {_how_to_provide(spec.source)}"
     return True, str(model_dir)
 
 
-def _missing_files(model_dir: Path) -> list[str]:
+def _missing_files(model_dir: Path, tokenizer: bool = True) -> list[str]:
     """Which of weights, tokenizer and preprocessor files a model directory lacks."""
     lacking = []
     if not any(next(model_dir.glob(pattern), None) for pattern in _WEIGHT_PATTERNS):
         lacking.append("weights (model.safetensors or pytorch_model.bin)")
-    if not any((model_dir / name).is_file() for name in _TOKENIZER_FILES):
+    if tokenizer and not any((model_dir / name).is_file() for name in _TOKENIZER_FILES):
         lacking.append("tokenizer files")
     if not (model_dir / "preprocessor_config.json").is_file():
         lacking.append("preprocessor_config.json")
@@ -316,10 +397,12 @@ def _model_type_problem(spec: ModelSpec, model_dir: Path) -> tuple[str, str] | N
         model_type = json.loads(config_file.read_text(encoding="utf-8")).get("model_type")
     except (OSError, ValueError, AttributeError) as exc:
         return f"cannot read {config_file}: {_first_line(exc)}", _how_to_provide(spec.source)
-    if model_type != spec.backend:
+    expected = MODEL_TYPES.get(spec.backend, spec.backend)
+    if model_type != expected:
+        backend = next((b for b, t in MODEL_TYPES.items() if t == model_type), model_type)
         return (
-            f"{config_file} is a {model_type!r} model, not {spec.backend!r}",
-            f"set backend = {model_type!r} in [models.{spec.name}] or point source at a "
+            f"{config_file} is a {backend!r} model, not {spec.backend!r}",
+            f"set backend = {backend!r} in [models.{spec.name}] or point source at a "
             f"{spec.backend} checkpoint",
         )
     return None
@@ -327,9 +410,10 @@ def _model_type_problem(spec: ModelSpec, model_dir: Path) -> tuple[str, str] | N
 
 def _load_error(spec: ModelSpec, reason: str, how: str | None = None) -> ModelLoadError:
     """One line: which model, what went wrong, how to provide it."""
+    how = _how_to_provide(spec.source) if how is None else how
     message = (
         f"model {spec.name!r} (backend {spec.backend}, source {spec.source}) cannot be loaded: "
-        f"{reason}; {how or _how_to_provide(spec.source)}"
+        f"{reason}{'; ' + how if how else ''}"
     )
     return ModelLoadError(" ".join(message.split()))
 

