@@ -711,6 +711,8 @@ def model_card(record: dict) -> str:
             bead = Report.from_dict(evaluation["bead"])
             lines += [f"Only {bead.subset}:", "", bead.markdown(), ""]
         lines += [f"Against the targets (all images): {_target_summary(everything)}", ""]
+    if record.get("notes"):
+        lines += ["## Development notes", "", *[f"- {note}" for note in record["notes"]], ""]
     lines += [
         "## Limits",
         "",
