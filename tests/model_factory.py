@@ -25,6 +25,13 @@ PATCH_SIZE = 8
 HIDDEN_SIZE = 32
 PROJECTION_DIM = 16
 MAX_TEXT_LENGTH = 32
+# Every tiny transformer stack: 2 layers of 2 heads at HIDDEN_SIZE.
+TINY_LAYERS = {
+    "hidden_size": HIDDEN_SIZE,
+    "intermediate_size": 2 * HIDDEN_SIZE,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+}
 
 # Words a micrograph prompt is made of; enough for BPE to learn a vocabulary of a few hundred.
 CORPUS = [
@@ -73,6 +80,23 @@ def _save_tokenizer(
     return wrapped
 
 
+def _bert_tokenizer(directory: Path) -> Tokenizer:
+    """A BERT-style [CLS] ... [SEP] tokenizer, trained and saved into directory."""
+    tokenizer = _train_tokenizer(
+        ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"], bos="[CLS]", eos="[SEP]", unk="[UNK]"
+    )
+    _save_tokenizer(
+        tokenizer,
+        directory,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+    )
+    return tokenizer
+
+
 def build_tiny_clip(directory: Path) -> Path:
     """A 2-layer CLIP (32x32 images, 16-d embeddings) with its tokenizer and image processor."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -96,21 +120,15 @@ def build_tiny_clip(directory: Path) -> Path:
     }
     config = CLIPConfig(
         text_config={
+            **TINY_LAYERS,
             "vocab_size": tokenizer.get_vocab_size(),
-            "hidden_size": HIDDEN_SIZE,
-            "intermediate_size": 2 * HIDDEN_SIZE,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
             "max_position_embeddings": MAX_TEXT_LENGTH,
             "pad_token_id": ids["<pad>"],
             "bos_token_id": ids["<|startoftext|>"],
             "eos_token_id": ids["<|endoftext|>"],
         },
         vision_config={
-            "hidden_size": HIDDEN_SIZE,
-            "intermediate_size": 2 * HIDDEN_SIZE,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
+            **TINY_LAYERS,
             "image_size": IMAGE_SIZE,
             "patch_size": PATCH_SIZE,
         },
@@ -127,24 +145,8 @@ def build_tiny_clip(directory: Path) -> Path:
 def build_tiny_flava(directory: Path) -> Path:
     """A 2-layer FLAVA (32x32 images, 16-d projections), BERT-style [CLS] ... [SEP] tokenizer."""
     directory.mkdir(parents=True, exist_ok=True)
-    tokenizer = _train_tokenizer(
-        ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"], bos="[CLS]", eos="[SEP]", unk="[UNK]"
-    )
-    _save_tokenizer(
-        tokenizer,
-        directory,
-        unk_token="[UNK]",
-        pad_token="[PAD]",
-        cls_token="[CLS]",
-        sep_token="[SEP]",
-        mask_token="[MASK]",
-    )
-    encoder = {
-        "hidden_size": HIDDEN_SIZE,
-        "intermediate_size": 2 * HIDDEN_SIZE,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 2,
-    }
+    tokenizer = _bert_tokenizer(directory)
+    encoder = TINY_LAYERS
     config = FlavaConfig(
         text_config={
             **encoder,
@@ -183,24 +185,8 @@ def build_tiny_dual(directory: Path) -> Path:
     )
 
     directory.mkdir(parents=True, exist_ok=True)
-    tokenizer = _train_tokenizer(
-        ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"], bos="[CLS]", eos="[SEP]", unk="[UNK]"
-    )
-    _save_tokenizer(
-        tokenizer,
-        directory,
-        unk_token="[UNK]",
-        pad_token="[PAD]",
-        cls_token="[CLS]",
-        sep_token="[SEP]",
-        mask_token="[MASK]",
-    )
-    layers = {
-        "hidden_size": HIDDEN_SIZE,
-        "intermediate_size": 2 * HIDDEN_SIZE,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 2,
-    }
+    tokenizer = _bert_tokenizer(directory)
+    layers = TINY_LAYERS
     config = VisionTextDualEncoderConfig.from_vision_text_configs(
         ViTConfig(**layers, image_size=IMAGE_SIZE, patch_size=PATCH_SIZE),
         BertConfig(
