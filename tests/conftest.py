@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from kb.config import Workspace
+
 # Set before anything imports huggingface_hub / transformers (they read these at import time).
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
@@ -44,3 +46,11 @@ def dual(tiny_dual_dir: Path):
 
     spec = ModelSpec(name="tiny-dual", backend="dual", source=str(tiny_dual_dir), batch_size=2)
     return load_encoder(spec)
+
+
+@pytest.fixture(scope="module")
+def example(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
+    """A synced copy of the repo-root example workspace, judged on measurements alone."""
+    from tests.workspaces import example_copy
+
+    return example_copy(tmp_path_factory.mktemp("example"))

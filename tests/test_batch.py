@@ -18,7 +18,7 @@ from engine.qualify import CHUNK, QualifyOptions, qualify_paths
 from engine.sync import sync_workspace
 from engine.synth import write_dataset
 from kb.config import Workspace
-from tests.workspaces import example_copy, micrograph, new_workspace, write_carbide_assessment
+from tests.workspaces import micrograph, new_workspace, write_carbide_assessment
 
 REPO = Path(__file__).resolve().parent.parent
 runner = CliRunner()
@@ -27,11 +27,6 @@ runner = CliRunner()
 def kb(*args: object) -> tuple[int, str, str]:
     result = runner.invoke(app, [str(a) for a in args])
     return result.exit_code, result.stdout, result.stderr
-
-
-@pytest.fixture(scope="module")
-def example(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
-    return example_copy(tmp_path_factory.mktemp("example"))
 
 
 def test_folders_globs_and_a_bad_file_in_one_run(example: Workspace, tmp_path: Path) -> None:

@@ -26,7 +26,7 @@ from engine.synth import write_dataset
 from kb.audit import get_qualification
 from kb.config import Workspace
 from kb.store import KnowledgeBase
-from tests.workspaces import example_copy, micrograph, new_workspace, write_carbide_assessment
+from tests.workspaces import micrograph, new_workspace, write_carbide_assessment
 
 REPO = Path(__file__).resolve().parent.parent
 runner = CliRunner()
@@ -98,11 +98,6 @@ def test_bad_labels_are_refused_with_what_is_wrong(
     labels = write_labels(tmp_path / "labels.csv", header, rows)
     with pytest.raises(LabelsError, match=re.escape(message)):
         read_labels(labels, ["EA-1", "EA-2"], image_files(tmp_path))
-
-
-@pytest.fixture(scope="module")
-def example(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
-    return example_copy(tmp_path_factory.mktemp("example"))
 
 
 def test_evaluation_agrees_with_the_verdicts_stored_in_the_audit_log(

@@ -18,7 +18,6 @@ from engine.results import MeasurementEvidence, VLREvidence
 from engine.sync import compile_workspace
 from engine.synth import EXAMPLE_CRITERIA, label_sample, write_dataset
 from kb.config import Workspace
-from tests.workspaces import example_copy
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
@@ -28,11 +27,6 @@ runner = CliRunner()
 def kb(*args: object) -> tuple[int, str, str]:
     result = runner.invoke(app, [str(a) for a in args])
     return result.exit_code, result.stdout, result.stderr
-
-
-@pytest.fixture(scope="module")
-def example(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
-    return example_copy(tmp_path_factory.mktemp("example"))
 
 
 def read_labels(path: Path) -> dict[str, dict[str, str]]:
