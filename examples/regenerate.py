@@ -3,8 +3,12 @@
     .venv/bin/python examples/regenerate.py
 
 Deterministic: running it again rewrites the same bytes, so git shows no change. Each
-reference is a sound bead except for the one property its assessment judges, so positive
-and negative references of an assessment differ in what the expert looks at.
+reference is a sound bead except for the property its assessment judges, so positive and
+negative references of an assessment differ in what the expert looks at. As an expert would
+pick them, the negatives show each way the criterion fails (a single oversized pore as well
+as widespread porosity), some far from the limit and some close to it, and one positive sits
+near the limit on the accepting side: references calibrate the z-scores, so they should
+bracket the limit rather than show only the extremes.
 """
 
 from __future__ import annotations
@@ -22,24 +26,39 @@ from kb.config import DEFAULT_LEGEND
 ROOT = Path(__file__).resolve().parent.parent
 UM_PER_PX = 10.0
 
-# What makes a bead fail each assessment (one change to an otherwise sound bead).
-FLAWS: dict[str, dict[str, object]] = {
-    "EA-1": {"dilution": 0.16},
-    "EA-2": {"haz_mm": 1.45},
-    "EA-3": {"height_mm": 0.15},
-    "EA-4": {"porosity": 0.045, "max_pore_um": 230.0},
-    "EA-5": {"carbide": 0.16},
-    "EA-6": {"distribution": "segregated"},
+# Per assessment: changes to a sound bead that make it fail, one per negative reference.
+FLAWS: dict[str, list[dict[str, object]]] = {
+    "EA-1": [{"dilution": 0.16}, {"dilution": 0.11}, {"dilution": 0.09}],
+    "EA-2": [{"haz_mm": 1.45}, {"haz_mm": 1.3}, {"haz_mm": 1.2}],
+    "EA-3": [{"height_mm": 0.15}, {"height_mm": 0.22}, {"height_mm": 0.1}],
+    "EA-4": [
+        {"porosity": 0.045, "max_pore_um": 230.0},  # porous, with large pores
+        {"porosity": 0.008, "max_pore_um": 220.0},  # one oversized pore in a dense bead
+        {"porosity": 0.04, "max_pore_um": 100.0},  # many small pores
+    ],
+    "EA-5": [{"carbide": 0.16}, {"carbide": 0.22}, {"carbide": 0.12}],
+    "EA-6": [{"distribution": "segregated"}, {"distribution": "clustered"},
+             {"distribution": "segregated"}],
+}
+
+# Per assessment: one positive reference close to the limit but accepted; the others are sound.
+NEAR_LIMIT: dict[str, dict[str, object]] = {
+    "EA-1": {"dilution": 0.055},
+    "EA-2": {"haz_mm": 0.85},
+    "EA-3": {"height_mm": 0.5},
+    "EA-4": {"porosity": 0.011, "max_pore_um": 115.0},
+    "EA-5": {"carbide": 0.35},
+    "EA-6": {},
 }
 
 # The sample micrographs of `make demo`: name -> changes to a sound bead.
 SAMPLES: dict[str, dict[str, object]] = {
     "sound-bead-a": {},
     "sound-bead-b": {"width_mm": 2.8, "height_mm": 1.1, "tilt_deg": 1.2},
-    "deep-dilution": FLAWS["EA-1"],
-    "porous-bead": FLAWS["EA-4"],
+    "deep-dilution": FLAWS["EA-1"][0],
+    "porous-bead": FLAWS["EA-4"][0],
     "clustered-carbides": {"distribution": "clustered"},
-    "flat-deposit": FLAWS["EA-3"],
+    "flat-deposit": FLAWS["EA-3"][0],
 }
 
 
@@ -67,20 +86,23 @@ def draw(spec: BeadSpec, seed: int, path: Path) -> dict[str, str]:
     return label_sample(measure_labels(labels, UM_PER_PX).quantities)
 
 
-def write_references(count: int = 3) -> None:
+def write_references() -> None:
     rng = np.random.default_rng(2024)
-    for key, flaw in FLAWS.items():
+    for key, flaws in FLAWS.items():
         folder = ROOT / "rules" / "references" / key
         for polarity in ("positive", "negative"):
             for old in (folder / polarity).glob("*.png"):
                 old.unlink()
-        for i in range(count):
+        changes = [{}] * (len(flaws) - 1) + [NEAR_LIMIT[key]]
+        for i, (change, flaw) in enumerate(zip(changes, flaws, strict=True)):
             good = sound_bead(rng)
             seed = int(rng.integers(1 << 30))
-            verdict = draw(good, seed, folder / "positive" / f"sound-{i + 1}.png")[key]
+            name = "near-limit" if change else "sound"
+            verdict = draw(dataclasses.replace(good, **change), seed,
+                           folder / "positive" / f"{name}-{i + 1}.png")[key]
             assert verdict == "accept", (key, "positive", i)
-            bad = dataclasses.replace(good, **flaw)
-            verdict = draw(bad, seed, folder / "negative" / f"flawed-{i + 1}.png")[key]
+            verdict = draw(dataclasses.replace(good, **flaw), seed,
+                           folder / "negative" / f"flawed-{i + 1}.png")[key]
             assert verdict == "reject", (key, "negative", i)
 
 
