@@ -177,6 +177,8 @@ CORES: dict[str, dict[str, tuple[tuple[str, ...], tuple[str, ...]]]] = {
                 "only a few tiny pores",
                 "negligible porosity",
                 "no large pores anywhere in the bead",
+                "no pore larger than 150 micrometres",
+                "only small, isolated pores well under the size limit",
                 "acceptable porosity",
                 "a compact matrix free of gas bubbles",
                 "no trapped gas in the deposit",
@@ -196,6 +198,8 @@ CORES: dict[str, dict[str, tuple[tuple[str, ...], tuple[str, ...]]]] = {
                 "porous clad with big round holes",
                 "trapped gas bubbles in the bead",
                 "a pore wider than 150 micrometres",
+                "a single oversized pore in an otherwise dense bead",
+                "one isolated gas void larger than the allowed size",
                 "excessive porosity",
                 "unacceptable porosity",
                 "coarse gas voids scattered through the clad",
@@ -206,6 +210,7 @@ CORES: dict[str, dict[str, tuple[tuple[str, ...], tuple[str, ...]]]] = {
                 "navy round voids inside the bead",
                 "big dark blue holes in the deposit",
                 "many dark blue circles in the green clad",
+                "one big dark blue hole in an otherwise clean green bead",
             ),
         ),
     },
@@ -305,6 +310,13 @@ PLAIN_CORES: dict[str, dict[str, tuple[str, ...]]] = {
             "barely any base metal melted into the deposit",
             "a shallow join between deposit and base",
             "most of the deposited material above the old surface",
+            "new metal resting on the plate with hardly any of the plate melted",
+            "weld metal that stays above the surface of the part",
+            "little mixing of plate metal into the weld",
+            "a shallow melt under the added layer",
+            "a base that barely melted under the track",
+            "a fusion that only just goes below the surface",
+            "a weld that did not eat into the part beneath it",
         ),
         "negative": (
             "a deposit that dug deep into the base",
@@ -312,6 +324,13 @@ PLAIN_CORES: dict[str, dict[str, tuple[str, ...]]] = {
             "a join that reaches far down into the base",
             "much of the deposited material below the old surface",
             "a deep melted pocket under the track",
+            "new metal that melted deep into the plate",
+            "plenty of plate metal mixed into the weld",
+            "a melt that went far below the surface of the part",
+            "a deep melted zone under the added layer",
+            "a track that burned deep into the base",
+            "a big share of the weld below the old surface",
+            "a weld that ate a deep hollow into the part beneath it",
         ),
     },
     "EA-2": {
@@ -320,12 +339,28 @@ PLAIN_CORES: dict[str, dict[str, tuple[str, ...]]] = {
             "a small heat-marked region under the deposit",
             "little heat damage in the base",
             "a shallow band of heated base metal",
+            "a plate under the weld hardly changed by the heat",
+            "heat-changed metal only in a thin strip under the weld",
+            "heat that did not go deep into the base",
+            "a shallow layer of heat-changed base metal",
+            "heat effects limited to just under the join",
+            "a thin zone of base metal touched by the heat",
+            "heat that stayed near the top of the plate",
+            "only a slim heat-changed layer in the part underneath",
         ),
         "negative": (
             "heat damage reaching deep into the base",
             "a large heat-marked region under the deposit",
             "heat that spread far down into the base metal",
             "a deep band of heated base metal",
+            "base metal changed by the heat deep below the weld",
+            "a thick zone of base metal changed by heat",
+            "heat effects reaching a long way down into the plate",
+            "a deep zone of heat-changed plate",
+            "heat that went far into the part underneath",
+            "a broad heat-changed layer under the join",
+            "heat-altered metal deep down in the base",
+            "much of the plate under the weld changed by the heat",
         ),
     },
     "EA-3": {
@@ -334,12 +369,22 @@ PLAIN_CORES: dict[str, dict[str, tuple[str, ...]]] = {
             "a track that sticks up well above the base",
             "a thick raised deposit",
             "a bead with plenty of height",
+            "added metal piled up high",
+            "a tall track on top of the plate",
+            "a thick hump of weld metal",
+            "a weld that stands well above the surface",
+            "a generous heap of new metal on the part",
         ),
         "negative": (
             "a low flat deposit",
             "a track that hardly sticks up above the base",
             "very little height on the deposit",
             "a thin flat coating on the base",
+            "a weld nearly level with the plate",
+            "hardly any added metal above the surface",
+            "a flat thin track",
+            "almost no height to the weld",
+            "a layer of new metal so thin it hardly shows",
         ),
     },
     "EA-4": {
@@ -348,12 +393,24 @@ PLAIN_CORES: dict[str, dict[str, tuple[str, ...]]] = {
             "no voids in the deposited metal",
             "a deposit with nothing empty inside",
             "clean solid metal throughout",
+            "no holes in the deposit",
+            "weld metal with no bubbles",
+            "solid metal all the way through",
+            "no gas holes anywhere",
+            "at most a few tiny specks of holes",
+            "only a few very small holes and none of any size",
         ),
         "negative": (
             "empty gaps inside the deposit",
             "a deposit with large voids inside",
             "trapped gas left in the metal",
             "many round empty spots in the deposit",
+            "holes and bubbles all through the weld",
+            "one big hole in the deposit",
+            "a single large void in the metal",
+            "a large gas bubble trapped in the weld",
+            "lots of small holes in the metal",
+            "a hole that is too big, even if it is the only one",
         ),
     },
     "EA-5": {
@@ -362,12 +419,22 @@ PLAIN_CORES: dict[str, dict[str, tuple[str, ...]]] = {
             "plenty of carbide left in the metal",
             "a deposit crowded with hard particles",
             "most of the carbide kept intact",
+            "lots of hard grains left in the weld",
+            "hard particles that are still there",
+            "a weld full of carbide grains",
+            "most of the hard grains survived",
+            "a large share of the deposit made of hard grains",
         ),
         "negative": (
             "only a few hard particles left in the deposit",
             "carbide mostly gone from the metal",
             "hardly any hard particles in the deposit",
             "a deposit with little carbide left",
+            "hard grains that melted away",
+            "carbide grains that are mostly gone",
+            "just a few grains left in the weld",
+            "hard particles dissolved into the metal",
+            "a deposit that lost most of its hard grains",
         ),
     },
     "EA-6": {
@@ -376,19 +443,30 @@ PLAIN_CORES: dict[str, dict[str, tuple[str, ...]]] = {
             "an even mix of particles from top to bottom",
             "particles evenly placed through the whole deposit",
             "no crowded or empty patches of particles",
+            "grains spread out evenly across the weld",
+            "the same amount of grains everywhere",
+            "particles evenly mixed top to bottom",
+            "no clumps of grains",
+            "grains sprinkled evenly through the deposit",
         ),
         "negative": (
             "hard particles piled up at the bottom",
             "particles crowded into a few patches",
             "an uneven mix with empty and crowded areas",
             "particles that settled low in the deposit",
+            "grains that sank down to the bottom of the weld",
+            "grains clumped together in places",
+            "most grains sitting low near the join",
+            "a patchy spread of grains with empty areas",
+            "grains crowded on one side and missing on the other",
         ),
     },
 }
 
-# Fresh paraphrases in plain words and no colour names, written for the robustness check only;
-# they are never training captions (tests/test_train_vlr.py checks both).
-ROBUSTNESS_PROMPTS: dict[str, dict[str, tuple[str, ...]]] = {
+# Plain-word paraphrases without colour names, written for a robustness check of the first
+# model. Its EA-2 failure on them shaped the everyday cores above, so they are no longer a fair
+# test; they stay as a development check. They are never training captions.
+DEVELOPMENT_PARAPHRASES: dict[str, dict[str, tuple[str, ...]]] = {
     "EA-1": {
         "positive": (
             "the added metal mostly sits on top of the plate and barely melted into it",
@@ -452,12 +530,80 @@ ROBUSTNESS_PROMPTS: dict[str, dict[str, tuple[str, ...]]] = {
 }
 
 
+# The robustness check: fresh paraphrases in plain words, no colour names, written after the
+# caption banks were frozen and in words the banks avoid ("filler", "hard bits", "air
+# pockets"). tests/test_train_vlr.py checks they are neither training captions nor colour words.
+ROBUSTNESS_PROMPTS: dict[str, dict[str, tuple[str, ...]]] = {
+    "EA-1": {
+        "positive": (
+            "the filler stayed on the surface and did not soak into the part",
+            "hardly any of the part below got melted together with the filler",
+        ),
+        "negative": (
+            "the filler is sunk well into the part below",
+            "a big chunk of the part below got melted in with the filler",
+        ),
+    },
+    "EA-2": {
+        "positive": (
+            "the area the torch heated inside the part is only shallow",
+            "just a thin skin of the part below was affected by the heat",
+        ),
+        "negative": (
+            "the area the torch heated reaches deep inside the part",
+            "the heat left its mark a long way into the part below",
+        ),
+    },
+    "EA-3": {
+        "positive": (
+            "the new material forms a clear raised ridge",
+            "there is a good thick build-up on top",
+        ),
+        "negative": (
+            "the new material makes hardly any ridge at all",
+            "the build-up on top is very thin and flat",
+        ),
+    },
+    "EA-4": {
+        "positive": (
+            "no air pockets in the new material",
+            "the inside is tight with no empty bits",
+        ),
+        "negative": (
+            "air pockets spoil the new material",
+            "there is an air pocket much bigger than allowed",
+        ),
+    },
+    "EA-5": {
+        "positive": (
+            "the hard bits are still packed into the new material",
+            "a big part of the new material is hard bits",
+        ),
+        "negative": (
+            "the hard bits have mostly disappeared",
+            "the new material has only a sprinkle of hard bits left",
+        ),
+    },
+    "EA-6": {
+        "positive": (
+            "the hard bits are mixed in evenly all over",
+            "every part of the new material has about the same amount of hard bits",
+        ),
+        "negative": (
+            "the hard bits have collected at the bottom",
+            "the hard bits gather in lumps with bare areas around them",
+        ),
+    },
+}
+
+
 @dataclass(frozen=True)
 class Caption:
     assessment: str
     polarity: str
     text: str
     colour: bool  # names phase colours
+    everyday: bool = False  # plain words, no metallurgical terms (PLAIN_CORES)
 
 
 def caption_bank() -> list[Caption]:
@@ -467,11 +613,14 @@ def caption_bank() -> list[Caption]:
         for polarity in POLARITIES:
             expert, coloured = CORES[key][polarity]
             plain = PLAIN_CORES[key][polarity]
-            for cores, colour in ((expert, False), (plain, False), (coloured, True)):
+            for cores, colour, everyday in (
+                (expert, False, False), (plain, False, True), (coloured, True, False)
+            ):
                 for core in cores:
                     for frame in FRAMES:
                         text = frame.format(core)
-                        bank.setdefault(normalise(text), Caption(key, polarity, text, colour))
+                        caption = Caption(key, polarity, text, colour, everyday)
+                        bank.setdefault(normalise(text), caption)
     return list(bank.values())
 
 

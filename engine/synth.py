@@ -267,6 +267,20 @@ def label_sample(quantities: Mapping[str, float]) -> dict[str, str]:
     return labels
 
 
+def render_resized(
+    spec: BeadSpec, seed: int, size: tuple[int, int], resample: int, um_per_px: float = 10.0
+) -> tuple[np.ndarray, dict[str, str], dict[str, float]]:
+    """One training sample: (3, height, width) uint8 as the encoder's image processor resizes
+    it (PIL, before rescaling and normalisation), its labels and its true quantities.
+    Torch-free, for worker processes; tests check it against the processor itself.
+    """
+    label_map = render_bead(spec, um_per_px, seed=seed)
+    quantities = measure_labels(label_map, um_per_px).quantities
+    image = paint(label_map, DEFAULT_LEGEND).resize((size[1], size[0]), resample=resample)
+    pixels = np.asarray(image, dtype=np.uint8).transpose(2, 0, 1).copy()
+    return pixels, label_sample(quantities), dict(quantities)
+
+
 def write_dataset(
     outdir: Path,
     n: int,

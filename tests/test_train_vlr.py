@@ -14,6 +14,7 @@ from cli.app import app
 from engine import dual
 from engine.captions import (
     ASSESSMENTS,
+    DEVELOPMENT_PARAPHRASES,
     POLARITIES,
     ROBUSTNESS_PROMPTS,
     caption_bank,
@@ -21,9 +22,8 @@ from engine.captions import (
     normalise,
 )
 from engine.encoders import DualEncoder, load_encoder
-from engine.synth import BeadSpec, paint, render_bead
+from engine.synth import BeadSpec, paint, render_bead, render_resized
 from engine.train_vlr import TrainConfig, make_processor, to_pixel_values, train
-from engine.vlr_eval import balanced_accuracy, render_resized, zscores
 from kb.config import DEFAULT_LEGEND, ModelSpec
 from kb.errors import VLKBError
 
@@ -59,7 +59,8 @@ def _workspace_prompts() -> set[str]:
 
 
 def _robustness_prompts() -> list[str]:
-    return [t for key in ROBUSTNESS_PROMPTS.values() for p in POLARITIES for t in key[p]]
+    sets = (ROBUSTNESS_PROMPTS, DEVELOPMENT_PARAPHRASES)
+    return [t for s in sets for key in s.values() for p in POLARITIES for t in key[p]]
 
 
 def test_caption_bank_covers_every_assessment_polarity_and_register() -> None:
@@ -79,9 +80,17 @@ def test_captions_never_contain_the_prompts_they_are_judged_with() -> None:
     assert len(shipped) >= 30
     assert not captions & shipped
     robust = {normalise(t) for t in _robustness_prompts()}
-    assert len(robust) == 4 * len(ASSESSMENTS)
+    assert len(robust) == 2 * 4 * len(ASSESSMENTS)
     assert not captions & robust
     assert not robust & shipped
+
+
+def test_held_out_paraphrases_use_words_no_caption_uses() -> None:
+    words = " ".join(normalise(c.text) for c in caption_bank())
+    for phrase in ("filler", "hard bits", "air pocket", "torch"):
+        assert phrase in " ".join(t for k in ROBUSTNESS_PROMPTS.values() for p in k.values()
+                                  for t in p)
+        assert phrase not in words, phrase
 
 
 def test_robustness_prompts_are_plain_and_colour_free() -> None:
@@ -92,23 +101,17 @@ def test_robustness_prompts_are_plain_and_colour_free() -> None:
 
 def test_training_preprocessing_is_the_encoders() -> None:
     """Maps resized in the worker processes and normalised in torch equal the processor's."""
-    processor = make_processor(TrainConfig())
+    config = TrainConfig()
+    processor = make_processor(config)
     spec = BeadSpec(porosity=0.04, max_pore_um=200.0, distribution="clustered")
     image = paint(render_bead(spec, 10.0, seed=5), DEFAULT_LEGEND)
-    resized, labels, quantities = render_resized(spec, 5, (240, 320), int(processor.resample))
+    size = (config.image_height, config.image_width)
+    resized, labels, quantities = render_resized(spec, 5, size, int(processor.resample))
     raw = processor(images=[image], return_tensors="pt", do_rescale=False, do_normalize=False)
     np.testing.assert_array_equal(resized, raw["pixel_values"][0].numpy())  # the same pixels
     expected = processor(images=[image], return_tensors="pt")["pixel_values"].numpy()
     np.testing.assert_allclose(to_pixel_values(resized[None], processor), expected, atol=1e-6)
     assert labels["EA-4"] == "reject" and quantities["max_pore_diameter_um"] > 150
-
-
-def test_balanced_accuracy_and_zscores() -> None:
-    truth = np.array([True, True, True, False])
-    assert balanced_accuracy(np.array([True, True, False, False]), truth) == pytest.approx(5 / 6)
-    assert balanced_accuracy(truth, np.ones(4, bool)) is None
-    z = zscores(np.array([1.0, 2.0, 3.0]))
-    assert z.mean() == pytest.approx(0) and z.std() == pytest.approx(1)
 
 
 @pytest.fixture(scope="module")
@@ -142,9 +145,13 @@ def test_training_writes_a_loadable_checkpoint_and_card(tiny_run) -> None:
     np.testing.assert_allclose(np.linalg.norm(rows, axis=1), 1.0, atol=1e-5)
     record = json.loads((outdir / "training.json").read_text())
     assert record["config"]["seed"] == TINY.seed and record["command"] == "pytest tiny run"
-    assert record["evaluation"]["all"]["n"] == 12
+    evaluation = record["evaluation"]
+    assert evaluation["images"] == 12 and evaluation["seed"] == 11
+    assert set(evaluation["shipped"]) == set(ASSESSMENTS)
+    assert set(evaluation["paraphrased"]) == {"robust", "development"}
     card = (outdir / "MODEL_CARD.md").read_text()
     assert "pytest tiny run" in card and "| EA-1 |" in card and "seed: 3" in card
+    assert "kb synth --n 12 --seed 11" in card
     config = json.loads((outdir / "config.json").read_text())
     assert config["text_config"]["_name_or_path"] == dual.MINILM_L6_V2.upstream
 
