@@ -17,9 +17,15 @@ import torch
 from transformers import BertModel
 
 from engine import dual
+from engine.captions import ASSESSMENTS, ROBUSTNESS_PROMPTS
 from engine.encoders import DualEncoder, load_encoder, model_fingerprint, offline_status
 from engine.synth import BeadSpec, paint, render_bead
-from engine.vlr_eval import evaluate, generate_set, workspace_evidence
+from engine.vlr_eval import (
+    HYBRID_TARGET,
+    ROBUSTNESS_TOLERANCE,
+    ModelEvaluation,
+    evaluate_model,
+)
 from kb.config import DEFAULT_LEGEND, ModelSpec
 from kb.errors import ModelLoadError
 
@@ -198,21 +204,58 @@ def test_checksums_file_is_sha256sum_format() -> None:
 # --- what the model is for --------------------------------------------------------------------
 
 
-# What the model card reports on 200 images, checked on 40 fresh ones with some margin for the
-# smaller set: hybrid >= 0.90 where the card says it is met, a lower floor where it is not.
-HYBRID_FLOOR = {"EA-1": 0.9, "EA-2": 0.9, "EA-3": 0.9, "EA-4": 0.7, "EA-5": 0.9, "EA-6": 0.8}
-# EA-2's plain-word paraphrases ("the layer changed by the heat is thin / very thick") do not
-# transfer: the frozen MiniLM barely separates them; the model card reports the gap.
-KNOWN_ROBUSTNESS_GAPS = {"EA-2"}
+# The model card's figures (`kb evaluate` on 200 fresh images), checked on a smaller fresh set
+# with a seed used neither in training nor for the card: the card must not promise more than the
+# committed model delivers. Balanced accuracy on ~60 images moves by a few hundredths from
+# sampling alone, hence the slack. Whether the figures meet the issue's targets (hybrid >= 0.90,
+# paraphrase gap within 0.05) is the card's own "Targets" line, checked against the record below.
+SMALL_SET_SLACK = 0.05
 
 
-def test_evaluation_claims_hold_on_a_small_fresh_set(encoder: DualEncoder) -> None:
-    """40 fresh micrographs (a seed used neither in training nor for the model card)."""
-    data = generate_set(40, seed=90210)
-    report = evaluate(encoder, data, workspace_evidence(RULES))
-    assert set(report.scores) == set(HYBRID_FLOOR)
-    for key, row in report.scores.items():
-        assert row["hybrid"] >= HYBRID_FLOOR[key], (key, row)
-        assert row["text"] >= 0.7 and row["image"] >= 0.75, (key, row)
-        if key not in KNOWN_ROBUSTNESS_GAPS:
-            assert row["robust_text"] >= row["text"] - 0.1, (key, row)
+@pytest.fixture(scope="module")
+def card_evaluation() -> ModelEvaluation:
+    record = json.loads((MODEL_DIR / "training.json").read_text(encoding="utf-8"))
+    return ModelEvaluation.from_dict(record["evaluation"])
+
+
+@pytest.fixture(scope="module")
+def small_evaluation(tmp_path_factory: pytest.TempPathFactory) -> ModelEvaluation:
+    return evaluate_model(
+        MODEL_DIR, RULES, tmp_path_factory.mktemp("evaluate"), n=60, seed=90210,
+        paraphrase_sets={"robust": ROBUSTNESS_PROMPTS},
+    )
+
+
+def test_hybrid_verdicts_on_a_fresh_set_hold_up_to_the_model_card(
+    small_evaluation: ModelEvaluation, card_evaluation: ModelEvaluation
+) -> None:
+    assert card_evaluation.seed not in (0, small_evaluation.seed)
+    assert set(small_evaluation.shipped) == set(ASSESSMENTS)
+    for key in ASSESSMENTS:
+        hybrid = small_evaluation.balanced_accuracy(key, "hybrid")
+        claimed = card_evaluation.balanced_accuracy(key, "hybrid")
+        assert hybrid is not None and hybrid >= claimed - SMALL_SET_SLACK, (key, hybrid, claimed)
+        review = small_evaluation.shipped[key]["hybrid"]["review_rate"]
+        assert review <= 0.25, (key, review)
+
+
+def test_unseen_plain_word_prompts_hold_up_to_the_model_card(
+    small_evaluation: ModelEvaluation, card_evaluation: ModelEvaluation
+) -> None:
+    for key in ASSESSMENTS:
+        gap = small_evaluation.paraphrase_gap(key, "robust")
+        claimed = card_evaluation.paraphrase_gap(key, "robust")
+        assert gap is not None and gap >= claimed - SMALL_SET_SLACK, (key, gap, claimed)
+
+
+def test_model_card_states_every_missed_target(card_evaluation: ModelEvaluation) -> None:
+    card = (MODEL_DIR / "MODEL_CARD.md").read_text(encoding="utf-8")
+    missed = card_evaluation.missed_targets()
+    assert ("All met." in card) == (not missed)
+    for miss in missed:
+        assert miss in card
+    for key in ASSESSMENTS:
+        hybrid = card_evaluation.balanced_accuracy(key, "hybrid")
+        assert (f"{key} hybrid" in " ".join(missed)) == (hybrid < HYBRID_TARGET)
+        gap = card_evaluation.paraphrase_gap(key)
+        assert (f"{key} paraphrased" in " ".join(missed)) == (gap < -ROBUSTNESS_TOLERANCE)
