@@ -34,6 +34,8 @@ demo: install
 	HF_HUB_OFFLINE=1 $(BIN)/kb models
 	HF_HUB_OFFLINE=1 $(BIN)/kb sync
 	HF_HUB_OFFLINE=1 COLUMNS=120 $(BIN)/kb qualify examples/*.png --report
+	HF_HUB_OFFLINE=1 $(BIN)/kb synth out/fresh-set --n 60 --seed 2026
+	HF_HUB_OFFLINE=1 COLUMNS=120 $(BIN)/kb evaluate out/fresh-set --labels out/fresh-set/labels.csv --out out/fresh-set-evaluation
 	HF_HUB_OFFLINE=1 $(BIN)/kb audit verify
 
 bench: install
