@@ -232,12 +232,21 @@ class TextTower:
 
     @torch.inference_mode()
     def embed(self, texts: list[str], batch_size: int = 64) -> torch.Tensor:
-        """Sentence embeddings of many texts, batched, without autograd (float32)."""
+        """Sentence embeddings of many texts, batched, without autograd (float32).
+
+        Texts are batched in order of length, so a batch pads little; rows come back in the
+        order given (masked mean pooling makes padding irrelevant to each row's value).
+        """
+        if not texts:
+            return torch.zeros((0, self.dim))
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         parts = [
-            self.encode(self.tokenize(texts[i : i + batch_size]))
-            for i in range(0, len(texts), batch_size)
+            self.encode(self.tokenize([texts[i] for i in order[start : start + batch_size]]))
+            for start in range(0, len(texts), batch_size)
         ]
-        return torch.cat(parts) if parts else torch.zeros((0, self.dim))
+        rows = torch.empty((len(texts), self.dim))
+        rows[torch.tensor(order)] = torch.cat(parts)
+        return rows
 
 
 TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
