@@ -1,26 +1,618 @@
-"""Captions for training VLKB's dual encoder, and the prompts that test it without being trained.
+"""Training captions for VLKB's dual encoder, generated from a small grammar of expert wording.
 
-A generated micrograph is captioned from its ground truth: for every assessment (EA-1..EA-6) its
-label (accept / reject) picks a polarity, and the caption is one of many expert-style sentences
-of that polarity: a core phrase (colour-free, in metallurgical terms, or colour-aware, in the
-phase colours of the segmented maps) inside a framing phrase. The banks never contain the
-example workspace's own prompts nor the robustness prompts below, so scoring with either
-measures how the model generalises to wording it never saw.
+A generated micrograph is captioned from its ground truth: for every assessment (EA-1..EA-6)
+its label (accept / reject) picks a polarity, and the caption is drawn from that polarity's
+bank. Each bank is expanded from templates whose slots take many words for the same thing
+(bead, deposit, clad, weld, added metal ...; pores, voids, holes, gas pockets ...), in three
+registers: metallurgical terms, everyday words, and the phase colours of segmented maps.
+
+Two choices make the banks teach meaning rather than keywords:
+
+* quantifiers appear on both polarities of an assessment wherever the wording allows it
+  ("hardly any pores" accepts EA-4, "hardly any of the bead free of pores" rejects it; "a few
+  tiny pores" accepts, "a few large pores" rejects), and size words change sides between
+  assessments ("a deep melt" rejects EA-1, "a tall bead" accepts EA-3), so a generic word
+  alone rarely decides a polarity;
+* nouns, verbs and sentence shapes vary independently of the polarity, so what the model
+  learns to separate is what the sentence says about the bead.
+
+The banks are deterministic (the same captions every run) and never contain the example
+workspace's prompts nor the paraphrase sets of engine.paraphrases that test the model.
 """
 
 from __future__ import annotations
 
+import itertools
+import random
 import re
+import zlib
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 ASSESSMENTS = ("EA-1", "EA-2", "EA-3", "EA-4", "EA-5", "EA-6")
 POLARITIES = ("positive", "negative")  # positive = the assessment accepts
 
-# Words that name a phase colour of the segmented maps (kept out of the robustness prompts).
+# Words that name a phase colour of the segmented maps (never in the plain-word test prompts).
 COLOUR_WORDS = ("green", "red", "blue", "pink", "navy", "black", "magenta", "colour", "color")
+# Metallurgical terms: a caption without any of them is in plain words.
+JARGON = (
+    "dilution", "diluted", "haz", "heat-affected", "thermally", "reinforcement", "porosity",
+    "substrate", "fusion", "carbide", "carbides", "wc", "tungsten", "matrix", "segregation",
+    "segregated", "homogeneous", "inhomogeneous", "dispersion", "penetration", "clad",
+    "cladding", "ded", "ni-wc", "micrometres", "mm", "millimetre", "toes", "baseline",
+    "consolidated", "micrograph", "metallographic", "cross-section", "dissolution",
+)
 
-# Framing phrases: they carry no polarity, so only the core tells the two apart.
-FRAMES = (
+# --- shared vocabulary ----------------------------------------------------------------------
+
+# Slot name -> words. A template names slots in braces; every combination is a candidate.
+SHARED: dict[str, tuple[str, ...]] = {
+    "deposit": (
+        "bead", "deposit", "clad", "clad layer", "cladding", "track", "weld bead", "weld",
+        "overlay", "deposited metal", "added metal", "new material", "filler metal", "coating",
+        "added layer", "built-up metal",
+    ),
+    "base": (
+        "substrate", "base metal", "base plate", "plate", "part", "workpiece", "base material",
+        "metal underneath", "parent metal", "steel below", "underlying plate", "component",
+    ),
+    "surface": (
+        "original surface", "substrate surface", "top of the plate", "plate surface",
+        "old surface line", "baseline between the toes", "level of the base",
+        "surface of the part", "former top of the plate",
+    ),
+    "boundary": (
+        "fusion line", "fusion boundary", "join", "bond line", "interface", "deposit",
+        "bead", "melt boundary",
+    ),
+    "hardly": ("barely", "hardly", "only just", "scarcely", "only slightly", "just"),
+    "far": ("deep", "far", "well down", "a long way", "deeply", "much too far"),
+    "tiny_share": (
+        "hardly any", "very little", "only a sliver", "only a small part", "a tiny fraction",
+        "almost none", "next to nothing",
+    ),
+    "big_share": (
+        "much", "a large share", "a big part", "a lot", "a considerable portion",
+        "a good deal", "too much", "a large fraction",
+    ),
+    "most": (
+        "nearly all", "almost all", "most", "the bulk", "practically all", "virtually all",
+        "the great majority",
+    ),
+    "sits": ("sits", "rests", "lies", "stays", "remains"),
+    "particles": (
+        "carbides", "carbide particles", "tungsten carbide particles", "WC particles",
+        "WC grains", "hard particles", "hard grains", "reinforcing particles",
+        "carbide grains", "ceramic particles", "particles", "grains of carbide",
+    ),
+    "pores": (
+        "pores", "voids", "holes", "gas pores", "gas bubbles", "bubbles", "gas pockets",
+        "air pockets", "cavities", "blowholes", "empty spots", "gaps",
+    ),
+    "pore": (
+        "pore", "void", "hole", "gas pore", "gas bubble", "bubble", "gas pocket", "air pocket",
+        "cavity", "blowhole",
+    ),
+    # colour words of the default legend
+    "green": (
+        "green bead", "green region", "green deposit", "green clad", "green area",
+        "green layer",
+    ),
+    "red_line": ("red fusion line", "red line", "red boundary", "red curve"),
+    "blue_zone": ("blue band", "blue zone", "blue layer", "blue region", "blue area"),
+    "pink": ("pink particles", "pink carbides", "pink dots", "pink grains", "pink specks"),
+    "dark_spots": (
+        "dark blue spots", "dark blue holes", "navy dots", "dark blue circles", "navy voids",
+        "dark blue specks",
+    ),
+    "dark_spot": ("dark blue spot", "dark blue hole", "navy dot", "dark blue circle"),
+}
+
+
+@dataclass(frozen=True)
+class Templates:
+    """One polarity of one assessment: noun-phrase and clause templates, and colour ones."""
+
+    phrases: tuple[str, ...]
+    clauses: tuple[str, ...]
+    colour: tuple[str, ...]
+    slots: Mapping[str, tuple[str, ...]]
+
+
+# --- the assessments ------------------------------------------------------------------------
+
+EA1_SLOTS = {
+    "low": ("little", "hardly any", "very little", "almost no", "minimal", "only slight",
+            "limited", "no real"),
+    "high": ("a lot of", "much", "heavy", "strong", "excessive", "extensive", "considerable",
+             "far too much"),
+    "mixing": ("mixing", "melting", "intermixing", "melt-in", "remelting", "blending"),
+    "shallow_melt": ("a shallow", "a thin", "a slight", "a very shallow", "only a shallow",
+                     "a small", "a flat"),
+    "deep_melt": ("a deep", "a large", "a big", "a bowl-shaped", "a very deep",
+                  "a rounded deep", "a thick"),
+    "melt": ("melt", "melted zone", "melt pool", "fusion zone", "remelted layer",
+             "melt-back", "penetration"),
+    "melted": ("melted", "dug", "sank", "cut", "bit", "penetrated", "soaked", "burned"),
+    "low_dilution": ("low", "minimal", "slight", "acceptable", "limited", "small", "very low"),
+    "high_dilution": ("high", "excessive", "heavy", "severe", "unacceptable", "large",
+                      "very high"),
+    "under_5": ("below 5 percent", "under five percent", "of less than 5 %",
+                "within the 5 % limit", "well under 5 percent"),
+    "over_5": ("above 5 percent", "over five percent", "of more than 5 %",
+               "beyond the 5 % limit", "well over 5 percent"),
+    "close": ("that stays close to", "just below", "hugging", "that follows",
+              "right under", "only slightly below"),
+    "far_below": ("far below", "deep under", "curving deep beneath", "that dips well below",
+                  "a long way under"),
+    "only_part": ("only part", "not much", "hardly any", "barely half", "too little",
+                  "only a fraction", "only a small part", "very little"),
+    "shallow_pred": ("shallow", "flat", "thin", "only skin deep", "very slight"),
+    "deep_pred": ("deep", "very deep", "bowl-shaped", "far too deep", "large"),
+}
+
+EA2_SLOTS = {
+    "haz": ("heat-affected zone", "HAZ", "heat-affected layer", "heat-affected region",
+            "heat-affected band", "thermally affected zone", "zone altered by heat",
+            "region changed by the heat", "heat-altered layer", "heat-damaged zone",
+            "band of heat-changed metal", "heat-marked region"),
+    "thin": ("thin", "narrow", "shallow", "slim", "small", "compact", "limited", "modest"),
+    "thick": ("thick", "wide", "deep", "broad", "large", "extensive", "oversized", "massive"),
+    "under_1mm": ("shallower than one millimetre", "under 1 mm deep",
+                  "less than a millimetre deep", "well within 1 mm",
+                  "that stays within a millimetre of the fusion line"),
+    "over_1mm": ("deeper than one millimetre", "more than 1 mm deep",
+                 "reaching well past a millimetre", "that extends far below the fusion line",
+                 "over a millimetre deep"),
+    "damage": ("heat damage", "thermal damage", "heat effect", "thermal alteration",
+               "change from the heat", "heat tinting"),
+    "low": ("little", "hardly any", "very little", "only slight", "minimal", "limited"),
+    "high": ("a lot of", "much", "heavy", "severe", "extensive", "widespread"),
+    "altered": ("altered", "changed", "affected", "damaged", "marked", "transformed"),
+    "strongly": ("strongly", "heavily", "badly", "deeply", "a long way down"),
+    "heat_in_low": ("low", "moderate", "well-controlled", "limited", "gentle"),
+    "heat_in_high": ("high", "excessive", "too much", "very high", "uncontrolled"),
+    "little_way": ("a little way", "a short way", "a small distance", "just below the join"),
+    "confined": ("confined", "limited", "kept", "restricted"),
+    "spreads": ("spreads", "runs", "reaches", "extends"),
+}
+
+EA3_SLOTS = {
+    "mound": ("bead", "deposit", "track", "clad", "crown", "mound", "ridge", "hump", "dome",
+              "cap", "build-up", "weld"),
+    "tall": ("tall", "high", "raised", "pronounced", "prominent", "thick", "well-formed",
+             "distinct", "clearly raised", "convex", "generous", "big"),
+    "flat": ("flat", "low", "thin", "shallow", "flattened", "barely raised", "poorly defined",
+             "tiny", "faint", "small"),
+    "stands": ("stands", "rises", "sticks up", "protrudes", "bulges", "towers"),
+    "well": ("well", "clearly", "high", "noticeably", "proud", "a good way"),
+    "plenty": ("plenty of", "a lot of", "a good amount of", "a thick layer of", "lots of",
+               "a generous amount of"),
+    "little": ("little", "hardly any", "almost no", "very little", "too little",
+               "only a thin layer of"),
+    "material": ("material", "metal", "added metal", "build-up", "deposited material"),
+    "good": ("good", "sufficient", "enough", "ample", "acceptable", "adequate"),
+    "poor": ("insufficient", "poor", "too little", "inadequate", "hardly any", "no"),
+    "height": ("reinforcement", "build-up height", "bead height", "crown height",
+               "reinforcement height", "height"),
+    "over_03": ("more than 0.3 mm above the surface", "at least 0.3 millimetres high",
+                "well over 0.3 mm tall"),
+    "under_03": ("less than 0.3 mm above the surface", "under 0.3 millimetres high",
+                 "well below 0.3 mm tall"),
+    "tall_pred": ("tall", "high", "thick", "well raised", "clearly above the plate"),
+    "flat_pred": ("flat", "nearly level with the plate", "almost flush with the surface",
+                  "thin", "low", "barely there"),
+    "no_real": ("no real", "hardly any", "only a faint", "no clear"),
+}
+
+EA4_SLOTS = {
+    "none": ("no", "hardly any", "only a few tiny", "very few small", "almost no",
+             "no visible", "a couple of tiny", "only isolated small"),
+    "many": ("many", "lots of", "numerous", "a lot of", "plenty of", "large", "big",
+             "coarse", "clustered", "scattered"),
+    "dense": ("dense", "solid", "sound", "compact", "fully dense", "pore-free", "void-free",
+              "tight", "consolidated"),
+    "free_of": ("free of", "without", "with no", "clear of"),
+    "full_of": ("full of", "riddled with", "peppered with", "with many", "dotted with"),
+    "porous": ("porous", "spongy", "pore-riddled", "gassy", "bubbly"),
+    "single": ("a single", "one", "a lone", "just one"),
+    "big": ("large", "oversized", "big", "huge", "wide", "coarse"),
+    "too_big": ("larger than 150 micrometres", "over the size limit", "wider than 0.15 mm",
+                "bigger than allowed", "too big"),
+    "small": ("small", "tiny", "minute", "fine"),
+    "low_porosity": ("negligible", "acceptable", "minimal", "very low", "hardly any"),
+    "high_porosity": ("excessive", "unacceptable", "heavy", "severe", "widespread"),
+    "dense_pred": ("dense", "solid", "sound", "compact", "solid all the way through"),
+    "porous_pred": ("porous", "full of holes", "spongy", "riddled with pores",
+                    "peppered with voids"),
+}
+
+EA5_SLOTS = {
+    "many": ("many", "lots of", "plenty of", "abundant", "a dense packing of",
+             "a high share of", "numerous", "a large amount of", "a crowd of"),
+    "few": ("few", "only a few", "hardly any", "sparse", "a thin scattering of",
+            "a handful of", "scattered"),
+    "packed": ("packed", "filled", "loaded", "crowded", "densely filled", "rich"),
+    "dissolution": ("dissolution", "carbide dissolution", "melting of the carbides",
+                    "loss of carbide", "carbide loss"),
+    "little": ("little", "hardly any", "very little", "minimal", "limited"),
+    "heavy": ("heavy", "severe", "extensive", "strong", "excessive"),
+    "content": ("content", "fraction", "share", "volume fraction", "area fraction"),
+    "over_30": ("above 30 percent", "over thirty percent", "of at least 30 %",
+                "well above 30 %"),
+    "under_30": ("below 30 percent", "under thirty percent", "of less than 30 %",
+                 "well below 30 %"),
+    "intact": ("intact", "undissolved", "well-preserved", "retained", "surviving",
+               "unmelted"),
+    "lost": ("dissolved", "melted-away", "lost", "mostly dissolved", "vanished"),
+    "survived": ("survived", "remain", "are still there", "stayed intact",
+                 "did not dissolve"),
+    "dissolved": ("dissolved", "melted", "were lost", "went into solution", "disappeared"),
+    "hardly_of": ("hardly any", "few", "very few", "little", "almost none"),
+    "cover": ("cover", "fill", "take up", "make up", "occupy"),
+    "large": ("large", "big", "good", "major"),
+    "small": ("small", "tiny", "minor", "modest"),
+    "matrix": ("matrix", "plain metal", "nickel", "binder metal", "bare metal"),
+    "most": ("nearly all", "almost all", "most", "the bulk", "practically all", "many",
+             "the great majority"),
+}
+
+EA6_SLOTS = {
+    "spread": ("spread", "distributed", "dispersed", "scattered", "sprinkled", "mixed"),
+    "evenly": ("evenly", "uniformly", "homogeneously", "regularly", "consistently"),
+    "through": ("through", "across", "over", "all over", "throughout"),
+    "uniform": ("uniform", "even", "homogeneous", "regular", "consistent"),
+    "uneven": ("uneven", "patchy", "inhomogeneous", "irregular", "lopsided", "non-uniform"),
+    "distribution": ("distribution", "dispersion", "spread", "spacing", "arrangement"),
+    "clumping": ("segregation", "clustering", "clumping", "settling", "bunching",
+                 "agglomeration"),
+    "strong": ("strong", "severe", "marked", "heavy", "obvious"),
+    "density": ("density", "amount", "share", "number", "concentration"),
+    "everywhere": ("everywhere in the bead", "from top to bottom",
+                   "in every part of the deposit", "across the whole cross-section",
+                   "from the crown down to the fusion line"),
+    "bare": ("bare", "empty", "particle-free", "depleted", "clear"),
+    "patches": ("patches", "areas", "gaps", "zones", "pockets"),
+    "clusters": ("clusters", "clumps", "lumps", "heaps", "dense patches", "agglomerates"),
+    "sunk": ("sunk", "settled", "piled up", "collected", "concentrated", "gathered"),
+    "at": ("at", "towards", "near", "close to"),
+    "bottom": ("bottom", "fusion line", "lower part", "base of the bead", "lower edge",
+               "bottom of the deposit"),
+    "sank": ("sank", "settled", "dropped", "fell", "drifted"),
+    "clustered": ("clustered", "clumped", "bunched", "gathered", "grouped"),
+    "gradient": ("gradient", "difference in particle density", "change in carbide share",
+                 "drop in particle count"),
+}
+
+TEMPLATES: dict[str, dict[str, Templates]] = {
+    "EA-1": {
+        "positive": Templates(
+            phrases=(
+                "{low} {mixing} of the {base} into the {deposit}",
+                "{shallow_melt} {melt} under the {deposit}",
+                "a {deposit} that {hardly} {melted} into the {base}",
+                "{low_dilution} dilution",
+                "dilution {under_5}",
+                "a fusion boundary {close} the {surface}",
+                "{most} of the {deposit} above the {surface}",
+                "{tiny_share} of the {deposit} below the {surface}",
+                "{low} melting of the {base} under the {deposit}",
+                "{big_share} of the {deposit} above the {surface}",
+            ),
+            clauses=(
+                "the {deposit} {sits} on top of the {base} and {hardly} {melted} into it",
+                "{most} of the {deposit} {sits} above the {surface}",
+                "{tiny_share} of the {deposit} {sits} below the {surface}",
+                "the {base} {hardly} melted under the {deposit}",
+                "the {deposit} {hardly} mixed with the {base}",
+                "the melt into the {base} is {shallow_pred}",
+                "the join between the {deposit} and the {base} is {shallow_pred}",
+            ),
+            colour=(
+                "the {green} sits above a shallow {red_line}",
+                "only a thin sliver of {green} below the line between the red toes",
+                "a {red_line} just under the {green}",
+                "a flat {red_line} close to the surface beneath the {green}",
+                "{most} of the {green} above the {red_line} toes",
+            ),
+            slots=EA1_SLOTS,
+        ),
+        "negative": Templates(
+            phrases=(
+                "{high} {mixing} of the {base} into the {deposit}",
+                "{deep_melt} {melt} under the {deposit}",
+                "a {deposit} that {melted} {far} into the {base}",
+                "{high_dilution} dilution",
+                "dilution {over_5}",
+                "a fusion boundary {far_below} the {surface}",
+                "{big_share} of the {deposit} below the {surface}",
+                "{only_part} of the {deposit} above the {surface}",
+                "{high} melting of the {base} under the {deposit}",
+            ),
+            clauses=(
+                "the {deposit} {melted} {far} into the {base}",
+                "{big_share} of the {deposit} {sits} below the {surface}",
+                "{only_part} of the {deposit} {sits} above the {surface}",
+                "the {base} melted {far} under the {deposit}",
+                "the {deposit} mixed heavily with the {base}",
+                "the melt into the {base} is {deep_pred}",
+                "the join between the {deposit} and the {base} is {deep_pred}",
+            ),
+            colour=(
+                "the {green} reaches {far} below the surface inside a deep {red_line}",
+                "a deep {red_line} bowl under the {green}",
+                "{big_share} of the {green} below the line between the red toes",
+                "a {red_line} dipping {far} beneath the {green}",
+                "the {green} sunk into the plate within a curved {red_line}",
+            ),
+            slots=EA1_SLOTS,
+        ),
+    },
+    "EA-2": {
+        "positive": Templates(
+            phrases=(
+                "a {thin} {haz}",
+                "a {haz} {under_1mm}",
+                "a {haz} that stays close to the {boundary}",
+                "{low} {damage} in the {base}",
+                "heat that only reached {little_way} into the {base}",
+                "{heat_in_low} heat input with a {thin} {haz}",
+                "{tiny_share} of the {base} {altered} by the heat",
+                "{big_share} of the {base} untouched by the heat",
+            ),
+            clauses=(
+                "the heat only reached {little_way} into the {base}",
+                "the {haz} is {thin}",
+                "{tiny_share} of the {base} was {altered} by the heat",
+                "the {base} under the {deposit} is {hardly} {altered} by the heat",
+                "{damage} is {confined} to a {thin} layer under the {boundary}",
+            ),
+            colour=(
+                "a {thin} {blue_zone} under the {red_line}",
+                "only a {thin} {blue_zone} below the {green}",
+                "a {blue_zone} that stays close to the {red_line}",
+                "{tiny_share} of blue below the {red_line}",
+            ),
+            slots=EA2_SLOTS,
+        ),
+        "negative": Templates(
+            phrases=(
+                "a {thick} {haz}",
+                "a {haz} {over_1mm}",
+                "a {haz} that {spreads} far from the {boundary}",
+                "{high} {damage} in the {base}",
+                "heat that reached {far} into the {base}",
+                "{heat_in_high} heat input with a {thick} {haz}",
+                "{big_share} of the {base} {altered} by the heat",
+            ),
+            clauses=(
+                "the heat reached {far} into the {base}",
+                "the {haz} is {thick}",
+                "{big_share} of the {base} was {altered} by the heat",
+                "the {base} under the {deposit} is {strongly} {altered} by the heat",
+                "{damage} {spreads} {far} below the {boundary}",
+                "{tiny_share} of the {base} under the {deposit} was left untouched by the heat",
+            ),
+            colour=(
+                "a {thick} {blue_zone} reaching {far} below the {red_line}",
+                "a {thick} {blue_zone} deep in the plate under the {green}",
+                "a {blue_zone} that {spreads} far from the {red_line}",
+                "{big_share} of blue below the {red_line}",
+            ),
+            slots=EA2_SLOTS,
+        ),
+    },
+    "EA-3": {
+        "positive": Templates(
+            phrases=(
+                "a {tall} {mound}",
+                "a {deposit} that {stands} {well} above the {surface}",
+                "{plenty} {material} above the {surface}",
+                "{good} {height}",
+                "a crown {over_03}",
+                "no sign of a flat or missing {mound}",
+                "a {tall} {mound} on the {base}",
+            ),
+            clauses=(
+                "the {deposit} {stands} {well} above the {surface}",
+                "the {deposit} forms a {tall} {mound}",
+                "there is a {tall} {mound} on the {base}",
+                "the {deposit} is {tall_pred}",
+                "there is {plenty} {material} above the {surface}",
+            ),
+            colour=(
+                "a {tall} green dome above the {red_line}",
+                "a {tall} {green} with {pink} rising above the surface",
+                "{plenty} green material above the {red_line}",
+                "a high {green} standing over the {red_line}",
+            ),
+            slots=EA3_SLOTS,
+        ),
+        "negative": Templates(
+            phrases=(
+                "a {flat} {mound}",
+                "a {deposit} that {hardly} rises above the {surface}",
+                "{little} {material} above the {surface}",
+                "{poor} {height}",
+                "a crown {under_03}",
+                "no distinct {mound}",
+                "a lot of {material} missing above the {surface}",
+            ),
+            clauses=(
+                "the {deposit} {hardly} rises above the {surface}",
+                "the {deposit} forms {no_real} {mound}",
+                "there is {little} {material} above the {surface}",
+                "the {deposit} is {flat_pred}",
+                "no real {mound} stands above the {surface}",
+            ),
+            colour=(
+                "only a thin green strip above the {red_line}",
+                "a {flat} {green} barely above the surface",
+                "{little} green material above the {red_line}",
+                "a thin {green} lying flat on the {red_line}",
+            ),
+            slots=EA3_SLOTS,
+        ),
+    },
+    "EA-4": {
+        "positive": Templates(
+            phrases=(
+                "{none} {pores}",
+                "a {dense} {deposit}",
+                "a {deposit} {free_of} {pores}",
+                "no {pore} {too_big}",
+                "only {small} {pores}, none of them large",
+                "{low_porosity} porosity",
+                "a {dense} {deposit} with {none} {pores}",
+                "many very {small} {pores}, none of them near the size limit",
+            ),
+            clauses=(
+                "the {deposit} is {dense_pred}",
+                "there are {none} {pores} in the {deposit}",
+                "the {deposit} has {none} {pores}",
+                "none of the {pores} is large",
+                "{most} of the {deposit} is solid metal",
+            ),
+            colour=(
+                "a {green} {free_of} {dark_spots}",
+                "{none} {dark_spots} in the {green}",
+                "a {green} with only tiny {dark_spots}",
+                "no {dark_spot} of any size in the {green}",
+            ),
+            slots=EA4_SLOTS,
+        ),
+        "negative": Templates(
+            phrases=(
+                "{many} {pores}",
+                "a {porous} {deposit}",
+                "a {deposit} {full_of} {pores}",
+                "{single} {big} {pore}",
+                "a {pore} {too_big}",
+                "{high_porosity} porosity",
+                "a few {big} {pores}",
+                "no part of the {deposit} free of {pores}",
+                "a {dense} {deposit} except for one {big} {pore}",
+            ),
+            clauses=(
+                "the {deposit} is {porous_pred}",
+                "there are {many} {pores} in the {deposit}",
+                "one {pore} is {too_big}",
+                "the {deposit} is solid apart from {single} {big} {pore}",
+                "hardly any of the {deposit} is free of {pores}",
+            ),
+            colour=(
+                "{many} {dark_spots} in the {green}",
+                "a {green} {full_of} {dark_spots}",
+                "one {big} {dark_spot} in an otherwise clean {green}",
+                "a {big} {dark_spot} inside the {green}",
+            ),
+            slots=EA4_SLOTS,
+        ),
+    },
+    "EA-5": {
+        "positive": Templates(
+            phrases=(
+                "{many} {particles}",
+                "a {deposit} {packed} with {particles}",
+                "{little} {dissolution}",
+                "a carbide {content} {over_30}",
+                "{intact} {particles} throughout the {deposit}",
+                "{many} {intact} {particles}",
+            ),
+            clauses=(
+                "{most} of the {particles} {survived}",
+                "the {deposit} is {packed} with {particles}",
+                "{particles} {cover} a {large} part of the {deposit}",
+                "{hardly_of} the {particles} {dissolved}",
+                "{tiny_share} of the carbide {dissolved}",
+            ),
+            colour=(
+                "a {green} packed with {pink}",
+                "{many} {pink} across the {green}",
+                "{pink} covering much of the {green}",
+                "a dense crowd of {pink} in the {green}",
+            ),
+            slots=EA5_SLOTS,
+        ),
+        "negative": Templates(
+            phrases=(
+                "{few} {particles}",
+                "a {deposit} that is mostly {matrix}",
+                "{heavy} {dissolution}",
+                "a carbide {content} {under_30}",
+                "{lost} {particles}",
+                "{few} {particles} left in the {deposit}",
+            ),
+            clauses=(
+                "{most} of the {particles} {dissolved}",
+                "{particles} {cover} only a {small} part of the {deposit}",
+                "the {deposit} is mostly {matrix} with {few} {particles}",
+                "{hardly_of} the {particles} {survived}",
+                "{big_share} of the carbide {dissolved}",
+            ),
+            colour=(
+                "{few} {pink} in a mostly {green}",
+                "a mainly {green} with {few} {pink}",
+                "very little pink in the {green}",
+                "a {green} with only a handful of {pink}",
+            ),
+            slots=EA5_SLOTS,
+        ),
+    },
+    "EA-6": {
+        "positive": Templates(
+            phrases=(
+                "{particles} {spread} {evenly} {through} the {deposit}",
+                "a {uniform} {distribution} of {particles}",
+                "no {clumping} of {particles}",
+                "the same {density} of {particles} {everywhere}",
+                "{particles} without {bare} {patches}",
+            ),
+            clauses=(
+                "the {particles} are {spread} {evenly} {through} the {deposit}",
+                "every part of the {deposit} has about the same {density} of {particles}",
+                "there are no {clusters} or {bare} {patches}",
+                "the {particles} did not settle or clump",
+                "{most} of the {deposit} has the same {density} of {particles}",
+            ),
+            colour=(
+                "{pink} spread {evenly} over the {green}",
+                "an even sprinkling of {pink} over the {green}",
+                "{pink} dispersed {evenly} from top to bottom of the {green}",
+                "evenly spaced {pink} everywhere in the {green}",
+            ),
+            slots=EA6_SLOTS,
+        ),
+        "negative": Templates(
+            phrases=(
+                "{particles} {sunk} {at} the {bottom}",
+                "an {uneven} {distribution} of {particles}",
+                "{particles} {clustered} into {clusters} with {bare} {patches} between them",
+                "a {strong} {gradient} from top to bottom",
+                "{strong} {clumping} of {particles}",
+            ),
+            clauses=(
+                "the {particles} {sank} to the {bottom}",
+                "the {particles} are {clustered} into {clusters}",
+                "the upper part of the {deposit} is {bare} and the {particles} sit low",
+                "the {particles} are not {spread} {evenly}",
+                "{most} of the {particles} {sank} to the {bottom}",
+                "no {particles} left in the upper part of the {deposit}",
+            ),
+            colour=(
+                "{pink} piled at the bottom of the {green}",
+                "{pink} bunched into clumps with bare green between them",
+                "{pink} concentrated near the {red_line}",
+                "dense pink patches and empty green areas in the {green}",
+            ),
+            slots=EA6_SLOTS,
+        ),
+    },
+}
+
+# Framings carry no polarity, so only the core tells the two apart.
+PHRASE_FRAMES = (
+    "{}",
     "{}",
     "a micrograph showing {}",
     "a cross-section with {}",
@@ -31,570 +623,27 @@ FRAMES = (
     "metallographic section: {}",
     "phase map of a nickel tungsten carbide bead with {}",
     "the inspector notes {}",
-    "an overlay weld with {}",
     "an additively manufactured bead exhibiting {}",
+    "an image of {}",
+    "there is {}",
+    "a sample with {}",
+)
+CLAUSE_FRAMES = (
+    "{}",
+    "{}",
+    "in this cross-section {}",
+    "the micrograph shows that {}",
+    "here {}",
+    "on this sample {}",
+    "the section shows {}",
+    "it looks like {}",
+    "inspection: {}",
+    "in this weld {}",
 )
 
-# EA -> polarity -> (colour-free cores, colour-aware cores); each core is a noun phrase.
-CORES: dict[str, dict[str, tuple[tuple[str, ...], tuple[str, ...]]]] = {
-    "EA-1": {
-        "positive": (
-            (
-                "low dilution",
-                "minimal dilution of the substrate",
-                "a shallow fusion boundary just under the original surface",
-                "shallow penetration into the base metal",
-                "nearly all of the clad above the baseline between the toes",
-                "very little of the bead below the substrate surface",
-                "a thin, flat melt-in zone under the clad",
-                "dilution well below five percent",
-                "a fusion line that hugs the original substrate surface",
-                "limited melting of the substrate",
-                "acceptable dilution",
-                "a good bond with little mixing into the base material",
-            ),
-            (
-                "a red fusion line just under the green bead",
-                "only a thin sliver of green below the line through the red toes",
-                "a flat red boundary beneath the green deposit",
-                "a green bead resting on a shallow red fusion line",
-            ),
-        ),
-        "negative": (
-            (
-                "high dilution",
-                "excessive dilution into the substrate",
-                "deep penetration into the base metal",
-                "a deep, rounded fusion boundary far under the original surface",
-                "a large share of the clad below the baseline between the toes",
-                "a melt pool that dug deeply into the substrate",
-                "dilution above five percent",
-                "a deep bowl of remelted substrate under the clad",
-                "strong mixing of base metal into the deposit",
-                "a fusion line curving deep under the bead",
-                "unacceptable dilution",
-                "a bead sunk far into the base plate",
-            ),
-            (
-                "a red fusion line dipping deep beneath the green bead",
-                "a deep green region below the substrate surface bounded by a curved red line",
-                "green clad reaching far down into the substrate inside a red boundary",
-                "a deep red bowl under the green deposit",
-            ),
-        ),
-    },
-    "EA-2": {
-        "positive": (
-            (
-                "a narrow heat-affected zone",
-                "a thin HAZ beneath the fusion line",
-                "a heat-affected zone shallower than one millimetre",
-                "limited thermal damage to the substrate",
-                "a shallow heat-affected band under the bead",
-                "low heat input with a small HAZ",
-                "a compact heat-affected region close to the fusion boundary",
-                "an acceptable HAZ depth",
-                "little of the substrate altered by heat",
-                "a HAZ confined to a thin layer",
-            ),
-            (
-                "a thin blue band under the red fusion line",
-                "only a narrow blue zone below the bead",
-                "a slim blue heat-affected layer hugging the red line",
-                "a blue HAZ that stays close to the fusion line",
-            ),
-        ),
-        "negative": (
-            (
-                "a wide heat-affected zone",
-                "a deep HAZ extending well into the substrate",
-                "a heat-affected zone deeper than one millimetre",
-                "excessive heat input with a broad thermally affected region",
-                "a thick heat-affected band reaching far below the bead",
-                "an oversized HAZ",
-                "thermal damage spreading deep into the base metal",
-                "an unacceptable HAZ depth",
-                "a large part of the substrate altered by heat",
-                "a heat-affected region that runs far from the fusion boundary",
-            ),
-            (
-                "a thick blue region reaching far below the red fusion line",
-                "a broad blue heat-affected zone deep in the substrate",
-                "a wide blue band extending well under the bead",
-                "a deep blue HAZ spreading far from the red line",
-            ),
-        ),
-    },
-    "EA-3": {
-        "positive": (
-            (
-                "a distinct reinforcement above the substrate",
-                "a tall, well-formed bead",
-                "a clearly raised clad track",
-                "good build-up height above the baseline",
-                "a convex bead standing proud of the surface",
-                "sufficient reinforcement height",
-                "a thick deposit with a pronounced crown",
-                "an acceptable bead height",
-                "plenty of material above the original surface",
-                "a high, rounded cap of clad",
-            ),
-            (
-                "a tall green dome above the red line",
-                "a thick green bead rising well above the substrate",
-                "a high green crown over the fusion line",
-                "a large green cap standing above the surface",
-            ),
-        ),
-        "negative": (
-            (
-                "a flat deposit with almost no reinforcement",
-                "a thin smear of material barely above the surface",
-                "insufficient build height",
-                "a low, flat bead with little material above the baseline",
-                "hardly any reinforcement above the substrate",
-                "a shallow, flattened track",
-                "a bead height far too small",
-                "an unacceptable lack of reinforcement",
-                "a thin layer of clad with no crown",
-                "a deposit that barely rises above the base plate",
-            ),
-            (
-                "only a thin green strip above the red line",
-                "a flat sliver of green barely above the surface",
-                "a low green band with no dome",
-                "a thin green film over the fusion line",
-            ),
-        ),
-    },
-    "EA-4": {
-        "positive": (
-            (
-                "no porosity",
-                "a dense deposit without gas pores",
-                "sound, pore-free clad",
-                "a fully dense bead with no voids",
-                "only a few tiny pores",
-                "negligible porosity",
-                "no large pores anywhere in the bead",
-                "no pore larger than 150 micrometres",
-                "only small, isolated pores well under the size limit",
-                "acceptable porosity",
-                "a compact matrix free of gas bubbles",
-                "no trapped gas in the deposit",
-            ),
-            (
-                "a green bead with hardly any dark blue dots",
-                "no dark navy spots in the bead",
-                "a bead with no dark blue holes",
-                "only a couple of tiny dark blue specks",
-            ),
-        ),
-        "negative": (
-            (
-                "significant porosity",
-                "many gas pores throughout the bead",
-                "large voids in the deposit",
-                "porous clad with big round holes",
-                "trapped gas bubbles in the bead",
-                "a pore wider than 150 micrometres",
-                "a single oversized pore in an otherwise dense bead",
-                "one isolated gas void larger than the allowed size",
-                "excessive porosity",
-                "unacceptable porosity",
-                "coarse gas voids scattered through the clad",
-                "a spongy deposit full of holes",
-            ),
-            (
-                "large dark blue pores scattered through the green bead",
-                "navy round voids inside the bead",
-                "big dark blue holes in the deposit",
-                "many dark blue circles in the green clad",
-                "one big dark blue hole in an otherwise clean green bead",
-            ),
-        ),
-    },
-    "EA-5": {
-        "positive": (
-            (
-                "a high fraction of undissolved tungsten carbide",
-                "plenty of WC particles retained in the matrix",
-                "carbides covering a large share of the bead",
-                "little carbide dissolution",
-                "a dense loading of hard carbide particles",
-                "a carbide content above thirty percent",
-                "well-preserved tungsten carbide grains",
-                "an acceptable carbide fraction",
-                "abundant reinforcing particles in the nickel matrix",
-                "a rich carbide population",
-            ),
-            (
-                "a green bead packed with pink particles",
-                "lots of pink carbides across the bead",
-                "pink particles covering much of the green matrix",
-                "a dense crowd of pink carbides",
-            ),
-        ),
-        "negative": (
-            (
-                "heavy carbide dissolution",
-                "few carbide particles left",
-                "most of the WC dissolved into the nickel matrix",
-                "a low carbide fraction",
-                "sparse carbides in a bead that is mostly matrix",
-                "a carbide content below thirty percent",
-                "tungsten carbide largely lost to dissolution",
-                "an unacceptable carbide fraction",
-                "too few reinforcing particles",
-                "a thin scattering of carbide grains",
-            ),
-            (
-                "only scattered pink particles in a mostly green bead",
-                "a mainly green bead with few pink particles",
-                "very little pink in the green matrix",
-                "a handful of pink carbides in green clad",
-            ),
-        ),
-    },
-    "EA-6": {
-        "positive": (
-            (
-                "a uniform carbide distribution",
-                "carbides evenly spread through the bead",
-                "a homogeneous dispersion of WC particles",
-                "no segregation or clustering of carbides",
-                "even particle spacing from the crown to the fusion line",
-                "a consistent carbide density across the deposit",
-                "an acceptable carbide distribution",
-                "well-dispersed reinforcing particles",
-                "the same carbide share in every part of the bead",
-                "randomly and evenly scattered carbides",
-            ),
-            (
-                "pink particles spread uniformly across the green clad",
-                "an even sprinkling of pink carbides over the bead",
-                "pink carbides dispersed evenly from top to bottom",
-                "evenly spaced pink particles everywhere in the bead",
-            ),
-        ),
-        "negative": (
-            (
-                "carbides sunk to the bottom of the bead",
-                "segregated carbides near the fusion line",
-                "clustered carbide particles with carbide-free areas",
-                "an inhomogeneous carbide distribution",
-                "carbides gathered into agglomerates",
-                "a strong carbide gradient from top to bottom",
-                "an unacceptable carbide distribution",
-                "carbide-depleted regions next to dense carbide clusters",
-                "particles settled towards the substrate",
-                "an uneven patchy spread of carbides",
-            ),
-            (
-                "pink particles piled at the bottom of the green bead",
-                "pink particles bunched into clumps with bare green between them",
-                "pink carbides concentrated near the red line",
-                "dense pink patches and empty green areas",
-            ),
-        ),
-    },
-}
-
-# Everyday-language cores (no colour names), a third register next to the expert and the
-# colour-aware ones: experts do not always write prompts in metallurgical terms.
-PLAIN_CORES: dict[str, dict[str, tuple[str, ...]]] = {
-    "EA-1": {
-        "positive": (
-            "deposited metal sitting on the base with little melting beneath it",
-            "a deposit that did not dig into the base",
-            "barely any base metal melted into the deposit",
-            "a shallow join between deposit and base",
-            "most of the deposited material above the old surface",
-            "new metal resting on the plate with hardly any of the plate melted",
-            "weld metal that stays above the surface of the part",
-            "little mixing of plate metal into the weld",
-            "a shallow melt under the added layer",
-            "a base that barely melted under the track",
-            "a fusion that only just goes below the surface",
-            "a weld that did not eat into the part beneath it",
-        ),
-        "negative": (
-            "a deposit that dug deep into the base",
-            "a large amount of melted base metal under the deposit",
-            "a join that reaches far down into the base",
-            "much of the deposited material below the old surface",
-            "a deep melted pocket under the track",
-            "new metal that melted deep into the plate",
-            "plenty of plate metal mixed into the weld",
-            "a melt that went far below the surface of the part",
-            "a deep melted zone under the added layer",
-            "a track that burned deep into the base",
-            "a big share of the weld below the old surface",
-            "a weld that ate a deep hollow into the part beneath it",
-        ),
-    },
-    "EA-2": {
-        "positive": (
-            "heat damage that stays close to the join",
-            "a small heat-marked region under the deposit",
-            "little heat damage in the base",
-            "a shallow band of heated base metal",
-            "a plate under the weld hardly changed by the heat",
-            "heat-changed metal only in a thin strip under the weld",
-            "heat that did not go deep into the base",
-            "a shallow layer of heat-changed base metal",
-            "heat effects limited to just under the join",
-            "a thin zone of base metal touched by the heat",
-            "heat that stayed near the top of the plate",
-            "only a slim heat-changed layer in the part underneath",
-        ),
-        "negative": (
-            "heat damage reaching deep into the base",
-            "a large heat-marked region under the deposit",
-            "heat that spread far down into the base metal",
-            "a deep band of heated base metal",
-            "base metal changed by the heat deep below the weld",
-            "a thick zone of base metal changed by heat",
-            "heat effects reaching a long way down into the plate",
-            "a deep zone of heat-changed plate",
-            "heat that went far into the part underneath",
-            "a broad heat-changed layer under the join",
-            "heat-altered metal deep down in the base",
-            "much of the plate under the weld changed by the heat",
-        ),
-    },
-    "EA-3": {
-        "positive": (
-            "a high mound of deposited metal",
-            "a track that sticks up well above the base",
-            "a thick raised deposit",
-            "a bead with plenty of height",
-            "added metal piled up high",
-            "a tall track on top of the plate",
-            "a thick hump of weld metal",
-            "a weld that stands well above the surface",
-            "a generous heap of new metal on the part",
-        ),
-        "negative": (
-            "a low flat deposit",
-            "a track that hardly sticks up above the base",
-            "very little height on the deposit",
-            "a thin flat coating on the base",
-            "a weld nearly level with the plate",
-            "hardly any added metal above the surface",
-            "a flat thin track",
-            "almost no height to the weld",
-            "a layer of new metal so thin it hardly shows",
-        ),
-    },
-    "EA-4": {
-        "positive": (
-            "solid deposit without gaps",
-            "no voids in the deposited metal",
-            "a deposit with nothing empty inside",
-            "clean solid metal throughout",
-            "no holes in the deposit",
-            "weld metal with no bubbles",
-            "solid metal all the way through",
-            "no gas holes anywhere",
-            "at most a few tiny specks of holes",
-            "only a few very small holes and none of any size",
-        ),
-        "negative": (
-            "empty gaps inside the deposit",
-            "a deposit with large voids inside",
-            "trapped gas left in the metal",
-            "many round empty spots in the deposit",
-            "holes and bubbles all through the weld",
-            "one big hole in the deposit",
-            "a single large void in the metal",
-            "a large gas bubble trapped in the weld",
-            "lots of small holes in the metal",
-            "a hole that is too big, even if it is the only one",
-        ),
-    },
-    "EA-5": {
-        "positive": (
-            "many hard particles still in the deposit",
-            "plenty of carbide left in the metal",
-            "a deposit crowded with hard particles",
-            "most of the carbide kept intact",
-            "lots of hard grains left in the weld",
-            "hard particles that are still there",
-            "a weld full of carbide grains",
-            "most of the hard grains survived",
-            "a large share of the deposit made of hard grains",
-        ),
-        "negative": (
-            "only a few hard particles left in the deposit",
-            "carbide mostly gone from the metal",
-            "hardly any hard particles in the deposit",
-            "a deposit with little carbide left",
-            "hard grains that melted away",
-            "carbide grains that are mostly gone",
-            "just a few grains left in the weld",
-            "hard particles dissolved into the metal",
-            "a deposit that lost most of its hard grains",
-        ),
-    },
-    "EA-6": {
-        "positive": (
-            "hard particles spread the same everywhere in the deposit",
-            "an even mix of particles from top to bottom",
-            "particles evenly placed through the whole deposit",
-            "no crowded or empty patches of particles",
-            "grains spread out evenly across the weld",
-            "the same amount of grains everywhere",
-            "particles evenly mixed top to bottom",
-            "no clumps of grains",
-            "grains sprinkled evenly through the deposit",
-        ),
-        "negative": (
-            "hard particles piled up at the bottom",
-            "particles crowded into a few patches",
-            "an uneven mix with empty and crowded areas",
-            "particles that settled low in the deposit",
-            "grains that sank down to the bottom of the weld",
-            "grains clumped together in places",
-            "most grains sitting low near the join",
-            "a patchy spread of grains with empty areas",
-            "grains crowded on one side and missing on the other",
-        ),
-    },
-}
-
-# Plain-word paraphrases without colour names, written for a robustness check of the first
-# model. Its EA-2 failure on them shaped the everyday cores above, so they are no longer a fair
-# test; they stay as a development check. They are never training captions.
-DEVELOPMENT_PARAPHRASES: dict[str, dict[str, tuple[str, ...]]] = {
-    "EA-1": {
-        "positive": (
-            "the added metal mostly sits on top of the plate and barely melted into it",
-            "only a little of the plate got melted and mixed in",
-        ),
-        "negative": (
-            "the added metal sank far down into the plate",
-            "a lot of the plate melted and got mixed into the added metal",
-        ),
-    },
-    "EA-2": {
-        "positive": (
-            "the layer of plate changed by the heat is thin",
-            "the heat only reached a little way into the plate",
-        ),
-        "negative": (
-            "the heat changed the plate far down below the joint",
-            "the layer of plate changed by the heat is very thick",
-        ),
-    },
-    "EA-3": {
-        "positive": (
-            "the added metal forms a tall hump on the plate",
-            "the track stands up high above the plate",
-        ),
-        "negative": (
-            "the added metal is almost flat and hardly higher than the plate",
-            "the track barely rises above the plate",
-        ),
-    },
-    "EA-4": {
-        "positive": (
-            "solid metal with no holes or bubbles in it",
-            "the metal is compact, without any holes",
-        ),
-        "negative": (
-            "the metal is full of holes and bubbles",
-            "there are big holes in the metal",
-        ),
-    },
-    "EA-5": {
-        "positive": (
-            "lots of carbide grains are still there in the metal",
-            "carbide grains fill a big part of the added metal",
-        ),
-        "negative": (
-            "most of the carbide grains melted away",
-            "only a few carbide grains are left in the metal",
-        ),
-    },
-    "EA-6": {
-        "positive": (
-            "the carbide grains are spread out evenly everywhere",
-            "the grains are scattered the same way from top to bottom",
-        ),
-        "negative": (
-            "the carbide grains all sank to the bottom",
-            "the carbide grains bunch together in a few spots",
-        ),
-    },
-}
-
-
-# The robustness check: fresh paraphrases in plain words, no colour names, written after the
-# caption banks were frozen and in words the banks avoid ("filler", "hard bits", "air
-# pockets"). tests/test_train_vlr.py checks they are neither training captions nor colour words.
-ROBUSTNESS_PROMPTS: dict[str, dict[str, tuple[str, ...]]] = {
-    "EA-1": {
-        "positive": (
-            "the filler stayed on the surface and did not soak into the part",
-            "hardly any of the part below got melted together with the filler",
-        ),
-        "negative": (
-            "the filler is sunk well into the part below",
-            "a big chunk of the part below got melted in with the filler",
-        ),
-    },
-    "EA-2": {
-        "positive": (
-            "the area the torch heated inside the part is only shallow",
-            "just a thin skin of the part below was affected by the heat",
-        ),
-        "negative": (
-            "the area the torch heated reaches deep inside the part",
-            "the heat left its mark a long way into the part below",
-        ),
-    },
-    "EA-3": {
-        "positive": (
-            "the new material forms a clear raised ridge",
-            "there is a good thick build-up on top",
-        ),
-        "negative": (
-            "the new material makes hardly any ridge at all",
-            "the build-up on top is very thin and flat",
-        ),
-    },
-    "EA-4": {
-        "positive": (
-            "no air pockets in the new material",
-            "the inside is tight with no empty bits",
-        ),
-        "negative": (
-            "air pockets spoil the new material",
-            "there is an air pocket much bigger than allowed",
-        ),
-    },
-    "EA-5": {
-        "positive": (
-            "the hard bits are still packed into the new material",
-            "a big part of the new material is hard bits",
-        ),
-        "negative": (
-            "the hard bits have mostly disappeared",
-            "the new material has only a sprinkle of hard bits left",
-        ),
-    },
-    "EA-6": {
-        "positive": (
-            "the hard bits are mixed in evenly all over",
-            "every part of the new material has about the same amount of hard bits",
-        ),
-        "negative": (
-            "the hard bits have collected at the bottom",
-            "the hard bits gather in lumps with bare areas around them",
-        ),
-    },
-}
+# How many captions each template contributes at most (its slot combinations are sampled).
+PER_TEMPLATE = 60
+PER_COLOUR_TEMPLATE = 40
 
 
 @dataclass(frozen=True)
@@ -603,25 +652,50 @@ class Caption:
     polarity: str
     text: str
     colour: bool  # names phase colours
-    everyday: bool = False  # plain words, no metallurgical terms (PLAIN_CORES)
+    plain: bool  # no metallurgical term (JARGON)
 
 
 def caption_bank() -> list[Caption]:
-    """Every training caption: each core in each frame, both polarities of every assessment."""
+    """Every training caption, the same list on every call and every machine."""
     bank: dict[str, Caption] = {}
     for key in ASSESSMENTS:
         for polarity in POLARITIES:
-            expert, coloured = CORES[key][polarity]
-            plain = PLAIN_CORES[key][polarity]
-            for cores, colour, everyday in (
-                (expert, False, False), (plain, False, True), (coloured, True, False)
-            ):
-                for core in cores:
-                    for frame in FRAMES:
-                        text = frame.format(core)
-                        caption = Caption(key, polarity, text, colour, everyday)
+            templates = TEMPLATES[key][polarity]
+            slots = {**SHARED, **templates.slots}
+            groups = (
+                (templates.phrases, PHRASE_FRAMES, PER_TEMPLATE),
+                (templates.clauses, CLAUSE_FRAMES, PER_TEMPLATE),
+                (templates.colour, PHRASE_FRAMES, PER_COLOUR_TEMPLATE),
+            )
+            for group, frames, limit in groups:
+                for template in group:
+                    for core, text in _expand(template, slots, frames, limit):
+                        caption = Caption(key, polarity, text, names_a_colour(core),
+                                          is_plain(core))
                         bank.setdefault(normalise(text), caption)
     return list(bank.values())
+
+
+def _expand(template: str, slots: Mapping[str, tuple[str, ...]], frames: tuple[str, ...],
+            limit: int) -> Iterable[tuple[str, str]]:
+    """Up to `limit` (core, caption) fillings of the template, each caption the core in a
+    framing; the choices come from a seed fixed by the template's text."""
+    names = re.findall(r"{(\w+)}", template)
+    unknown = [n for n in names if n not in slots]
+    if unknown:
+        raise KeyError(f"template {template!r} names unknown slots {unknown}")
+    choices = list(itertools.product(*(slots[n] for n in names)))
+    rng = random.Random(zlib.crc32(template.encode()))
+    rng.shuffle(choices)
+    for words in choices[:limit]:
+        core = template.format(**dict(zip(names, words, strict=True)))
+        text = _articles(rng.choice(frames).format(core))
+        yield core, text + "." if rng.random() < 0.3 else text
+
+
+def _articles(text: str) -> str:
+    """'a' before a vowel sound becomes 'an' (an oversized pore, a uniform spread)."""
+    return re.sub(r"\ba (?=(?:[aei]|o(?!ne\b)|u(?!ni|s[eu]))\w)", "an ", text)
 
 
 def normalise(text: str) -> str:
@@ -629,6 +703,14 @@ def normalise(text: str) -> str:
     return re.sub(r"\s+", " ", text.lower()).strip(" .;:")
 
 
+def _words(text: str) -> set[str]:
+    return set(re.findall(r"[a-z][a-z-]*", text.lower()))
+
+
 def names_a_colour(text: str) -> bool:
-    words = set(re.findall(r"[a-z]+", text.lower()))
-    return any(word in words for word in COLOUR_WORDS)
+    return bool(_words(text) & set(COLOUR_WORDS))
+
+
+def is_plain(text: str) -> bool:
+    """True when the text uses no metallurgical term and no colour (everyday words)."""
+    return not (_words(text) & set(JARGON)) and not names_a_colour(text)

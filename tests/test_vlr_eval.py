@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import tomllib
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 
 from engine.model_card import model_card
+from engine.paraphrases import HELD_OUT
+from engine.train_vlr import TrainConfig
 from engine.vlr_eval import ModelEvaluation, with_prompts
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,7 +44,8 @@ def _evaluation(hybrid: float, text: float, robust: float) -> ModelEvaluation:
     return ModelEvaluation(
         seed=5, images=50, accepts={"EA-1": 24, "EA-2": 30},
         shipped={"EA-1": modes, "EA-2": {**modes, "hybrid": _block(0.97)}},
-        paraphrased={"robust": {"EA-1": _block(robust), "EA-2": _block(text)}},
+        paraphrased={HELD_OUT: {"EA-1": _block(robust), "EA-2": _block(text)},
+                     "plain-a": {"EA-1": _block(0.5), "EA-2": _block(0.5)}},
     )
 
 
@@ -63,12 +67,11 @@ def test_markdown_and_card_show_every_assessment_with_review_rates() -> None:
         "command": "kb train-vlr out", "captions": 10, "seconds": {"total": 60.0},
         "epoch_losses": [1.0], "first_steps_loss": 2.0, "parameters": {"vision_model": 10},
         "machine": {"cpus": 2, "cpu_threads": 2, "torch": "2.13.0"},
-        "config": {"seed": 0, "n_images": 8, "layers": 1, "hidden_size": 8, "heads": 1,
-                   "patch_size": 4, "image_width": 8, "image_height": 8,
-                   "projection_dim": 4, "image_loss_weight": 0.5, "aux_weight": 1.0,
-                   "learning_rate": 0.1, "weight_decay": 0.0, "batch_size": 2, "epochs": 1,
-                   "warmup_fraction": 0.1},
+        "config": asdict(TrainConfig(n_images=8, epochs=1)),
         "evaluation": evaluation.to_dict(),
     }
     card = model_card(record)
     assert table in card and "Missed: EA-1 hybrid 0.890 < 0.90." in card
+    assert "MobileNetV1" in card and "8 micrographs" in card
+    # a development set that misses by far is reported, not judged
+    assert "plain-a text" in table and "EA-1 paraphrased" not in card
