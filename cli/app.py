@@ -859,15 +859,18 @@ def train_vlr(
         int, typer.Option("--eval-images", min=0, help="Fresh micrographs for the model card.")
     ] = 200,
     eval_seed: Annotated[
-        int, typer.Option("--eval-seed", help="Seed of the evaluation set (not the training's).")
-    ] = 4242,
+        int | None,
+        typer.Option("--eval-seed", help="Seed of the evaluation set [default: the model "
+                     "card's, 5151, used for nothing else]."),
+    ] = None,
     workspace: WorkspaceOption = None,
 ) -> None:
-    """Train VLKB's dual encoder (a ViT against the frozen MiniLM text tower) on generated maps.
+    """Train VLKB's dual encoder (a CNN against the frozen MiniLM text tower) on generated maps.
 
     The model card evaluates it with the workspace's prompts and references, if there is one.
     """
     from engine.train_vlr import TrainConfig, train
+    from engine.vlr_eval import CARD_SEED
     from kb.errors import WorkspaceError
 
     defaults = TrainConfig()
@@ -886,7 +889,8 @@ def train_vlr(
     )
     train(
         outdir, config, log=lambda line: err.print(line, markup=False),
-        evaluate_with=rules_dir, eval_n=eval_images, eval_seed=eval_seed, command=command,
+        evaluate_with=rules_dir, eval_n=eval_images,
+        eval_seed=CARD_SEED if eval_seed is None else eval_seed, command=command,
     )
     out.print(f"Wrote {outdir}: see {outdir / 'MODEL_CARD.md'}")
 

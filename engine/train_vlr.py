@@ -1,15 +1,18 @@
-"""Train VLKB's dual encoder: a small ViT against the frozen all-MiniLM-L6-v2 text tower.
+"""Train VLKB's dual encoder: a small CNN image tower against the frozen MiniLM text tower.
 
 `kb train-vlr OUTDIR --seed S` draws N micrographs with engine.synth, labels them from their
-ground truth, and trains a ViT image tower and both projections with the sentence encoder
-locked (locked-text tuning). The objective is the one VLKB scores with:
+ground truth, and trains a MobileNetV1 image tower and both projections with the sentence
+encoder locked (locked-text tuning), in two stages (engine.vlr_objective has the losses):
 
-* text: for each assessment, the image must be closer to the mean of a random handful of
-  captions of its label's polarity than to a handful of the other polarity (a two-way
-  contrast over net similarity), with captions drawn from engine.captions' banks
-  (colour-aware, colour-free, and mixed handfuls, like an assessment's prompt variants);
-* image: the same contrast against random handfuls of the other images of the batch with
-  the same and with the other label, which is how references are scored (`image` role).
+1. learning to see (the first `see_fraction` of the steps): the image tower alone learns the
+   phase map of each micrograph on a 1/8-resolution grid (pores weighted up), the true
+   quantities and the accept labels, all known exactly for generated maps;
+2. learning to talk: the contrastive objectives VLKB scores with are added (image against
+   caption handfuls, image against handfuls of other images), the stage-1 losses stay.
+
+The tower is a batch-normalised CNN because pores are a fraction of a percent of the pixels:
+batch normalisation scales such a sparse feature up to the size of the others, where the
+layer-normalised ViT and ConvNeXt towers tried first learned pores late or not at all.
 
 The result is saved as a transformers VisionTextDualEncoderModel checkpoint without its text
 encoder (text_tower.json names the pinned package instead), plus SHA256SUMS, training.json
@@ -34,47 +37,56 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from transformers import (
+    MobileNetV1Config,
     VisionTextDualEncoderConfig,
     VisionTextDualEncoderModel,
-    ViTConfig,
     ViTImageProcessorPil,
 )
 
 from engine import dual
-from engine.captions import ASSESSMENTS, POLARITIES, caption_bank
+from engine.captions import ASSESSMENTS, caption_bank
+from engine.metrology import PHASES, POROSITY
 from engine.model_card import evaluate_checkpoint, write_model_card
-from engine.synth import EXAMPLE_CRITERIA, render_resized, sample_specs
-from engine.vlr_eval import ModelEvaluation
+from engine.synth import EXAMPLE_CRITERIA, TrainingSample, render_resized, sample_specs
+from engine.vlr_eval import CARD_SEED, ModelEvaluation
+from engine.vlr_objective import (
+    CaptionSampler,
+    aux_loss,
+    image_loss,
+    label_loss,
+    phase_loss,
+    phase_weights,
+    text_loss,
+)
 from kb.errors import VLKBError
 
 Log = Callable[[str], None]
-
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that shapes the trained weights; written to training.json and the card."""
 
     seed: int = 0
-    n_images: int = 6000
-    epochs: int = 14
+    n_images: int = 7000
+    epochs: int = 12
     batch_size: int = 32
     learning_rate: float = 1e-3
     weight_decay: float = 0.05
     warmup_fraction: float = 0.05
-    # image tower: a ViT on the whole 640x480 map resized to 320x240 (10 -> 20 um per pixel),
-    # in 40x40 patches (48 tokens): few tokens keep a CPU step short. 480x360 in 60x60
-    # patches (same tokens, sharper pores) trained 30 % longer and judged EA-4 worse.
+    # image tower: MobileNetV1 on the whole 640x480 map resized to 320x240 (20 um per pixel)
     image_height: int = 240
     image_width: int = 320
-    patch_size: int = 40
-    hidden_size: int = 192
-    layers: int = 6
-    heads: int = 3
+    depth_multiplier: float = 0.25
     projection_dim: int = 256
     logit_scale_init: float = math.log(20.0)
+    see_fraction: float = 0.15  # share of the steps in stage 1 (learning to see)
     image_loss_weight: float = 0.5
-    aux_weight: float = 2.0  # regression of the true quantities from the pooled features
-    text_projection_lr_scale: float = 1.0  # < 1 keeps the text projection near its start
+    separation_weight: float = 1.0  # the d' term of engine.vlr_objective.separation_loss
+    separation_target: float = 6.0
+    aux_weight: float = 2.0  # true quantities (and labels, times label_weight) from pooled
+    label_weight: float = 1.0
+    phase_weight: float = 1.0  # the phase map on the 1/8 grid
+    pore_weight: float = 10.0  # the pore share of each cell, once more on its own
     draws: int = 4  # caption / reference handfuls per assessment and step
     flip: bool = True  # horizontal mirror: no quantity changes
     workers: int = 2
@@ -87,7 +99,7 @@ class TrainResult:
     config: TrainConfig
     seconds: dict[str, float] = field(default_factory=dict)
     losses: list[float] = field(default_factory=list)  # mean loss per epoch
-    first_loss: float = float("nan")  # mean loss over the first steps, before learning much
+    first_loss: float = float("nan")  # mean over the first steps of the stage-2 objective
     parameters: dict[str, int] = field(default_factory=dict)
 
 
@@ -108,39 +120,68 @@ AUX_QUANTITIES = (
 )
 
 
-def _render(job: tuple) -> tuple[np.ndarray, dict[str, str], dict[str, float]]:
-    spec, seed, size, resample = job
-    return render_resized(spec, seed, size, resample)
+@dataclass
+class TrainingData:
+    """Generated micrographs as the image processor resizes them, with their ground truth."""
+
+    pixels: np.ndarray  # (n, 3, H, W) uint8
+    accept: np.ndarray  # (n, 6) bool, per assessment
+    quantities: np.ndarray  # (n, len(AUX_QUANTITIES)), NaN where unmeasurable
+    cells: np.ndarray  # (n, len(PHASES), H/8, W/8) phase shares per grid cell
 
 
-def generate(
-    config: TrainConfig, processor: ViTImageProcessorPil, log: Log
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(n, 3, H, W) uint8 resized maps, (n, 6) bool accept labels and (n, q) true quantities
-    (NaN where unmeasurable), rendered in worker processes."""
+def _render(job: tuple) -> TrainingSample:
+    spec, seed, size, resample, grid = job
+    return render_resized(spec, seed, size, resample, grid=grid)
+
+
+def generate(config: TrainConfig, processor: ViTImageProcessorPil, log: Log) -> TrainingData:
+    """Render the training set in worker processes (numpy, scipy and PIL only)."""
     size = (config.image_height, config.image_width)
     jobs = [
-        (spec, config.seed * 100_003 + index, size, int(processor.resample))
+        (spec, config.seed * 100_003 + index, size, int(processor.resample), grid_of(config))
         for index, spec in enumerate(sample_specs(config.n_images, config.seed))
     ]
+    n = len(jobs)
+    data = TrainingData(
+        pixels=np.empty((n, 3, *size), dtype=np.uint8),
+        accept=np.empty((n, len(ASSESSMENTS)), dtype=bool),
+        quantities=np.empty((n, len(AUX_QUANTITIES)), dtype=np.float64),
+        cells=np.empty((n, len(PHASES), *grid_of(config)), dtype=np.float32),
+    )
+
+    def store(index: int, sample: TrainingSample) -> None:  # filled in place: one copy in memory
+        data.pixels[index] = sample.pixels
+        data.accept[index] = [sample.labels[key] == "accept" for key in ASSESSMENTS]
+        data.quantities[index] = [sample.quantities.get(q, np.nan) for q in AUX_QUANTITIES]
+        data.cells[index] = sample.cells
+
     workers = max(1, min(config.workers, os.cpu_count() or 1))
-    if workers > 1 and len(jobs) >= 32:
+    if workers > 1 and n >= 32:
         # fork (where there is one) re-imports nothing; train() renders before torch computes
         # anything, and the workers only run numpy/scipy/PIL code.
         methods = multiprocessing.get_all_start_methods()
         context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
         with context.Pool(workers) as pool:
-            rendered = pool.map(_render, jobs, chunksize=16)
+            for index, sample in enumerate(pool.imap(_render, jobs, chunksize=16)):
+                store(index, sample)
     else:
-        rendered = [_render(job) for job in jobs]
-    pixels = np.stack([r[0] for r in rendered])
-    labels = np.array([[r[1][key] == "accept" for key in ASSESSMENTS] for r in rendered])
-    quantities = np.array(
-        [[r[2].get(name, np.nan) for name in AUX_QUANTITIES] for r in rendered], dtype=np.float64
-    )
-    shares = ", ".join(f"{k} {labels[:, i].mean():.0%}" for i, k in enumerate(ASSESSMENTS))
+        for index, job in enumerate(jobs):
+            store(index, _render(job))
+    shares = ", ".join(f"{k} {data.accept[:, i].mean():.0%}" for i, k in enumerate(ASSESSMENTS))
     log(f"generated {len(jobs)} micrographs (accept share: {shares})")
-    return pixels, labels, quantities
+    return data
+
+
+def grid_of(config: TrainConfig) -> tuple[int, int]:
+    """The 1/8-resolution grid of the phase map: the size of the tower's stride-8 features
+    (each stride-2 convolution of MobileNetV1 rounds up)."""
+    def eighth(n: int) -> int:
+        for _ in range(3):
+            n = (n + 1) // 2
+        return n
+
+    return eighth(config.image_height), eighth(config.image_width)
 
 
 # How far past its limit a quantity has to be for the auxiliary target to saturate (tanh).
@@ -154,6 +195,7 @@ MARGIN_WIDTHS = {
     "carbide_cv": 0.1,
 }
 RAW_TARGETS = ("pore_count", "carbide_gradient")
+AUX_OUTPUTS = sum(len(v) for v in EXAMPLE_CRITERIA.values()) + len(RAW_TARGETS)
 
 
 def judged_mask(quantities: np.ndarray) -> np.ndarray:
@@ -192,9 +234,6 @@ def aux_targets(quantities: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(np.nan_to_num(targets)).float(), torch.from_numpy(mask)
 
 
-AUX_OUTPUTS = sum(len(v) for v in EXAMPLE_CRITERIA.values()) + len(RAW_TARGETS)
-
-
 def make_processor(config: TrainConfig) -> ViTImageProcessorPil:
     """Resize the whole map (bilinear, antialiased by PIL), scale to [-1, 1]."""
     return ViTImageProcessorPil(
@@ -216,19 +255,22 @@ def to_pixel_values(batch: np.ndarray, processor: ViTImageProcessorPil) -> torch
 # --- model ------------------------------------------------------------------------------------
 
 
-def build_model(config: TrainConfig, tower: dual.TextTower) -> VisionTextDualEncoderModel:
-    vision = ViTConfig(
-        image_size=[config.image_height, config.image_width],
-        patch_size=config.patch_size,
-        hidden_size=config.hidden_size,
-        num_hidden_layers=config.layers,
-        num_attention_heads=config.heads,
-        intermediate_size=4 * config.hidden_size,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
+def vision_config(config: TrainConfig) -> MobileNetV1Config:
+    vision = MobileNetV1Config(
+        depth_multiplier=config.depth_multiplier,
+        min_depth=8,
+        tf_padding=False,
+        image_size=config.image_width,
     )
+    # VisionTextDualEncoderModel sizes the visual projection from `hidden_size`: the channels
+    # MobileNetV1 pools at its end.
+    vision.hidden_size = max(int(1024 * config.depth_multiplier), vision.min_depth)
+    return vision
+
+
+def build_model(config: TrainConfig, tower: dual.TextTower) -> VisionTextDualEncoderModel:
     model_config = VisionTextDualEncoderConfig.from_vision_text_configs(
-        vision,
+        vision_config(config),
         tower.model.config,
         projection_dim=config.projection_dim,
         logit_scale_init_value=config.logit_scale_init,
@@ -241,166 +283,27 @@ def build_model(config: TrainConfig, tower: dual.TextTower) -> VisionTextDualEnc
     return model
 
 
-# --- objective --------------------------------------------------------------------------------
+class SeeingHeads(torch.nn.Module):
+    """Stage-1 heads, not saved: the phase map from the stride-8 features, and quantities and
+    labels from the pooled ones."""
 
-
-def _is_kind(caption, kind: str) -> bool:
-    if kind == "colour-free":
-        return not caption.colour
-    if kind == "everyday":
-        return caption.everyday
-    if kind == "colour":
-        return caption.colour
-    return True
-
-
-class CaptionSampler:
-    """Random handfuls of caption embeddings per (assessment, polarity), like prompt sets.
-
-    A handful is all colour-free, all everyday words, all colour-aware, or any mix: prompt
-    sets are written in one register or several, and everyday wording gets its own draws so
-    the smaller bank is not drowned by the expert one.
-    """
-
-    KINDS = ("colour-free", "everyday", "colour", "any")
-
-    def __init__(self, embeddings: torch.Tensor, captions: list, generator: torch.Generator):
-        self.embeddings = embeddings
-        self.generator = generator
-        self.pools: dict[tuple[str, str, str], torch.Tensor] = {}
-        for key in ASSESSMENTS:
-            for polarity in POLARITIES:
-                for kind in self.KINDS:
-                    rows = [
-                        i
-                        for i, c in enumerate(captions)
-                        if c.assessment == key and c.polarity == polarity and _is_kind(c, kind)
-                    ]
-                    self.pools[key, polarity, kind] = torch.tensor(rows)
-
-    def draw(self, draws: int) -> torch.Tensor:
-        """(6, draws, 2, count) caption indices: positive then negative handful."""
-        kinds = self.KINDS
-        out = []
-        for key in ASSESSMENTS:
-            per_key = []
-            for _ in range(draws):
-                kind = kinds[int(torch.randint(len(kinds), (1,), generator=self.generator))]
-                count = int(torch.randint(1, 7, (1,), generator=self.generator))
-                pair = []
-                for polarity in POLARITIES:
-                    pool = self.pools[key, polarity, kind]
-                    pick = torch.randint(len(pool), (count,), generator=self.generator)
-                    pair.append(pool[pick])
-                per_key.append(torch.stack(pair))
-            out.append(per_key)
-        return out  # type: ignore[return-value]
-
-
-def text_loss(
-    z: torch.Tensor,
-    projected: torch.Tensor,
-    handfuls: list,
-    accept: torch.Tensor,
-    judged: torch.Tensor,
-    scale: torch.Tensor,
-    class_weights: torch.Tensor,
-) -> torch.Tensor:
-    """Two-way contrast per assessment: own-polarity prompt mean vs the other polarity's.
-
-    Only images whose assessment could be measured count (judged): a flat bead has no carbide
-    distribution, so it teaches nothing about EA-6.
-    """
-    per_assessment = []
-    for k, per_key in enumerate(handfuls):
-        rows = judged[:, k]
-        if int(rows.sum()) < 2:
-            continue
-        target = (~accept[rows, k]).long()  # 0: positive prompts are right, 1: negative
-        losses = []
-        for pair in per_key:
-            centres = F.normalize(torch.stack([projected[idx].mean(0) for idx in pair]), dim=-1)
-            logits = scale * z[rows] @ centres.T
-            losses.append(F.cross_entropy(logits, target, weight=class_weights[k]))
-            losses.append(batch_z_loss(logits[:, 0] - logits[:, 1], target, class_weights[k]))
-        per_assessment.append(torch.stack(losses).mean())
-    return balance_tasks(torch.stack(per_assessment))
-
-
-def batch_z_loss(delta: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """The same verdict after z-scoring the deltas over the batch (the article's batch
-    normalisation): accepted images above the batch mean, rejected ones below. It keeps each
-    class's deltas tight, so batch z-scores do not split a class when the batch is unbalanced."""
-    if delta.numel() < 4 or float(delta.detach().std()) == 0.0:
-        return delta.sum() * 0.0
-    z = (delta - delta.mean()) / (delta.std(unbiased=False) + 1e-6)
-    logits = torch.stack([z, -z], dim=1) * 2.0
-    return F.cross_entropy(logits, target, weight=weight)
-
-
-def balance_tasks(losses: torch.Tensor) -> torch.Tensor:
-    """Mean of per-assessment losses, each weighted by its share of the total (no gradient
-    through the weights): the assessment the model is worst at gets the most attention."""
-    weights = losses.detach() / losses.detach().mean().clamp(min=1e-8)
-    return (weights * losses).mean()
-
-
-def image_loss(
-    z_all: torch.Tensor,
-    accept_all: torch.Tensor,
-    judged: torch.Tensor,
-    scale: torch.Tensor,
-    class_weights: torch.Tensor,
-    draws: int,
-    generator: torch.Generator,
-) -> torch.Tensor:
-    """The same contrast against random handfuls of other batch images (reference sets)."""
-    losses = []
-    for k in range(accept_all.shape[1]):
-        z, accept = z_all[judged[:, k]], accept_all[judged[:, k], k]
-        if int(accept.sum()) < 3 or int((~accept).sum()) < 3:
-            continue
-        n = z.shape[0]
-        others = ~torch.eye(n, dtype=torch.bool)
-        target = (~accept).long()
-        for _ in range(draws):
-            share = float(torch.empty(1).uniform_(0.05, 0.2, generator=generator))
-            keep = (torch.rand((n, n), generator=generator) < share) & others
-            # row i: a positive handful of accepted images and a negative one of rejected
-            positive = keep & accept.unsqueeze(0)
-            negative = keep & ~accept.unsqueeze(0)
-            valid = (positive.sum(1) > 0) & (negative.sum(1) > 0)
-            if int(valid.sum()) == 0:
-                continue
-            centres_pos = F.normalize(positive.float() @ z, dim=-1)
-            centres_neg = F.normalize(negative.float() @ z, dim=-1)
-            logits = scale * torch.stack(
-                [(z * centres_pos).sum(-1), (z * centres_neg).sum(-1)], dim=1
-            )[valid]
-            losses.append(F.cross_entropy(logits, target[valid], weight=class_weights[k]))
-            losses.append(
-                batch_z_loss(logits[:, 0] - logits[:, 1], target[valid], class_weights[k])
-            )
-    return torch.stack(losses).mean() if losses else z.sum() * 0.0
-
-
-def _subsample(captions: list, per_group: int) -> list:
-    """The first per_group captions of every (assessment, polarity, register) group."""
-    kept, counts = [], {}
-    for caption in captions:
-        group = (caption.assessment, caption.polarity, caption.colour, caption.everyday)
-        if counts.get(group, 0) < per_group:
-            kept.append(caption)
-            counts[group] = counts.get(group, 0) + 1
-    return kept
-
-
-def aux_loss(
-    predicted: torch.Tensor, targets: torch.Tensor, measured: torch.Tensor
-) -> torch.Tensor:
-    """Huber loss over the measured quantities only."""
-    errors = F.smooth_l1_loss(predicted, targets, reduction="none")
-    return (errors * measured).sum() / measured.sum().clamp(min=1)
+    def __init__(self, model: VisionTextDualEncoderModel, config: TrainConfig) -> None:
+        super().__init__()
+        vision = model.vision_model
+        was_training = vision.training
+        with torch.no_grad():
+            probe = torch.zeros(1, 3, config.image_height, config.image_width)
+            states = vision.eval()(pixel_values=probe, output_hidden_states=True)
+        vision.train(was_training)
+        grid = grid_of(config)
+        self.tap = max(
+            i for i, h in enumerate(states.hidden_states) if tuple(h.shape[-2:]) == grid
+        )
+        channels = states.hidden_states[self.tap].shape[1]
+        # logits of the phase shares, then the pore share once more (engine.vlr_objective)
+        self.phases = torch.nn.Conv2d(channels, len(PHASES) + 1, kernel_size=1)
+        pooled = model.config.vision_config.hidden_size
+        self.quantities = torch.nn.Linear(pooled, AUX_OUTPUTS + len(ASSESSMENTS))
 
 
 # --- training ---------------------------------------------------------------------------------
@@ -412,7 +315,7 @@ def train(
     log: Log = print,
     evaluate_with: Path | None = None,
     eval_n: int = 200,
-    eval_seed: int = 4242,
+    eval_seed: int = CARD_SEED,
     command: str | None = None,
 ) -> TrainResult:
     """Generate, train, save to outdir; evaluate on a fresh set if a rules folder is given.
@@ -434,50 +337,44 @@ def train(
     generator = torch.Generator().manual_seed(config.seed)
 
     processor = make_processor(config)
-    pixels, accept_np, quantities = generate(config, processor, log)
-    targets, measured = aux_targets(quantities)
-    judged_all = torch.from_numpy(judged_mask(quantities))
+    data = generate(config, processor, log)
+    targets, measured = aux_targets(data.quantities)
+    judged_all = torch.from_numpy(judged_mask(data.quantities))
+    cells = torch.from_numpy(data.cells).float()
+    weights_of_phases = phase_weights(cells, len(PHASES))
     result.seconds["data"] = time.monotonic() - started
-    tower = dual.load_text_tower()
 
+    tower = dual.load_text_tower()
     captions = caption_bank()
     if config.captions_per_group:
         captions = _subsample(captions, config.captions_per_group)
     caption_embeddings = tower.embed([c.text for c in captions]).clone()  # not an inference tensor
-    sampler = CaptionSampler(caption_embeddings, captions, generator)
+    sampler = CaptionSampler(captions, generator)
     log(f"embedded {len(captions)} training captions with the frozen text tower")
 
     model = build_model(config, tower)
-    # Auxiliary head (not saved): the pooled image features regress the true quantities, a
-    # dense signal from every image that speeds up learning what the captions talk about.
-    aux_head = torch.nn.Linear(config.hidden_size, AUX_OUTPUTS)
+    heads = SeeingHeads(model, config)
     trainable = [p for n, p in model.named_parameters() if not n.startswith("text_model.")]
-    trainable += list(aux_head.parameters())
+    trainable += list(heads.parameters())
     result.parameters = {
         "vision_model": sum(p.numel() for p in model.vision_model.parameters()),
         "projections": model.visual_projection.weight.numel()
         + model.text_projection.weight.numel(),
         "text_model (frozen, not saved)": sum(p.numel() for p in model.text_model.parameters()),
     }
-    text_projection = model.text_projection.weight
-    decay = [p for p in trainable if p.dim() >= 2 and p is not text_projection]
-    no_decay = [p for p in trainable if p.dim() < 2]
     optimizer = torch.optim.AdamW(
         [
-            {"params": decay, "weight_decay": config.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-            {
-                "params": [text_projection],
-                "weight_decay": config.weight_decay,
-                "lr": config.learning_rate * config.text_projection_lr_scale,
-            },
+            {"params": [p for p in trainable if p.dim() >= 2],
+             "weight_decay": config.weight_decay},
+            {"params": [p for p in trainable if p.dim() < 2], "weight_decay": 0.0},
         ],
         lr=config.learning_rate,
     )
-    n = len(pixels)
+    n = len(data.pixels)
     steps_per_epoch = max(1, n // config.batch_size)
     total = steps_per_epoch * config.epochs
     warmup = max(1, int(config.warmup_fraction * total))
+    seeing_steps = int(config.see_fraction * total)
 
     def lr_at(step: int) -> float:
         if step < warmup:
@@ -485,11 +382,15 @@ def train(
         return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
-    accept = torch.from_numpy(accept_np)
+    accept = torch.from_numpy(data.accept)
     counted = judged_all.float().sum(0).clamp(min=1)
     share = ((accept & judged_all).float().sum(0) / counted).clamp(0.02, 0.98)
     # inverse-frequency weights: balanced accuracy is what counts
     class_weights = torch.stack([0.5 / share, 0.5 / (1 - share)], dim=1)
+    separation = (config.separation_weight, config.separation_target)
+
+    def project(idx: torch.Tensor) -> torch.Tensor:
+        return F.normalize(model.text_projection(caption_embeddings[idx]), dim=-1)
 
     model.train()
     model.text_model.eval()
@@ -501,41 +402,55 @@ def train(
         epoch_losses = []
         for b in range(steps_per_epoch):
             index = order[b * config.batch_size : (b + 1) * config.batch_size]
-            x = to_pixel_values(pixels[index.numpy()], processor)
+            x = to_pixel_values(data.pixels[index.numpy()], processor)
+            target_cells = cells[index]
             if config.flip:
                 mirror = torch.rand(len(index), generator=generator) < 0.5
                 x[mirror] = x[mirror].flip(-1)
-            y = accept[index]
-            pooled = model.vision_model(pixel_values=x).pooler_output
+                target_cells[mirror] = target_cells[mirror].flip(-1)
+            y, judged = accept[index], judged_all[index]
+            vision = model.vision_model(pixel_values=x, output_hidden_states=True)
+            pooled = vision.pooler_output
+            aux = heads.quantities(pooled)
+            loss_see = config.aux_weight * (
+                aux_loss(aux[:, :AUX_OUTPUTS], targets[index], measured[index])
+                + config.label_weight * label_loss(aux[:, AUX_OUTPUTS:], y, judged)
+            ) + config.phase_weight * phase_loss(
+                heads.phases(vision.hidden_states[heads.tap]), target_cells,
+                weights_of_phases, POROSITY, config.pore_weight,
+            )
             z = F.normalize(model.visual_projection(pooled), dim=-1)
-            projected = F.normalize(model.text_projection(caption_embeddings), dim=-1)
             scale = model.logit_scale.exp().clamp(max=100.0)
-            judged = judged_all[index]
             handfuls = sampler.draw(config.draws)
-            loss_t = text_loss(z, projected, handfuls, y, judged, scale, class_weights)
-            loss_i = image_loss(z, y, judged, scale, class_weights, config.draws, generator)
-            loss_q = aux_loss(aux_head(pooled), targets[index], measured[index])
-            loss = loss_t + config.image_loss_weight * loss_i + config.aux_weight * loss_q
+            if step < seeing_steps:
+                loss_t = loss_i = z.sum() * 0.0
+            else:
+                loss_t = text_loss(z, project, handfuls, y, judged, scale, class_weights,
+                                   separation)
+                loss_i = image_loss(z, y, judged, scale, class_weights, config.draws,
+                                    generator, separation)
+            loss = loss_t + config.image_loss_weight * loss_i + loss_see
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(trainable, 1.0)
             optimizer.step()
             scheduler.step()
+            if step >= seeing_steps and len(first) < 5:  # the full objective's starting point
+                first.append(float(loss.detach()))
             step += 1
             epoch_losses.append(float(loss.detach()))
-            if step <= 5:
-                first.append(float(loss.detach()))
             if step % 20 == 0 or step == total:
                 elapsed = time.monotonic() - train_start
-                parts = [float(x.detach()) for x in (loss, loss_t, loss_i, loss_q, scale)]
+                parts = [float(v.detach()) for v in (loss, loss_t, loss_i, loss_see, scale)]
                 log(
                     f"epoch {epoch + 1}/{config.epochs} step {step}/{total} loss {parts[0]:.4f} "
-                    f"(text {parts[1]:.4f}, image {parts[2]:.4f}, quantities {parts[3]:.4f}, "
+                    f"(text {parts[1]:.4f}, image {parts[2]:.4f}, seeing {parts[3]:.4f}, "
                     f"scale {parts[4]:.1f}) {elapsed / step:.2f} s/step, "
                     f"{elapsed / step * (total - step) / 60:.1f} min left"
                 )
         result.losses.append(float(np.mean(epoch_losses)))
     result.first_loss = float(np.mean(first)) if first else float("nan")
+    recalibrate_batch_norm(model.vision_model, data.pixels, processor, generator)
     result.seconds["training"] = time.monotonic() - train_start
 
     save(model, processor, partial)
@@ -554,6 +469,42 @@ def train(
     partial.rename(outdir)
     log(f"wrote {outdir}")
     return result
+
+
+def _subsample(captions: list, per_group: int) -> list:
+    """The first per_group captions of every (assessment, polarity, register) group."""
+    kept, counts = [], {}
+    for caption in captions:
+        group = (caption.assessment, caption.polarity, caption.colour, caption.plain)
+        if counts.get(group, 0) < per_group:
+            kept.append(caption)
+            counts[group] = counts.get(group, 0) + 1
+    return kept
+
+
+@torch.no_grad()
+def recalibrate_batch_norm(
+    vision: torch.nn.Module, pixels: np.ndarray, processor: ViTImageProcessorPil,
+    generator: torch.Generator, images: int = 2048, batch: int = 64,
+) -> None:
+    """Population statistics in every BatchNorm layer, averaged over training images.
+
+    transformers' MobileNetV1 keeps TensorFlow's momentum (0.9997) in torch's sense, so its
+    running statistics are those of the last batch alone; a cumulative average over a couple
+    of thousand images is what inference should normalise with.
+    """
+    norms = [m for m in vision.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # cumulative moving average
+    vision.train()
+    order = torch.randperm(len(pixels), generator=generator)[:images].numpy()
+    for start in range(0, len(order), batch):
+        vision(pixel_values=to_pixel_values(pixels[order[start : start + batch]], processor))
+    for norm, momentum in zip(norms, momenta, strict=True):
+        norm.momentum = momentum
+    vision.eval()
 
 
 def save(

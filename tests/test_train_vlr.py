@@ -14,22 +14,23 @@ from cli.app import app
 from engine import dual
 from engine.captions import (
     ASSESSMENTS,
-    DEVELOPMENT_PARAPHRASES,
     POLARITIES,
-    ROBUSTNESS_PROMPTS,
     caption_bank,
+    is_plain,
     names_a_colour,
     normalise,
 )
 from engine.encoders import DualEncoder, load_encoder
-from engine.synth import BeadSpec, paint, render_bead, render_resized
+from engine.metrology import BACKGROUND, BEAD, CARBIDE, PHASES, POROSITY
+from engine.paraphrases import HELD_OUT, PARAPHRASES
+from engine.synth import BeadSpec, paint, phase_cells, render_bead, render_resized
 from engine.train_vlr import TrainConfig, make_processor, to_pixel_values, train
 from kb.config import DEFAULT_LEGEND, ModelSpec
 from kb.errors import VLKBError
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# A ViT small enough to train in seconds: 4x4 patches of 80x60 maps.
+# A tower small enough to train in seconds: MobileNetV1 at its narrowest on 80x60 maps.
 TINY = TrainConfig(
     seed=3,
     n_images=24,
@@ -38,11 +39,9 @@ TINY = TrainConfig(
     learning_rate=3e-3,
     image_height=60,
     image_width=80,
-    patch_size=20,
-    hidden_size=32,
-    layers=1,
-    heads=2,
+    depth_multiplier=0.25,
     projection_dim=16,
+    see_fraction=0.25,
     draws=2,
     workers=1,
     captions_per_group=3,
@@ -58,20 +57,40 @@ def _workspace_prompts() -> set[str]:
     return prompts
 
 
-def _robustness_prompts() -> list[str]:
-    sets = (ROBUSTNESS_PROMPTS, DEVELOPMENT_PARAPHRASES)
-    return [t for s in sets for key in s.values() for p in POLARITIES for t in key[p]]
+def _paraphrases() -> list[str]:
+    return [t for prompts in PARAPHRASES.values() for key in prompts.values()
+            for p in POLARITIES for t in key[p]]
 
 
 def test_caption_bank_covers_every_assessment_polarity_and_register() -> None:
     bank = caption_bank()
-    assert len(bank) >= 2000
+    assert len(bank) >= 6000
     assert len({normalise(c.text) for c in bank}) == len(bank)
+    assert [c.text for c in bank] == [c.text for c in caption_bank()]  # the same every call
     for key in ASSESSMENTS:
         for polarity in POLARITIES:
             group = [c for c in bank if c.assessment == key and c.polarity == polarity]
-            assert sum(c.colour for c in group) >= 40 and sum(not c.colour for c in group) >= 100
+            assert sum(c.colour for c in group) >= 40, (key, polarity)
+            assert sum(c.plain for c in group) >= 60, (key, polarity)
+            assert sum(not c.colour and not c.plain for c in group) >= 100, (key, polarity)
             assert all(names_a_colour(c.text) == c.colour for c in group)
+
+
+def test_quantifiers_are_on_both_polarities() -> None:
+    """No generic word decides a polarity: 'hardly any' accepts and rejects within EA-4."""
+    bank = caption_bank()
+    for key, word in (("EA-4", "hardly any"), ("EA-1", "hardly any"), ("EA-5", "few"),
+                      ("EA-3", "a lot of"), ("EA-2", "deep"), ("EA-6", "most")):
+        polarities = {c.polarity for c in bank if c.assessment == key and f" {word} " in
+                      f" {normalise(c.text)} "}
+        assert polarities == set(POLARITIES), (key, word, polarities)
+
+
+def test_plain_and_colour_registers_are_told_apart() -> None:
+    assert is_plain("the added metal sits on top of the plate")
+    assert not is_plain("low dilution into the substrate")
+    assert not is_plain("a green bead")  # colour words are a register of their own
+    assert names_a_colour("dark blue spots in the bead") and not names_a_colour("a reddish")
 
 
 def test_captions_never_contain_the_prompts_they_are_judged_with() -> None:
@@ -79,22 +98,19 @@ def test_captions_never_contain_the_prompts_they_are_judged_with() -> None:
     shipped = _workspace_prompts()
     assert len(shipped) >= 30
     assert not captions & shipped
-    robust = {normalise(t) for t in _robustness_prompts()}
-    assert len(robust) == 2 * 4 * len(ASSESSMENTS)
-    assert not captions & robust
-    assert not robust & shipped
+    paraphrased = {normalise(t) for t in _paraphrases()}
+    assert len(paraphrased) == len(_paraphrases()) >= 3 * 2 * 2 * len(ASSESSMENTS)
+    assert not captions & paraphrased
+    assert not paraphrased & shipped
 
 
-def test_held_out_paraphrases_use_words_no_caption_uses() -> None:
-    words = " ".join(normalise(c.text) for c in caption_bank())
-    for phrase in ("filler", "hard bits", "air pocket", "torch"):
-        assert phrase in " ".join(t for k in ROBUSTNESS_PROMPTS.values() for p in k.values()
-                                  for t in p)
-        assert phrase not in words, phrase
-
-
-def test_robustness_prompts_are_plain_and_colour_free() -> None:
-    for text in _robustness_prompts():
+def test_paraphrase_sets_are_plain_colour_free_and_complete() -> None:
+    assert HELD_OUT in PARAPHRASES
+    for name, prompts in PARAPHRASES.items():
+        assert set(prompts) == set(ASSESSMENTS), name
+        for key in ASSESSMENTS:
+            assert all(prompts[key][p] for p in POLARITIES), (name, key)
+    for text in _paraphrases():
         assert not names_a_colour(text), text
         assert "dark" not in text and "haz" not in text.lower()
 
@@ -106,12 +122,31 @@ def test_training_preprocessing_is_the_encoders() -> None:
     spec = BeadSpec(porosity=0.04, max_pore_um=200.0, distribution="clustered")
     image = paint(render_bead(spec, 10.0, seed=5), DEFAULT_LEGEND)
     size = (config.image_height, config.image_width)
-    resized, labels, quantities = render_resized(spec, 5, size, int(processor.resample))
+    resized, labels, quantities, cells = render_resized(spec, 5, size, int(processor.resample))
+    assert cells is None
     raw = processor(images=[image], return_tensors="pt", do_rescale=False, do_normalize=False)
     np.testing.assert_array_equal(resized, raw["pixel_values"][0].numpy())  # the same pixels
     expected = processor(images=[image], return_tensors="pt")["pixel_values"].numpy()
     np.testing.assert_allclose(to_pixel_values(resized[None], processor), expected, atol=1e-6)
     assert labels["EA-4"] == "reject" and quantities["max_pore_diameter_um"] > 150
+
+
+def test_phase_cells_are_each_phases_share_of_a_grid_cell() -> None:
+    """A 4x6 map on a 2x3 grid, shares counted by hand."""
+    labels = np.zeros((4, 6), dtype=np.uint8)  # background
+    labels[0, 0] = POROSITY  # top-left cell: 1 pore pixel of 4
+    labels[2:, 4:] = BEAD  # bottom-right cell: all bead
+    labels[3, 2] = CARBIDE  # bottom-middle cell: 1 carbide pixel of 4
+    cells = phase_cells(labels, (2, 3))
+    assert cells.shape == (len(PHASES), 2, 3)
+    np.testing.assert_allclose(cells.sum(axis=0), 1.0)
+    assert cells[POROSITY, 0, 0] == 0.25 and cells[BACKGROUND, 0, 0] == 0.75
+    assert cells[BEAD, 1, 2] == 1.0 and cells[CARBIDE, 1, 1] == 0.25
+    assert cells[POROSITY].sum() == 0.25 and cells[BACKGROUND, 0, 1] == 1.0
+    spec = BeadSpec(porosity=0.04)
+    sample = render_resized(spec, 5, (60, 80), int(make_processor(TINY).resample), grid=(8, 10))
+    assert sample.cells.shape == (len(PHASES), 8, 10)
+    assert 0 < sample.cells[POROSITY].mean() < 0.1
 
 
 @pytest.fixture(scope="module")
@@ -128,8 +163,8 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory):
 def test_short_training_run_lowers_the_loss(tiny_run) -> None:
     _, result, lines = tiny_run
     assert len(result.losses) == TINY.epochs
+    # the first epochs only learn to see; the last epoch's full objective is compared with its start
     assert result.losses[-1] < result.first_loss - 0.02, (result.first_loss, result.losses)
-    assert result.losses[-1] < result.losses[0]
     assert any("generated 24 micrographs" in line for line in lines)
 
 
@@ -148,7 +183,7 @@ def test_training_writes_a_loadable_checkpoint_and_card(tiny_run) -> None:
     evaluation = record["evaluation"]
     assert evaluation["images"] == 12 and evaluation["seed"] == 11
     assert set(evaluation["shipped"]) == set(ASSESSMENTS)
-    assert set(evaluation["paraphrased"]) == {"robust", "development"}
+    assert set(evaluation["paraphrased"]) == set(PARAPHRASES)
     card = (outdir / "MODEL_CARD.md").read_text()
     assert "pytest tiny run" in card and "| EA-1 |" in card and "seed: 3" in card
     assert "kb synth --n 12 --seed 11" in card
