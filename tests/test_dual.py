@@ -17,8 +17,9 @@ import torch
 from transformers import BertModel
 
 from engine import dual
-from engine.captions import ASSESSMENTS, ROBUSTNESS_PROMPTS
+from engine.captions import ASSESSMENTS
 from engine.encoders import DualEncoder, load_encoder, model_fingerprint, offline_status
+from engine.paraphrases import HELD_OUT, PARAPHRASES
 from engine.synth import BeadSpec, paint, render_bead
 from engine.vlr_eval import (
     HYBRID_TARGET,
@@ -204,12 +205,12 @@ def test_checksums_file_is_sha256sum_format() -> None:
 # --- what the model is for --------------------------------------------------------------------
 
 
-# The model card's figures (`kb evaluate` on 200 fresh images), checked on a smaller fresh set
-# with a seed used neither in training nor for the card: the card must not promise more than the
-# committed model delivers. Balanced accuracy on ~60 images moves by a few hundredths from
-# sampling alone, hence the slack. Whether the figures meet the issue's targets (hybrid >= 0.90,
-# paraphrase gap within 0.05) is the card's own "Targets" line, checked against the record below.
-SMALL_SET_SLACK = 0.05
+# The issue's two claims, checked on a small fresh set with a seed used neither in training nor
+# for the card (200 images, seed CARD_SEED): hybrid balanced accuracy of at least 0.90 on every
+# assessment, and the held-out plain-word prompts' text balanced accuracy within 0.05 of the
+# shipped prompts'. The seed was fixed before the committed model was first evaluated on it.
+SMALL_SET_SEED = 90210
+SMALL_SET_IMAGES = 80
 
 
 @pytest.fixture(scope="module")
@@ -221,31 +222,29 @@ def card_evaluation() -> ModelEvaluation:
 @pytest.fixture(scope="module")
 def small_evaluation(tmp_path_factory: pytest.TempPathFactory) -> ModelEvaluation:
     return evaluate_model(
-        MODEL_DIR, RULES, tmp_path_factory.mktemp("evaluate"), n=60, seed=90210,
-        paraphrase_sets={"robust": ROBUSTNESS_PROMPTS},
+        MODEL_DIR, RULES, tmp_path_factory.mktemp("evaluate"), n=SMALL_SET_IMAGES,
+        seed=SMALL_SET_SEED, paraphrase_sets={HELD_OUT: PARAPHRASES[HELD_OUT]},
     )
 
 
-def test_hybrid_verdicts_on_a_fresh_set_hold_up_to_the_model_card(
+def test_hybrid_verdicts_agree_with_the_labels_of_a_fresh_set(
     small_evaluation: ModelEvaluation, card_evaluation: ModelEvaluation
 ) -> None:
-    assert card_evaluation.seed not in (0, small_evaluation.seed)
+    assert SMALL_SET_SEED not in (0, card_evaluation.seed)
     assert set(small_evaluation.shipped) == set(ASSESSMENTS)
     for key in ASSESSMENTS:
         hybrid = small_evaluation.balanced_accuracy(key, "hybrid")
-        claimed = card_evaluation.balanced_accuracy(key, "hybrid")
-        assert hybrid is not None and hybrid >= claimed - SMALL_SET_SLACK, (key, hybrid, claimed)
+        assert hybrid is not None and hybrid >= HYBRID_TARGET, (key, hybrid)
         review = small_evaluation.shipped[key]["hybrid"]["review_rate"]
         assert review <= 0.25, (key, review)
 
 
-def test_unseen_plain_word_prompts_hold_up_to_the_model_card(
-    small_evaluation: ModelEvaluation, card_evaluation: ModelEvaluation
+def test_held_out_plain_word_prompts_stay_within_the_tolerance(
+    small_evaluation: ModelEvaluation,
 ) -> None:
     for key in ASSESSMENTS:
-        gap = small_evaluation.paraphrase_gap(key, "robust")
-        claimed = card_evaluation.paraphrase_gap(key, "robust")
-        assert gap is not None and gap >= claimed - SMALL_SET_SLACK, (key, gap, claimed)
+        gap = small_evaluation.paraphrase_gap(key, HELD_OUT)
+        assert gap is not None and gap >= -ROBUSTNESS_TOLERANCE, (key, gap)
 
 
 def test_model_card_states_every_missed_target(card_evaluation: ModelEvaluation) -> None:
