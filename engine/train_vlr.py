@@ -62,6 +62,7 @@ from kb.errors import VLKBError
 
 Log = Callable[[str], None]
 
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that shapes the trained weights; written to training.json and the card."""
@@ -137,9 +138,9 @@ def _render(job: tuple) -> TrainingSample:
 
 def generate(config: TrainConfig, processor: ViTImageProcessorPil, log: Log) -> TrainingData:
     """Render the training set in worker processes (numpy, scipy and PIL only)."""
-    size = (config.image_height, config.image_width)
+    size, grid = (config.image_height, config.image_width), grid_of(config)
     jobs = [
-        (spec, config.seed * 100_003 + index, size, int(processor.resample), grid_of(config))
+        (spec, config.seed * 100_003 + index, size, int(processor.resample), grid)
         for index, spec in enumerate(sample_specs(config.n_images, config.seed))
     ]
     n = len(jobs)
@@ -147,7 +148,7 @@ def generate(config: TrainConfig, processor: ViTImageProcessorPil, log: Log) -> 
         pixels=np.empty((n, 3, *size), dtype=np.uint8),
         accept=np.empty((n, len(ASSESSMENTS)), dtype=bool),
         quantities=np.empty((n, len(AUX_QUANTITIES)), dtype=np.float64),
-        cells=np.empty((n, len(PHASES), *grid_of(config)), dtype=np.float32),
+        cells=np.empty((n, len(PHASES), *grid), dtype=np.float32),
     )
 
     def store(index: int, sample: TrainingSample) -> None:  # filled in place: one copy in memory
@@ -340,8 +341,8 @@ def train(
     data = generate(config, processor, log)
     targets, measured = aux_targets(data.quantities)
     judged_all = torch.from_numpy(judged_mask(data.quantities))
-    cells = torch.from_numpy(data.cells).float()
-    weights_of_phases = phase_weights(cells, len(PHASES))
+    cells = torch.from_numpy(data.cells)
+    weights_of_phases = phase_weights(cells)
     result.seconds["data"] = time.monotonic() - started
 
     tower = dual.load_text_tower()

@@ -201,24 +201,24 @@ def image_loss(
 # --- learning to see --------------------------------------------------------------------------
 
 
-def phase_weights(cells: torch.Tensor, phases: int) -> torch.Tensor:
+def phase_weights(cells: torch.Tensor) -> torch.Tensor:
     """(1, phases, 1, 1) inverse-frequency weights of the phases over a training set's cells,
     scaled to mean 1: a pore cell counts as much as a background one."""
-    share = cells[:, :phases].mean(dim=(0, 2, 3)).clamp(min=1e-4)
+    share = cells.mean(dim=(0, 2, 3)).clamp(min=1e-4)
     weights = 1.0 / share
-    return (weights / weights.mean()).view(1, phases, 1, 1)
+    return (weights / weights.mean()).view(1, -1, 1, 1)
 
 
 def phase_loss(
     predicted: torch.Tensor, cells: torch.Tensor, weights: torch.Tensor, pore_index: int,
     pore_weight: float,
 ) -> torch.Tensor:
-    """Weighted soft cross-entropy of the predicted phase shares per cell (the first
-    `phases` channels), plus pore_weight x the squared error of the pore share alone (the
-    last channel, in tenths of a cell)."""
-    phases = weights.shape[1]
+    """Weighted soft cross-entropy of the predicted phase shares per cell (one channel per
+    phase of `cells`), plus pore_weight x the squared error of the pore share alone (one
+    more predicted channel, in tenths of a cell)."""
+    phases = cells.shape[1]
     log_shares = F.log_softmax(predicted[:, :phases], dim=1)
-    cross_entropy = -(cells[:, :phases] * log_shares * weights).sum(dim=1).mean()
+    cross_entropy = -(cells * log_shares * weights).sum(dim=1).mean()
     pores = F.mse_loss(predicted[:, phases], cells[:, pore_index] * 10.0)
     return cross_entropy + pore_weight * pores
 

@@ -44,13 +44,13 @@ def test_phase_weights_are_inverse_shares_scaled_to_mean_one() -> None:
     cells[0, 0] = 0.75  # shares over the set: 0.75, 0.2, 0.05
     cells[0, 1] = 0.2
     cells[0, 2] = 0.05
-    weights = phase_weights(cells, 3).flatten()
+    weights = phase_weights(cells).flatten()
     inverse = torch.tensor([1 / 0.75, 1 / 0.2, 1 / 0.05])
     torch.testing.assert_close(weights, inverse / inverse.mean())
 
 
 def test_phase_loss_is_weighted_soft_cross_entropy_plus_the_pore_error() -> None:
-    cells = torch.tensor([0.5, 0.5, 0.1]).view(1, 3, 1, 1)  # two phases; channel 1 is pores
+    cells = torch.tensor([0.5, 0.5]).view(1, 2, 1, 1)  # two phases; phase 1 is pores
     weights = torch.tensor([1.0, 3.0]).view(1, 2, 1, 1)
     predicted = torch.tensor([0.0, 0.0, 2.0]).view(1, 3, 1, 1)  # even shares; pore map 2.0
     # soft cross-entropy: -(0.5 * 1 * log .5 + 0.5 * 3 * log .5); pores: (2.0 - 10 * 0.5)^2
