@@ -263,7 +263,7 @@ def child_article(args: argparse.Namespace) -> dict:
 
 
 def child_vlkb(args: argparse.Namespace) -> dict:
-    from engine.models import ModelSet
+    from engine.encoders.roles import ModelSet
     from engine.qualify import QualifyOptions, qualify_paths
     from kb.config import Workspace
     from kb.store import KnowledgeBase
@@ -400,7 +400,7 @@ def bind_models(kb_toml: str, clip_dir: Path, flava_dir: Path) -> str:
 
 def prepare(tmp: Path, generated: int, clip_dir: Path, flava_dir: Path) -> tuple[Path, list[Path]]:
     """A workspace copied from the repo root, bound to the models; the images to qualify."""
-    from engine.synth import write_dataset
+    from engine.metrology.synthetic import write_dataset
 
     workspace = tmp / "ws-synced"
     workspace.mkdir()

@@ -18,8 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from engine.measure import measure_paths
-from engine.synth import write_dataset
+from engine.metrology.measure import measure_paths
+from engine.metrology.synthetic import write_dataset
 from kb.config import Workspace
 from kb.init import config_text
 

@@ -24,7 +24,8 @@ allocations at 25 % and at 100 % of the stored results (and after the call), and
 top lines: where the growth is held (tracemalloc sees Python and numpy allocations, not PIL's
 or torch's own buffers).
 
-Images: engine.synth phase maps (640 x 480 PNG, as the example micrographs) by default;
+Images: engine.metrology.synthetic phase maps (640 x 480 PNG, as the example micrographs) by
+default;
 `--small` writes 96 x 96 crops of them instead (faster to make, but a decoded image then weighs
 27 KB instead of 900 KB, so growth that scales with decoded images looks 33x smaller).
 """
@@ -175,7 +176,7 @@ def slope_per_1000(points: list[tuple[int, float]]) -> float | None:
 
 
 def child(args: argparse.Namespace) -> dict:
-    from engine.models import ModelSet
+    from engine.encoders.roles import ModelSet
     from engine.qualify import QualifyOptions, qualify_paths
     from kb.config import Workspace
 
@@ -262,7 +263,7 @@ def _tracemalloc_report(snapshots: dict) -> dict:
 def make_images(directory: Path, n: int, small: bool) -> list[Path]:
     from PIL import Image
 
-    from engine.synth import write_dataset
+    from engine.metrology.synthetic import write_dataset
 
     paths = write_dataset(directory / "full", n=n, seed=11)
     if not small:

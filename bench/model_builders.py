@@ -7,7 +7,7 @@ encoder). Random weights cost the same FLOPs and memory as the trained ones, but
 embeddings mean nothing, so these checkpoints serve timing and memory figures, never verdicts.
 
 Each checkpoint is written with `save_pretrained` next to a tokenizer and an image processor,
-the layout `engine.encoders.load_encoder` reads, and built once per models folder (a marker
+the layout `engine.encoders.backends.load_encoder` reads, and built once per models folder (a marker
 file records what was built).
 
     .venv/bin/python bench/model_builders.py [--models-dir DIR]

@@ -382,8 +382,8 @@ def measure(
 ) -> None:
     """Metrology quantities (areas, heights, fractions, pores, carbides) of phase maps."""
     from engine.inputs import expand_inputs
-    from engine.measure import measure_paths
-    from engine.metrology import QUANTITIES
+    from engine.metrology.measure import measure_paths
+    from engine.metrology.quantities import QUANTITIES
 
     _check_pixel_size(um_per_px)
     paths, unmatched = expand_inputs(images)
@@ -436,7 +436,7 @@ def synth(
     json_output: JsonOption = False,
 ) -> None:
     """Generate colour-segmented DED bead cross-sections with ground truth and expert labels."""
-    from engine.synth import Degradation, write_dataset
+    from engine.metrology.synthetic import Degradation, write_dataset
 
     _check_pixel_size(um_per_px)
     legend = _legend_or_default(workspace)
@@ -474,7 +474,7 @@ def evaluate(
     json_output: JsonOption = False,
 ) -> None:
     """Qualify a labelled folder and measure agreement per assessment and kind of evidence."""
-    from engine.evaluate import evaluate_folder
+    from engine.evaluation.folder import evaluate_folder
     from engine.qualify import QualifyOptions
     from reports.evaluation import write_evaluation
 
@@ -614,7 +614,7 @@ def _check_pixel_size(um_per_px: float | None) -> None:
 @reports_errors
 def models(workspace: WorkspaceOption = None, json_output: JsonOption = False) -> None:
     """Configured models, where their weights come from and whether they load offline."""
-    from engine.catalog import model_statuses
+    from engine.encoders.catalog import model_statuses
 
     statuses = model_statuses(Workspace.open(workspace))
     if json_output:
@@ -733,7 +733,7 @@ def report(
     json_output: JsonOption = False,
 ) -> None:
     """Re-render a stored qualification's HTML report (with its feedback); nothing is recomputed."""
-    from engine.reporting import write_stored_report
+    from engine.report_files import write_stored_report
 
     path = write_stored_report(Workspace.open(workspace), qualification_id)
     if json_output:
@@ -869,8 +869,8 @@ def train_vlr(
 
     The model card evaluates it with the workspace's prompts and references, if there is one.
     """
-    from engine.train_vlr import TrainConfig, train
-    from engine.vlr_eval import CARD_SEED
+    from engine.training.card_evaluation import CARD_SEED
+    from engine.training.train import TrainConfig, train
     from kb.errors import WorkspaceError
 
     defaults = TrainConfig()

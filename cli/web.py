@@ -40,11 +40,11 @@ from cli.web_uploads import (
     human_bytes,
     receive_uploads,
 )
-from engine.catalog import ModelStatus, model_statuses
+from engine.encoders.catalog import ModelStatus, model_statuses
+from engine.encoders.roles import ModelSet
 from engine.history import VERDICTS, add_feedback, list_qualifications, load_qualification
-from engine.models import ModelSet
 from engine.qualify import NORMALIZATIONS, DecisionOverride, QualifyOptions, qualify_paths
-from engine.reporting import render_stored_report
+from engine.report_files import render_stored_report
 from engine.sync import compile_workspace
 from engine.tree import tree_document
 from kb.config import ROLES, Workspace

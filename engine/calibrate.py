@@ -18,13 +18,13 @@ from pathlib import Path
 import numpy as np
 from sqlmodel import Session, col, select
 
+from engine.encoders.roles import ModelSet
+from engine.evaluation.labels import read_labels
+from engine.evaluation.metrics import balanced_accuracy_at, best_threshold
 from engine.evidence import chunk_evidence, plan_roles, stored_normalization
-from engine.images import Sample, load_sample
 from engine.inputs import image_files
-from engine.labels import read_labels
-from engine.metrics import balanced_accuracy_at, best_threshold
-from engine.models import ModelSet
 from engine.results import SampleFailure
+from engine.samples import Sample, load_sample
 from engine.scoring import Normalization, fuse, population_stats, zscore
 from engine.sync import current_ruleset, prepare_embeddings
 from kb.config import Workspace

@@ -12,10 +12,10 @@ import numpy as np
 from PIL import Image
 from sqlmodel import Session, col, select
 
-from engine.embedding import embed_images, embed_prompts
-from engine.encoders import Encoder
-from engine.images import Sample
-from engine.models import ModelSet
+from engine.encoders.backends import Encoder
+from engine.encoders.cache import embed_images, embed_prompts
+from engine.encoders.roles import ModelSet
+from engine.samples import Sample
 from engine.scoring import (
     Normalization,
     leave_one_out_deltas,

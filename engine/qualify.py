@@ -20,11 +20,10 @@ from sqlmodel import Session, select
 
 from engine.assess import judge_assessment, measurement_evidence
 from engine.calibrate import calibrated_thresholds, latest_calibration, with_threshold
+from engine.encoders.roles import ModelSet
 from engine.evidence import RoleEvidence, RolePlan, chunk_evidence, plan_roles
-from engine.images import Sample, load_sample
-from engine.metrology import QUANTITIES, NotASegmentationMap, measure_image
-from engine.models import ModelSet
-from engine.reporting import output_dir, write_run_reports
+from engine.metrology.quantities import QUANTITIES, NotASegmentationMap, measure_image
+from engine.report_files import output_dir, write_run_reports
 from engine.results import (
     ItemSimilarity,
     NodeResult,
@@ -32,13 +31,14 @@ from engine.results import (
     SampleFailure,
     VLREvidence,
 )
+from engine.samples import Sample, load_sample
 from engine.scoring import population_stats, zscore
 from engine.sync import current_ruleset, prepare_embeddings
 from engine.tree import walk
 from kb.audit import NodeRecord, append_qualification, os_user
 from kb.config import ROLES, Workspace
 from kb.errors import VLKBError
-from kb.images import store_image
+from kb.image_store import store_image
 from kb.rules import FUSIONS, Assessment, Decision, Ruleset
 from kb.rulesets import software_version
 from kb.store import KnowledgeBase

@@ -1,6 +1,6 @@
 """Plain result objects of a qualification; reports and the CLI render these, nothing else.
 
-`to_dict` gives exactly the `kb qualify --json` shape of DESIGN.md.
+`to_dict` gives exactly the `kb qualify --json` shape of docs/json.md.
 """
 
 from __future__ import annotations

@@ -9,9 +9,9 @@ from pathlib import Path
 
 from sqlmodel import Session
 
+from engine.encoders.roles import ModelSet
 from engine.evidence import ensure_reference_stats, evidence_set
-from engine.metrology import QUANTITIES
-from engine.models import ModelSet
+from engine.metrology.quantities import QUANTITIES
 from engine.results import ModelUse
 from kb.config import Workspace
 from kb.errors import RulesError

@@ -19,8 +19,15 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.metrology import measure_labels
-from engine.synth import BeadSpec, Degradation, encode, label_sample, paint, render_bead
+from engine.metrology.quantities import measure_labels
+from engine.metrology.synthetic import (
+    BeadSpec,
+    Degradation,
+    encode,
+    label_sample,
+    paint,
+    render_bead,
+)
 from kb.config import DEFAULT_LEGEND
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -11,7 +11,7 @@ from pathlib import Path
 from sqlmodel import Session, col, select
 
 from kb.errors import RulesError
-from kb.images import store_image_file
+from kb.image_store import store_image_file
 from kb.rules import Ruleset
 from kb.tables import AssessmentRow, PromptRow, ReferenceRow, RulesetVersion
 

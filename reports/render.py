@@ -18,7 +18,7 @@ import jinja2
 
 from reports.batch import VERDICT_ORDER, batch_view, check_relative
 from reports.filters import FILTERS
-from reports.images import REFERENCE_SIDE
+from reports.thumbnails import REFERENCE_SIDE
 from reports.view import feedback_time, qualification_view
 
 

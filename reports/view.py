@@ -15,7 +15,7 @@ from typing import Any
 
 from reports.charts import ScoreChart, score_chart
 from reports.filters import is_missing
-from reports.images import SAMPLE_SIDE, Thumbnail, Thumbnails
+from reports.thumbnails import SAMPLE_SIDE, Thumbnail, Thumbnails
 
 Record = Mapping[str, Any]
 

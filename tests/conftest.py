@@ -41,7 +41,7 @@ def tiny_dual_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def dual(tiny_dual_dir: Path):
     """The tiny dual encoder loaded through load_encoder: the `dual` member of BACKENDS."""
-    from engine.encoders import load_encoder
+    from engine.encoders.backends import load_encoder
     from kb.config import ModelSpec
 
     spec = ModelSpec(name="tiny-dual", backend="dual", source=str(tiny_dual_dir), batch_size=2)

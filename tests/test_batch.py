@@ -14,9 +14,9 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.app import app
+from engine.metrology.synthetic import write_dataset
 from engine.qualify import CHUNK, QualifyOptions, qualify_paths
 from engine.sync import sync_workspace
-from engine.synth import write_dataset
 from kb.config import Workspace
 from tests.workspaces import micrograph, new_workspace, write_carbide_assessment
 

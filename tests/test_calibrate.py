@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.app import app
-from engine.metrics import balanced_accuracy_at
+from engine.evaluation.metrics import balanced_accuracy_at
 from engine.sync import sync_workspace
 from kb.config import Workspace
 from tests.workspaces import micrograph, new_workspace, write_carbide_assessment

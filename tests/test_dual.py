@@ -16,17 +16,17 @@ import pytest
 import torch
 from transformers import BertModel
 
-from engine import dual
-from engine.captions import ASSESSMENTS
-from engine.encoders import DualEncoder, load_encoder, model_fingerprint, offline_status
-from engine.paraphrases import HELD_OUT, PARAPHRASES
-from engine.synth import BeadSpec, paint, render_bead
-from engine.vlr_eval import (
+from engine.encoders import text_tower as dual
+from engine.encoders.backends import DualEncoder, load_encoder, model_fingerprint, offline_status
+from engine.metrology.synthetic import BeadSpec, paint, render_bead
+from engine.training.captions import ASSESSMENTS
+from engine.training.card_evaluation import (
     HYBRID_TARGET,
     ROBUSTNESS_TOLERANCE,
     ModelEvaluation,
     evaluate_model,
 )
+from engine.training.paraphrases import HELD_OUT, PARAPHRASES
 from kb.config import DEFAULT_LEGEND, ModelSpec
 from kb.errors import ModelLoadError
 

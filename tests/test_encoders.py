@@ -15,7 +15,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel, FlavaModel
 
-from engine.encoders import (
+from engine.encoders.backends import (
     BACKENDS,
     ClipEncoder,
     Encoder,

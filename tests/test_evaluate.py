@@ -11,18 +11,18 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.app import app
-from engine.inputs import image_files
-from engine.labels import LabelsError, read_labels
-from engine.metrics import (
+from engine.evaluation.labels import LabelsError, read_labels
+from engine.evaluation.metrics import (
     agreement,
     auroc,
     balanced_accuracy_at,
     best_threshold,
     top_k_precision,
 )
+from engine.inputs import image_files
+from engine.metrology.synthetic import write_dataset
 from engine.scoring import decide
 from engine.sync import sync_workspace
-from engine.synth import write_dataset
 from kb.audit import get_qualification
 from kb.config import Workspace
 from kb.store import KnowledgeBase

@@ -11,12 +11,12 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from cli.app import app
-from engine.images import load_sample
-from engine.metrology import QUANTITIES, measure_image
+from engine.metrology.quantities import QUANTITIES, measure_image
+from engine.metrology.synthetic import EXAMPLE_CRITERIA, label_sample, write_dataset
 from engine.qualify import QualifyOptions, qualify_paths
 from engine.results import MeasurementEvidence, VLREvidence
+from engine.samples import load_sample
 from engine.sync import compile_workspace
-from engine.synth import EXAMPLE_CRITERIA, label_sample, write_dataset
 from kb.config import Workspace
 
 REPO = Path(__file__).resolve().parent.parent

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.images import load_sample
+from engine.samples import load_sample
 from kb.errors import ImageError
 
 

@@ -12,7 +12,7 @@ from kb import db
 from kb.audit import NodeRecord, append_qualification, verify_chain
 from kb.embeddings import cached_embeddings, store_embeddings
 from kb.errors import DatabaseError
-from kb.images import store_image
+from kb.image_store import store_image
 from kb.store import KnowledgeBase
 from kb.tables import RulesetVersion
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.metrology import (
+from engine.metrology.quantities import (
     BEAD,
     CARBIDE,
     FUSION_LINE,
@@ -22,7 +22,7 @@ from engine.metrology import (
     measure_image,
     measure_labels,
 )
-from engine.synth import (
+from engine.metrology.synthetic import (
     EXAMPLE_CRITERIA,
     Degradation,
     degrade,

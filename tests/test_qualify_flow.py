@@ -66,7 +66,7 @@ def samples(tmp_path: Path, n: int = 4) -> list[Path]:
 
 
 def features(model, tokenizer, processor, images, texts, cls: bool):
-    """Embeddings straight from transformers, written independently of engine/encoders.py."""
+    """Embeddings straight from transformers, written independently of engine/encoders/."""
 
     def first(x):
         x = x if isinstance(x, torch.Tensor) else x.pooler_output

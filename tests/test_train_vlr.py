@@ -12,8 +12,11 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.app import app
-from engine import dual
-from engine.captions import (
+from engine.encoders import text_tower as dual
+from engine.encoders.backends import DualEncoder, load_encoder
+from engine.metrology.quantities import BACKGROUND, BEAD, CARBIDE, PHASES, POROSITY
+from engine.metrology.synthetic import BeadSpec, paint, phase_cells, render_bead, render_resized
+from engine.training.captions import (
     ASSESSMENTS,
     POLARITIES,
     caption_bank,
@@ -21,11 +24,8 @@ from engine.captions import (
     names_a_colour,
     normalise,
 )
-from engine.encoders import DualEncoder, load_encoder
-from engine.metrology import BACKGROUND, BEAD, CARBIDE, PHASES, POROSITY
-from engine.paraphrases import HELD_OUT, PARAPHRASES
-from engine.synth import BeadSpec, paint, phase_cells, render_bead, render_resized
-from engine.train_vlr import TrainConfig, make_processor, to_pixel_values, train
+from engine.training.paraphrases import HELD_OUT, PARAPHRASES
+from engine.training.train import TrainConfig, make_processor, to_pixel_values, train
 from kb.config import DEFAULT_LEGEND, ModelSpec
 from kb.errors import VLKBError
 

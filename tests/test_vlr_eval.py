@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from engine.model_card import model_card
-from engine.paraphrases import HELD_OUT
-from engine.train_vlr import TrainConfig
-from engine.vlr_eval import ModelEvaluation, with_prompts
+from engine.training.card_evaluation import ModelEvaluation, with_prompts
+from engine.training.model_card import model_card
+from engine.training.paraphrases import HELD_OUT
+from engine.training.train import TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 NEW = {"positive": ["a sound part"], "negative": ["a bad part", 'a "quoted" flaw']}

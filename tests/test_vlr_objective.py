@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from engine.captions import ASSESSMENTS, POLARITIES, Caption
-from engine.vlr_objective import (
+from engine.training.captions import ASSESSMENTS, POLARITIES, Caption
+from engine.training.objective import (
     CaptionSampler,
     batch_z_loss,
     label_loss,

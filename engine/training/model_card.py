@@ -1,7 +1,7 @@
 """MODEL_CARD.md of a trained dual encoder: how it was made and how `kb evaluate` judges it.
 
 The card is rendered from the checkpoint's training.json alone, so it can be rewritten after a
-re-evaluation on another fresh set (`python -m engine.model_card OUTDIR --seed S`) without
+re-evaluation on another fresh set (`python -m engine.training.model_card OUTDIR --seed S`) without
 retraining, and a reader can trace every figure to the record.
 """
 
@@ -13,16 +13,16 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from engine import dual
-from engine.captions import CLAUSE_FRAMES, PHRASE_FRAMES
-from engine.paraphrases import HELD_OUT
-from engine.vlr_eval import (
+from engine.encoders import text_tower
+from engine.training.captions import CLAUSE_FRAMES, PHRASE_FRAMES
+from engine.training.card_evaluation import (
     CARD_SEED,
     HYBRID_TARGET,
     ROBUSTNESS_TOLERANCE,
     ModelEvaluation,
     evaluate_model,
 )
+from engine.training.paraphrases import HELD_OUT
 from kb.errors import VLKBError
 
 TITLE = "# vlkb-dual-niwc: a dual encoder for colour-segmented Ni-WC DED micrographs"
@@ -46,11 +46,11 @@ def reevaluate(outdir: Path, rules_dir: Path, n: int, seed: int) -> ModelEvaluat
     record["seconds"]["evaluation"] = round(time.monotonic() - started, 1)
     record["evaluation"] = evaluation.to_dict()
     record["evaluation_command"] = (
-        f"python -m engine.model_card OUTDIR --rules {rules_dir} --n {n} --seed {seed}"
+        f"python -m engine.training.model_card OUTDIR --rules {rules_dir} --n {n} --seed {seed}"
     )
     path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     write_model_card(outdir)
-    dual.write_checksums(outdir)
+    text_tower.write_checksums(outdir)
     return evaluation
 
 
@@ -78,7 +78,7 @@ def _introduction() -> list[str]:
         "A transformers `VisionTextDualEncoderModel`: a small MobileNetV1 image tower trained by "
         "VLKB against the frozen all-MiniLM-L6-v2 sentence encoder (locked-text tuning). Load "
         "it with VLKB's `dual` backend; the text tower is not in this folder but the pinned "
-        f"package `{dual.MINILM_L6_V2.pip_requirement}` (`text_tower.json`; the SHA-256 of "
+        f"package `{text_tower.MINILM_L6_V2.pip_requirement}` (`text_tower.json`; the SHA-256 of "
         "its weights and tokenizer files is checked on load, `SHA256SUMS` covers this "
         "folder's files)."
     ]
@@ -89,18 +89,18 @@ def _training(record: dict) -> list[str]:
     seconds = record["seconds"]
     machine = record["machine"]
     trained = sum(v for k, v in record["parameters"].items() if "frozen" not in k)
-    command = f"- command: `{record['command'] or 'engine.train_vlr.train'}`"
+    command = f"- command: `{record['command'] or 'engine.training.train.train'}`"
     if record.get("evaluation_command"):
         command += f"; evaluation: `{record['evaluation_command']}`"
     return [
         command,
         f"- seed: {c['seed']}",
-        f"- data: {c['n_images']} micrographs drawn by `engine.synth` "
+        f"- data: {c['n_images']} micrographs drawn by `engine.metrology.synthetic` "
         f"(`sample_specs({c['n_images']}, {c['seed']})`, 640x480 px at 10 um/px, default "
         "legend, PNG-exact), labelled from their ground truth with the example limits of "
         "EA-1..EA-6 (`label_sample`)",
         f"- captions: {record['captions']} sentences generated from templates "
-        "(engine/captions.py): per assessment and polarity, metallurgical, plain-word and "
+        "(engine/training/captions.py): per assessment and polarity, metallurgical, plain-word and "
         "colour-aware wording, many words per slot, quantifiers and size words on both "
         f"polarities of an assessment, in {len(PHRASE_FRAMES) + len(CLAUSE_FRAMES)} "
         "framings; none is a prompt of the example workspace or of a paraphrase set",
@@ -152,7 +152,7 @@ def _evaluation(record: dict) -> list[str]:
         "tree's verdict, measurements included. EA-5 and EA-6 count only the beads the tree "
         "judges for carbides (EA-3 not rejected). The paraphrase columns are the text role "
         "after replacing every prompt with a set of plain-word paraphrases without colour "
-        f"names (engine/paraphrases.py): `{HELD_OUT}` is the held-out check, written by a "
+        f"names (engine/training/paraphrases.py): `{HELD_OUT}` is the held-out check, written by a "
         "helper who saw only the criteria and read by the developers only after the caption "
         "banks and this model were frozen; the others are development sets, reported and not "
         "judged.",
@@ -185,10 +185,10 @@ def _limits() -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """python -m engine.model_card OUTDIR [--rules rules] [--n 200] [--seed CARD_SEED]"""
+    """python -m engine.training.model_card OUTDIR [--rules rules] [--n 200] [--seed CARD_SEED]"""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m engine.model_card")
+    parser = argparse.ArgumentParser(prog="python -m engine.training.model_card")
     parser.add_argument("outdir", type=Path, help="a checkpoint written by kb train-vlr")
     parser.add_argument("--rules", type=Path, default=Path("rules"))
     parser.add_argument("--n", type=int, default=200)

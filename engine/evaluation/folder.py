@@ -12,9 +12,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from engine.evaluation.labels import read_labels
+from engine.evaluation.metrics import agreement
 from engine.inputs import image_files
-from engine.labels import read_labels
-from engine.metrics import agreement
 from engine.qualify import QualifyOptions, qualify_paths
 from engine.results import MeasurementEvidence, NodeResult, QualificationResult, VLREvidence
 from engine.scoring import decide

@@ -6,9 +6,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.images import load_sample
-from engine.metrology import measure_image
+from engine.metrology.quantities import measure_image
 from engine.results import SampleFailure
+from engine.samples import load_sample
 from kb.config import Workspace
 from kb.errors import VLKBError
 

@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image, ImageFilter
 from scipy import ndimage
 
-from engine.metrology import (
+from engine.metrology.quantities import (
     BACKGROUND,
     BEAD,
     CARBIDE,

@@ -1,6 +1,6 @@
 """Metrology of colour-segmented DED bead cross-sections: areas, heights, fractions, pores.
 
-Every quantity is defined in DESIGN.md (the names are part of the JSON contract). The
+Every quantity is defined in docs/metrology.md (the names are part of the JSON contract). The
 pipeline is: nearest-legend-colour classification -> clean-up of what JPEG, blur and noise
 leave behind -> geometry relative to the baseline through the toes of the fusion line.
 """

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from engine.encoders import Encoder, load_encoder
+from engine.encoders.backends import Encoder, load_encoder
 from engine.results import ModelUse
 from kb.config import ROLES, ModelSpec, WorkspaceConfig
 

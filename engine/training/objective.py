@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from engine.captions import ASSESSMENTS, POLARITIES, Caption
+from engine.training.captions import ASSESSMENTS, POLARITIES, Caption
 
 Handfuls = list[list[torch.Tensor]]  # per assessment, per draw: (2, count) caption indices
 

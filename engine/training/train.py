@@ -1,8 +1,8 @@
 """Train VLKB's dual encoder: a small CNN image tower against the frozen MiniLM text tower.
 
-`kb train-vlr OUTDIR --seed S` draws N micrographs with engine.synth, labels them from their
-ground truth, and trains a MobileNetV1 image tower and both projections with the sentence
-encoder locked (locked-text tuning), in two stages (engine.vlr_objective has the losses):
+`kb train-vlr OUTDIR --seed S` draws N micrographs with engine.metrology.synthetic, labels them
+from their ground truth, and trains a MobileNetV1 image tower and both projections with the sentence
+encoder locked (locked-text tuning), in two stages (engine.training.objective has the losses):
 
 1. learning to see (the first `see_fraction` of the steps): the image tower alone learns the
    phase map of each micrograph on a 1/8-resolution grid (pores weighted up), the true
@@ -43,13 +43,18 @@ from transformers import (
     ViTImageProcessorPil,
 )
 
-from engine import dual
-from engine.captions import ASSESSMENTS, caption_bank
-from engine.metrology import PHASES, POROSITY
-from engine.model_card import evaluate_checkpoint, write_model_card
-from engine.synth import EXAMPLE_CRITERIA, TrainingSample, render_resized, sample_specs
-from engine.vlr_eval import CARD_SEED, ModelEvaluation
-from engine.vlr_objective import (
+from engine.encoders import text_tower
+from engine.metrology.quantities import PHASES, POROSITY
+from engine.metrology.synthetic import (
+    EXAMPLE_CRITERIA,
+    TrainingSample,
+    render_resized,
+    sample_specs,
+)
+from engine.training.captions import ASSESSMENTS, caption_bank
+from engine.training.card_evaluation import CARD_SEED, ModelEvaluation
+from engine.training.model_card import evaluate_checkpoint, write_model_card
+from engine.training.objective import (
     CaptionSampler,
     aux_loss,
     image_loss,
@@ -82,7 +87,7 @@ class TrainConfig:
     logit_scale_init: float = math.log(20.0)
     see_fraction: float = 0.15  # share of the steps in stage 1 (learning to see)
     image_loss_weight: float = 0.5
-    separation_weight: float = 1.0  # the d' term of engine.vlr_objective.separation_loss
+    separation_weight: float = 1.0  # the d' term of engine.training.objective.separation_loss
     separation_target: float = 6.0
     aux_weight: float = 2.0  # true quantities (and labels, times label_weight) from pooled
     label_weight: float = 1.0
@@ -269,7 +274,7 @@ def vision_config(config: TrainConfig) -> MobileNetV1Config:
     return vision
 
 
-def build_model(config: TrainConfig, tower: dual.TextTower) -> VisionTextDualEncoderModel:
+def build_model(config: TrainConfig, tower: text_tower.TextTower) -> VisionTextDualEncoderModel:
     model_config = VisionTextDualEncoderConfig.from_vision_text_configs(
         vision_config(config),
         tower.model.config,
@@ -301,7 +306,7 @@ class SeeingHeads(torch.nn.Module):
             i for i, h in enumerate(states.hidden_states) if tuple(h.shape[-2:]) == grid
         )
         channels = states.hidden_states[self.tap].shape[1]
-        # logits of the phase shares, then the pore share once more (engine.vlr_objective)
+        # logits of the phase shares, then the pore share once more (engine.training.objective)
         self.phases = torch.nn.Conv2d(channels, len(PHASES) + 1, kernel_size=1)
         pooled = model.config.vision_config.hidden_size
         self.quantities = torch.nn.Linear(pooled, AUX_OUTPUTS + len(ASSESSMENTS))
@@ -345,7 +350,7 @@ def train(
     weights_of_phases = phase_weights(cells)
     result.seconds["data"] = time.monotonic() - started
 
-    tower = dual.load_text_tower()
+    tower = text_tower.load_text_tower()
     captions = caption_bank()
     if config.captions_per_group:
         captions = _subsample(captions, config.captions_per_group)
@@ -515,11 +520,11 @@ def save(
     outdir.mkdir(parents=True, exist_ok=True)
     state = {k: v for k, v in model.state_dict().items() if not k.startswith("text_model.")}
     # not the local path of the installed package: the checkpoint is the same on every machine
-    model.config.text_config._name_or_path = dual.MINILM_L6_V2.upstream
+    model.config.text_config._name_or_path = text_tower.MINILM_L6_V2.upstream
     model.save_pretrained(outdir, state_dict=state)
     processor.save_pretrained(outdir)
-    reference = dual.reference_for(dual.MINILM_L6_V2)
-    (outdir / dual.TEXT_TOWER_FILE).write_text(json.dumps(reference, indent=2) + "\n")
+    reference = text_tower.reference_for(text_tower.MINILM_L6_V2)
+    (outdir / text_tower.TEXT_TOWER_FILE).write_text(json.dumps(reference, indent=2) + "\n")
 
 
 def write_training_record(
@@ -545,4 +550,4 @@ def write_training_record(
     }
     (outdir / "training.json").write_text(json.dumps(record, indent=2) + "\n")
     write_model_card(outdir)
-    dual.write_checksums(outdir)
+    text_tower.write_checksums(outdir)

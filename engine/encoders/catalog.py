@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine.encoders import BACKENDS, model_fingerprint, offline_status
+from engine.encoders.backends import BACKENDS, model_fingerprint, offline_status
 from kb.config import ROLES, Workspace
 
 

@@ -17,7 +17,7 @@ Two choices make the banks teach meaning rather than keywords:
   learns to separate is what the sentence says about the bead.
 
 The banks are deterministic (the same captions every run) and never contain the example
-workspace's prompts nor the paraphrase sets of engine.paraphrases that test the model.
+workspace's prompts nor the paraphrase sets of engine.training.paraphrases that test the model.
 """
 
 from __future__ import annotations

@@ -17,10 +17,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine.evaluate import evaluate_folder
-from engine.paraphrases import HELD_OUT, PARAPHRASES
+from engine.evaluation.folder import evaluate_folder
+from engine.metrology.synthetic import write_dataset
 from engine.sync import sync_workspace
-from engine.synth import write_dataset
+from engine.training.paraphrases import HELD_OUT, PARAPHRASES
 from kb.config import Workspace
 
 Prompts = Mapping[str, Mapping[str, Sequence[str]]]

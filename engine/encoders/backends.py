@@ -2,7 +2,7 @@
 
 Backends: CLIP, FLAVA and `dual`, transformers' VisionTextDualEncoderModel (any vision encoder,
 any text encoder, two projections), which also loads VLKB's own trained checkpoint: its text
-tower is not in the checkpoint but a pinned, hash-checked package (engine/dual.py).
+tower is not in the checkpoint but a pinned, hash-checked package (engine/encoders/text_tower.py).
 
 Every model is loaded by the real transformers code (`from_pretrained`) from a local directory:
 either the workspace's own folder or the Hugging Face cache snapshot of a hub id. The
@@ -36,7 +36,7 @@ from transformers import (
 )
 from transformers.utils import logging as transformers_logging
 
-from engine import dual
+from engine.encoders import text_tower
 from engine.scoring import l2_normalize
 from kb.config import ModelSpec
 from kb.errors import ModelLoadError
@@ -205,21 +205,21 @@ class DualEncoder(Encoder):
     """
 
     model_class = VisionTextDualEncoderModel
-    text_inputs = dual.TEXT_INPUTS
+    text_inputs = text_tower.TEXT_INPUTS
     embedding_weights = ("vision_model.", "visual_projection.", "text_projection.", "text_model.")
 
     def __init__(self, spec: ModelSpec, model_dir: Path) -> None:
-        self.text_tower: dual.TextTower | None = None
+        self.text_tower: text_tower.TextTower | None = None
         super().__init__(spec, model_dir)
         if self.text_tower is not None:
             self.max_text_length = min(self.max_text_length, self.text_tower.pin.max_length)
 
     def _load(self, model_dir: Path) -> tuple[PreTrainedModel, Any, Any]:
-        pin = dual.read_reference(model_dir)
+        pin = text_tower.read_reference(model_dir)
         if pin is None:
             return super()._load(model_dir)
-        tower = dual.load_text_tower(pin)  # hash check first: nothing is loaded if it fails
-        with dual.quiet_transformers():
+        tower = text_tower.load_text_tower(pin)  # hash check first: nothing is loaded if it fails
+        with text_tower.quiet_transformers():
             model, info = VisionTextDualEncoderModel.from_pretrained(
                 model_dir, dtype=torch.float32, output_loading_info=True
             )
@@ -270,7 +270,7 @@ def load_encoder(spec: ModelSpec) -> Encoder:
     if problem:
         raise _load_error(spec, *problem)
     try:
-        dual.verify_checksums(model_dir)
+        text_tower.verify_checksums(model_dir)
         return encoder_class(spec, model_dir)
     except ModelLoadError as exc:  # says itself how to fix it (e.g. reinstall the text tower)
         raise _load_error(spec, str(exc), "") from exc
@@ -364,9 +364,9 @@ def offline_status(spec: ModelSpec) -> tuple[bool, str]:
         return False, "; ".join(problem)
     try:
         # A checkpoint whose text tower is a pinned package: that package, hash-checked.
-        tower = dual.read_reference(model_dir) if spec.backend == "dual" else None
+        tower = text_tower.read_reference(model_dir) if spec.backend == "dual" else None
         if tower is not None:
-            dual.text_tower_dir(tower)
+            text_tower.text_tower_dir(tower)
     except ModelLoadError as exc:
         return False, str(exc)
     lacking = _missing_files(model_dir, tokenizer=tower is None)

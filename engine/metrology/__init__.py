@@ -1,0 +1,1 @@
+"""Metrology of colour-segmented phase maps, and the generator of labelled synthetic maps."""

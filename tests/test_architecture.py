@@ -1,0 +1,55 @@
+"""The shape of the house: which package may import which, checked on the real import graph."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RUNTIME = ("engine.qualify", "engine.sync", "engine.calibrate", "engine.evaluation.folder",
+           "engine.metrology.measure", "engine.encoders.catalog", "cli.app", "cli.web")
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every module a source file imports at any level (top, functions, type-checking)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+    return found
+
+
+def test_the_qualification_runtime_never_loads_training_code():
+    code = (
+        "import importlib, sys\n"
+        f"for name in {RUNTIME!r}: importlib.import_module(name)\n"
+        "print(sorted(m for m in sys.modules if m.startswith('engine.training')))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=ROOT, check=True)
+    assert done.stdout.strip() == "[]"
+
+
+def test_the_knowledge_base_imports_neither_engine_nor_torch():
+    for path in sorted((ROOT / "kb").rglob("*.py")):
+        bad = {m for m in imported_modules(path)
+               if m.split(".")[0] in {"engine", "cli", "reports", "torch", "transformers"}}
+        assert not bad, f"{path.relative_to(ROOT)} imports {sorted(bad)}"
+
+
+def test_the_engine_never_imports_the_cli():
+    for path in sorted((ROOT / "engine").rglob("*.py")):
+        bad = {m for m in imported_modules(path) if m.split(".")[0] == "cli"}
+        assert not bad, f"{path.relative_to(ROOT)} imports {sorted(bad)}"
+
+
+def test_only_the_cli_command_for_training_reaches_into_the_training_package():
+    for path in sorted((ROOT / "engine").rglob("*.py")):
+        if "training" in path.relative_to(ROOT).parts:
+            continue
+        bad = {m for m in imported_modules(path) if m.startswith("engine.training")}
+        assert not bad, f"{path.relative_to(ROOT)} imports {sorted(bad)}"
