@@ -435,28 +435,37 @@ def synth(
     workspace: WorkspaceOption = None,
     json_output: JsonOption = False,
 ) -> None:
-    """Generate colour-segmented DED bead cross-sections with ground truth and expert labels."""
-    from engine.metrology.synthetic import Degradation, write_dataset
+    """Generate colour-segmented DED bead cross-sections with ground truth and expert labels.
+
+    Labels follow the measurement rules of the workspace (-w, or the current folder when it is
+    one); outside a workspace only truth.csv is written.
+    """
+    from engine.metrology.synthetic import Degradation, write_workspace_dataset
 
     _check_pixel_size(um_per_px)
-    legend = _legend_or_default(workspace)
     how = Degradation(noise_sigma=noise, blur_radius=blur, jpeg_quality=jpeg)
     try:
-        paths = write_dataset(
-            outdir, n=n, seed=seed, um_per_px=um_per_px, legend=legend, degradation=how
+        paths = write_workspace_dataset(
+            outdir, n, seed, _workspace_or_none(workspace), um_per_px, how
         )
     except OSError as exc:
         raise VLKBError(f"cannot write to {outdir}: {exc.strerror or exc}") from exc
+    labels = outdir / "labels.csv"
     if json_output:
         print_json(
             {
                 "images": [str(p) for p in paths],
                 "truth": str(outdir / "truth.csv"),
-                "labels": str(outdir / "labels.csv"),
+                "labels": str(labels) if labels.is_file() else None,
             }
         )
-    else:
+    elif labels.is_file():
         out.print(f"Wrote {len(paths)} micrographs, truth.csv and labels.csv to {outdir}")
+    else:
+        out.print(
+            f"Wrote {len(paths)} micrographs and truth.csv to {outdir} (no labels.csv: no "
+            "workspace, so no measurement rules to label by; pass -w DIR)"
+        )
 
 
 @app.command()
@@ -592,14 +601,14 @@ def _decision_override(
     return DecisionOverride(fusion, parsed or None, threshold, review_margin)
 
 
-def _legend_or_default(workspace: Path | None) -> dict[str, tuple[int, int, int]]:
-    """The workspace's legend inside a workspace; the default legend outside any."""
-    from kb.config import CONFIG_FILE, DEFAULT_LEGEND
+def _workspace_or_none(workspace: Path | None) -> Workspace | None:
+    """The workspace asked for, or the current folder when it is one; None outside any."""
+    from kb.config import CONFIG_FILE
 
     outside = workspace is None and not os.environ.get("KB_WORKSPACE")
     if outside and not Path(CONFIG_FILE).is_file():
-        return dict(DEFAULT_LEGEND)
-    return Workspace.open(workspace).config.legend
+        return None
+    return Workspace.open(workspace)
 
 
 def _check_pixel_size(um_per_px: float | None) -> None:

@@ -110,8 +110,13 @@ OPERATORS = {
 }
 
 
+def meets(value: float, op: str, limit: float) -> bool:
+    """Whether a value satisfies `value op limit`, e.g. 0.018 <= 0.02."""
+    return bool(OPERATORS[op](value, limit))
+
+
 def judge_measurement(value: float, op: str, limit: float, uncertainty: float = 0.0) -> str:
     """Value against a limit; a value within the measurement's uncertainty of it goes to review."""
     if uncertainty > 0 and abs(value - limit) <= uncertainty:
         return "review"
-    return "accept" if bool(OPERATORS[op](value, limit)) else "reject"
+    return "accept" if meets(value, op, limit) else "reject"

@@ -23,12 +23,14 @@ from engine.metrology.quantities import measure_labels
 from engine.metrology.synthetic import (
     BeadSpec,
     Degradation,
+    criteria_of,
     encode,
     label_sample,
     paint,
     render_bead,
 )
 from kb.config import DEFAULT_LEGEND
+from kb.rules import compile_rules
 
 ROOT = Path(__file__).resolve().parent.parent
 UM_PER_PX = 10.0
@@ -90,7 +92,8 @@ def draw(spec: BeadSpec, seed: int, path: Path) -> dict[str, str]:
     data, _ = encode(paint(labels, DEFAULT_LEGEND), Degradation())
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
-    return label_sample(measure_labels(labels, UM_PER_PX).quantities)
+    criteria = criteria_of(compile_rules(ROOT / "rules"))
+    return label_sample(measure_labels(labels, UM_PER_PX).quantities, criteria)
 
 
 def write_references() -> None:

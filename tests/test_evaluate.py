@@ -20,9 +20,9 @@ from engine.evaluation.metrics import (
     top_k_precision,
 )
 from engine.inputs import image_files
-from engine.metrology.synthetic import write_dataset
+from engine.metrology.synthetic import criteria_of, write_dataset
 from engine.scoring import decide
-from engine.sync import sync_workspace
+from engine.sync import compile_workspace, sync_workspace
 from kb.audit import get_qualification
 from kb.config import Workspace
 from kb.store import KnowledgeBase
@@ -104,7 +104,7 @@ def test_evaluation_agrees_with_the_verdicts_stored_in_the_audit_log(
     example: Workspace, tmp_path: Path
 ) -> None:
     data = tmp_path / "set"
-    write_dataset(data, n=24, seed=31)
+    write_dataset(data, n=24, seed=31, criteria=criteria_of(compile_workspace(example)))
     out = tmp_path / "report"
     code, stdout, err = kb("evaluate", data, "--labels", data / "labels.csv", "--json",
                            "--out", out, "-w", example.root)
@@ -134,7 +134,7 @@ def test_evaluation_agrees_with_the_verdicts_stored_in_the_audit_log(
 
 
 def test_evaluate_cli_refuses_bad_labels_on_one_line(example: Workspace, tmp_path: Path) -> None:
-    write_dataset(tmp_path, n=2, seed=3)
+    write_dataset(tmp_path, n=2, seed=3, criteria=criteria_of(compile_workspace(example)))
     labels = tmp_path / "labels.csv"
     labels.write_text(labels.read_text().replace("accept", "yes", 1))
     code, out, err = kb("evaluate", tmp_path, "--labels", labels, "-w", example.root)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -12,11 +13,12 @@ from typer.testing import CliRunner
 
 from cli.app import app
 from engine.metrology.quantities import QUANTITIES, measure_image
-from engine.metrology.synthetic import EXAMPLE_CRITERIA, label_sample, write_dataset
+from engine.metrology.synthetic import criteria_of, label_sample, write_dataset
 from engine.qualify import QualifyOptions, qualify_paths
 from engine.results import MeasurementEvidence, VLREvidence
 from engine.samples import load_sample
 from engine.sync import compile_workspace
+from engine.training.example import EXAMPLE_CRITERIA
 from kb.config import Workspace
 
 REPO = Path(__file__).resolve().parent.parent
@@ -38,22 +40,23 @@ def verdicts_of(results: list) -> dict[str, dict[str, str]]:
     return {Path(r.sample_path).name: {n.key: n.verdict for n in r.nodes} for r in results}
 
 
-def test_rules_carry_the_limits_the_labels_are_made_from(example: Workspace) -> None:
-    ruleset = compile_workspace(example)
-    assert sorted(ruleset.assessments) == sorted(EXAMPLE_CRITERIA)
-    for key, limits in EXAMPLE_CRITERIA.items():
-        rules = ruleset.assessments[key].measurements
-        assert [(r.quantity, r.op, r.limit) for r in rules] == list(limits), key
+def test_the_limits_training_targets_are_those_of_the_example_rules(example: Workspace) -> None:
+    def limits(criteria):
+        return {key: [(r.quantity, r.op, r.limit, r.unit) for r in rules]
+                for key, rules in criteria.items()}
+
+    assert limits(criteria_of(compile_workspace(example))) == limits(EXAMPLE_CRITERIA)
 
 
 def test_every_reference_shows_what_its_polarity_says(example: Workspace) -> None:
     legend = example.config.legend
+    criteria = criteria_of(compile_workspace(example))
     for key, assessment in compile_workspace(example).assessments.items():
         by_polarity: dict[str, int] = {"positive": 0, "negative": 0}
         for reference in assessment.references:
             image = load_sample(example.rules_dir / reference.path).image
             measured = measure_image(image, legend, example.config.um_per_px)
-            verdict = label_sample(measured.quantities)[key]
+            verdict = label_sample(measured.quantities, criteria)[key]
             assert verdict == ("accept" if reference.polarity == "positive" else "reject"), (
                 reference.path
             )
@@ -85,7 +88,8 @@ def test_verdicts_on_a_fresh_generated_set_agree_with_its_labels(
     example: Workspace, tmp_path: Path
 ) -> None:
     """Balanced accuracy >= 0.95 per assessment on decided samples; few sent to review."""
-    paths = write_dataset(tmp_path, n=80, seed=20261125)
+    paths = write_dataset(tmp_path, n=80, seed=20261125,
+                          criteria=criteria_of(compile_workspace(example)))
     labels = read_labels(tmp_path / "labels.csv")
     outcome = qualify_paths(example, paths)
     assert not outcome.failures
@@ -136,9 +140,12 @@ def test_pixel_size_override_scales_lengths_and_areas(example: Workspace) -> Non
     assert code == 1 and "--um-per-px must be a positive number" in err
 
 
-def test_synth_command_is_deterministic_and_writes_truth_and_labels(tmp_path: Path) -> None:
+def test_synth_command_is_deterministic_and_writes_truth_and_labels(
+    example: Workspace, tmp_path: Path
+) -> None:
     for folder in ("a", "b"):
-        code, _, err = kb("synth", tmp_path / folder, "--n", 4, "--seed", 9, "--noise", 4)
+        code, _, err = kb("synth", tmp_path / folder, "--n", 4, "--seed", 9, "--noise", 4,
+                          "-w", example.root)
         assert code == 0, err
     names = sorted(p.name for p in (tmp_path / "a").iterdir())
     assert names == ["labels.csv", *(f"sample-{i:04d}.png" for i in range(4)), "truth.csv"]
@@ -155,6 +162,27 @@ def test_synth_command_is_deterministic_and_writes_truth_and_labels(tmp_path: Pa
     ).read_bytes()
     code, _, _ = kb("synth", tmp_path / "jpeg", "--n", 1, "--jpeg", 80)
     assert code == 0 and (tmp_path / "jpeg" / "sample-0000.jpg").is_file()
+
+
+def test_synth_labels_follow_the_workspace_rules_and_need_a_workspace(
+    example: Workspace, tmp_path: Path, monkeypatch
+) -> None:
+    strict = tmp_path / "strict"
+    shutil.copytree(example.root, strict, ignore=shutil.ignore_patterns("*.sqlite*"))
+    ea4 = strict / "rules" / "assessments" / "EA-4.toml"
+    ea4.write_text(ea4.read_text().replace("limit = 0.02", "limit = 0.0"))
+    for name, root in (("as-example", example.root), ("strict", strict)):
+        code, _, err = kb("synth", tmp_path / name, "--n", 12, "--seed", 3, "-w", root)
+        assert code == 0, err
+    example_labels = read_labels(tmp_path / "as-example" / "labels.csv")
+    strict_labels = read_labels(tmp_path / "strict" / "labels.csv")
+    assert any(row["EA-4"] == "accept" for row in example_labels.values())
+    assert {row["EA-4"] for row in strict_labels.values()} == {"reject"}
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("KB_WORKSPACE", raising=False)
+    code, out, err = kb("synth", tmp_path / "outside", "--n", 2, "--seed", 3)
+    assert code == 0, err
+    assert not (tmp_path / "outside" / "labels.csv").exists() and "no labels.csv" in out
 
 
 def test_unbound_roles_judge_on_measurements_and_say_how_to_bind(example: Workspace) -> None:

@@ -23,8 +23,8 @@ from engine.metrology.quantities import (
     measure_labels,
 )
 from engine.metrology.synthetic import (
-    EXAMPLE_CRITERIA,
     Degradation,
+    criteria_of,
     degrade,
     encode,
     label_sample,
@@ -34,6 +34,10 @@ from engine.metrology.synthetic import (
 )
 from kb.config import DEFAULT_LEGEND
 from kb.errors import WorkspaceError
+from kb.rules import MeasurementRule, compile_rules
+from tests.workspaces import REPO
+
+EXAMPLE = criteria_of(compile_rules(REPO / "rules"))
 
 
 def bead_on_u_shaped_fusion_line() -> np.ndarray:
@@ -191,9 +195,9 @@ def test_generator_is_deterministic_and_seeds_differ() -> None:
 def test_generator_covers_every_distribution_and_both_labels_per_assessment() -> None:
     specs = sample_specs(60, seed=11)
     assert {s.distribution for s in specs} == {"uniform", "segregated", "clustered"}
-    labels = [label_sample(measure_labels(render_bead(s, seed=i), 10.0).quantities)
+    labels = [label_sample(measure_labels(render_bead(s, seed=i), 10.0).quantities, EXAMPLE)
               for i, s in enumerate(specs)]
-    for key in [*EXAMPLE_CRITERIA, "overall"]:
+    for key in [*EXAMPLE, "overall"]:
         assert {row[key] for row in labels} == {"accept", "reject"}, key
 
 
@@ -211,9 +215,17 @@ def test_labels_follow_the_example_limits() -> None:
     good = {"dilution_fraction": 0.05, "haz_depth_mm": 1.0, "reinforcement_height_mm": 0.3,
             "porosity_fraction": 0.02, "max_pore_diameter_um": 150.0,
             "carbide_fraction": 0.30, "carbide_cv": 0.35}
-    assert set(label_sample(good).values()) == {"accept"}  # limits are inclusive
-    one_bad = label_sample({**good, "max_pore_diameter_um": 150.5})
+    assert set(label_sample(good, EXAMPLE).values()) == {"accept"}  # limits are inclusive
+    one_bad = label_sample({**good, "max_pore_diameter_um": 150.5}, EXAMPLE)
     assert one_bad["EA-4"] == "reject" and one_bad["overall"] == "reject"
     assert one_bad["EA-1"] == "accept"
     unmeasured = {k: v for k, v in good.items() if k != "carbide_cv"}
-    assert label_sample(unmeasured)["EA-6"] == "reject"
+    assert label_sample(unmeasured, EXAMPLE)["EA-6"] == "reject"
+
+
+def test_labels_follow_whatever_limits_the_rules_give() -> None:
+    strict = {"EA-4": (MeasurementRule("porosity_fraction", "<", 0.001, "fraction"),)}
+    quantities = {"porosity_fraction": 0.005}
+    assert label_sample(quantities, strict) == {"EA-4": "reject", "overall": "reject"}
+    lenient = {"EA-4": (MeasurementRule("porosity_fraction", "<=", 0.01, "fraction"),)}
+    assert label_sample(quantities, lenient) == {"EA-4": "accept", "overall": "accept"}

@@ -15,7 +15,7 @@ from cli.app import app
 from engine.encoders import text_tower as dual
 from engine.encoders.backends import DualEncoder, load_encoder
 from engine.metrology.quantities import BACKGROUND, BEAD, CARBIDE, PHASES, POROSITY
-from engine.metrology.synthetic import BeadSpec, paint, phase_cells, render_bead, render_resized
+from engine.metrology.synthetic import BeadSpec, paint, render_bead
 from engine.training.captions import (
     ASSESSMENTS,
     POLARITIES,
@@ -24,6 +24,7 @@ from engine.training.captions import (
     names_a_colour,
     normalise,
 )
+from engine.training.example import phase_cells, render_resized
 from engine.training.paraphrases import HELD_OUT, PARAPHRASES
 from engine.training.train import TrainConfig, make_processor, to_pixel_values, train
 from kb.config import DEFAULT_LEGEND, ModelSpec

@@ -4,16 +4,17 @@ Each micrograph is drawn from a BeadSpec (reinforcement height, dilution, HAZ de
 carbides and how they are spread). The truth is measured on the exact label map with the
 same metrology as real images, so truth.csv and the labels never disagree with the
 definitions; what the images add on top (noise, blur, JPEG) is what metrology must survive.
+Labels come from a workspace's measurement rules (`criteria_of`), never from limits written
+here: the rules/ folder is the one place a limit lives.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, ImageFilter
@@ -30,21 +31,15 @@ from engine.metrology.quantities import (
     QUANTITIES,
     measure_labels,
 )
-from kb.config import DEFAULT_LEGEND
+from engine.scoring import meets
+from kb.config import DEFAULT_LEGEND, Workspace
+from kb.rules import MeasurementRule, Ruleset, compile_rules
 
 WIDTH, HEIGHT = 640, 480
 DISTRIBUTIONS = ("uniform", "segregated", "clustered")
 
-# The example workspace's acceptance limits (rules/assessments/EA-*.toml say the same; a test
-# keeps the two in step). Each EA accepts when every (quantity, op, limit) holds.
-EXAMPLE_CRITERIA: dict[str, tuple[tuple[str, str, float], ...]] = {
-    "EA-1": (("dilution_fraction", "<=", 0.05),),
-    "EA-2": (("haz_depth_mm", "<=", 1.0),),
-    "EA-3": (("reinforcement_height_mm", ">=", 0.3),),
-    "EA-4": (("porosity_fraction", "<=", 0.02), ("max_pore_diameter_um", "<=", 150.0)),
-    "EA-5": (("carbide_fraction", ">=", 0.30),),
-    "EA-6": (("carbide_cv", "<=", 0.35),),
-}
+# What labels are drawn from: per assessment key, the measurement rules that must all hold.
+Criteria = Mapping[str, Sequence[MeasurementRule]]
 
 
 @dataclass(frozen=True)
@@ -255,58 +250,23 @@ def sample_specs(n: int, seed: int) -> list[BeadSpec]:
     return specs
 
 
-def label_sample(quantities: Mapping[str, float]) -> dict[str, str]:
-    """Expert labels from true quantities: accept when every limit of the EA holds."""
-    ops = {"<=": lambda a, b: a <= b, ">=": lambda a, b: a >= b}
-    labels = {}
-    for key, limits in EXAMPLE_CRITERIA.items():
-        ok = all(
-            name in quantities and ops[op](quantities[name], limit) for name, op, limit in limits
-        )
-        labels[key] = "accept" if ok else "reject"
+def criteria_of(ruleset: Ruleset) -> dict[str, tuple[MeasurementRule, ...]]:
+    """The measurement rules of every assessment that has some, by key: what labels follow."""
+    return {key: a.measurements for key, a in sorted(ruleset.assessments.items()) if a.measurements}
+
+
+def label_sample(quantities: Mapping[str, float], criteria: Criteria) -> dict[str, str]:
+    """Expert labels from true quantities: an assessment accepts when all its rules hold
+    (exactly: truth has no measurement uncertainty); an unmeasurable quantity rejects."""
+    labels = {
+        key: "accept"
+        if all(r.quantity in quantities and meets(quantities[r.quantity], r.op, r.limit)
+               for r in rules)
+        else "reject"
+        for key, rules in criteria.items()
+    }
     labels["overall"] = "accept" if all(v == "accept" for v in labels.values()) else "reject"
     return labels
-
-
-class TrainingSample(NamedTuple):
-    """One generated micrograph as a model trains on it."""
-
-    pixels: np.ndarray  # (3, height, width) uint8, as the image processor resizes the map
-    labels: dict[str, str]
-    quantities: dict[str, float]
-    cells: np.ndarray | None  # phase_cells on the requested grid, if one was asked for
-
-
-def render_resized(
-    spec: BeadSpec, seed: int, size: tuple[int, int], resample: int, um_per_px: float = 10.0,
-    grid: tuple[int, int] | None = None,
-) -> TrainingSample:
-    """One training sample: the map resized as the encoder's image processor does it (PIL,
-    before rescaling and normalisation), its labels, true quantities and, on a grid, phase
-    shares. Torch-free, for worker processes; tests check it against the processor itself.
-    """
-    label_map = render_bead(spec, um_per_px, seed=seed)
-    quantities = measure_labels(label_map, um_per_px).quantities
-    image = paint(label_map, DEFAULT_LEGEND).resize((size[1], size[0]), resample=resample)
-    pixels = np.asarray(image, dtype=np.uint8).transpose(2, 0, 1).copy()
-    cells = None if grid is None else phase_cells(label_map, grid)
-    return TrainingSample(pixels, label_sample(quantities), dict(quantities), cells)
-
-
-def phase_cells(labels: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
-    """(len(PHASES), rows, cols): each phase's share of every cell of a grid laid over the
-    map, the dense target that teaches a model where the pores and carbides are."""
-    height, width = labels.shape
-    row_edges = np.round(np.linspace(0, height, grid[0] + 1)).astype(int)
-    col_edges = np.round(np.linspace(0, width, grid[1] + 1)).astype(int)
-    areas = np.outer(np.diff(row_edges), np.diff(col_edges)).astype(np.float64)
-    out = np.zeros((len(PHASES), *grid), dtype=np.float32)
-    for phase in range(len(PHASES)):
-        mask = (labels == phase).astype(np.float64)
-        summed = np.add.reduceat(np.add.reduceat(mask, row_edges[:-1], axis=0), col_edges[:-1],
-                                 axis=1)
-        out[phase] = summed / areas
-    return out
 
 
 def write_dataset(
@@ -316,8 +276,10 @@ def write_dataset(
     um_per_px: float = 10.0,
     legend: Mapping[str, tuple[int, int, int]] = DEFAULT_LEGEND,
     degradation: Degradation = Degradation(),
+    criteria: Criteria | None = None,
 ) -> list[Path]:
-    """Write sample-NNNN images, truth.csv and labels.csv; the same seed gives the same bytes."""
+    """Write sample-NNNN images and truth.csv, and labels.csv when criteria are given; the
+    same seed gives the same bytes."""
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     specs = sample_specs(n, seed)
@@ -335,10 +297,30 @@ def write_dataset(
             {"image": path.name, **{q: _cell(truth.quantities.get(q)) for q in QUANTITIES},
              **{f"spec_{k}": v for k, v in asdict(spec).items()}}
         )
-        label_rows.append({"image": path.name, **label_sample(truth.quantities)})
+        if criteria is not None:
+            label_rows.append({"image": path.name, **label_sample(truth.quantities, criteria)})
     _write_csv(outdir / "truth.csv", truth_rows)
-    _write_csv(outdir / "labels.csv", label_rows)
+    if criteria is not None:
+        _write_csv(outdir / "labels.csv", label_rows)
     return paths
+
+
+def write_workspace_dataset(
+    outdir: Path,
+    n: int,
+    seed: int,
+    workspace: Workspace | None,
+    um_per_px: float = 10.0,
+    degradation: Degradation = Degradation(),
+) -> list[Path]:
+    """`kb synth`: maps in the workspace's legend, labelled by its measurement rules; outside
+    a workspace, in the default legend with truth.csv only (there are no limits to label by)."""
+    if workspace is None:
+        return write_dataset(outdir, n, seed, um_per_px, DEFAULT_LEGEND, degradation)
+    criteria = criteria_of(compile_rules(workspace.rules_dir))
+    return write_dataset(
+        outdir, n, seed, um_per_px, workspace.config.legend, degradation, criteria or None
+    )
 
 
 def _cell(value: float | None) -> str:

@@ -18,10 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine.evaluation.folder import evaluate_folder
-from engine.metrology.synthetic import write_dataset
+from engine.metrology.synthetic import criteria_of, write_dataset
 from engine.sync import sync_workspace
 from engine.training.paraphrases import HELD_OUT, PARAPHRASES
 from kb.config import Workspace
+from kb.rules import compile_rules
 
 Prompts = Mapping[str, Mapping[str, Sequence[str]]]
 HYBRID_TARGET = 0.90
@@ -126,7 +127,7 @@ def evaluate_model(
     checkpoint on them with rules_dir's prompts, then with each paraphrase set's."""
     workdir = Path(workdir)
     images = workdir / "fresh"
-    write_dataset(images, n, seed)
+    write_dataset(images, n, seed, criteria=criteria_of(compile_rules(Path(rules_dir))))
     labels = images / "labels.csv"
     result = ModelEvaluation(seed=seed, images=n)
     shipped = evaluate_folder(scratch_workspace(workdir / "shipped", model_dir, rules_dir),

@@ -45,14 +45,10 @@ from transformers import (
 
 from engine.encoders import text_tower
 from engine.metrology.quantities import PHASES, POROSITY
-from engine.metrology.synthetic import (
-    EXAMPLE_CRITERIA,
-    TrainingSample,
-    render_resized,
-    sample_specs,
-)
+from engine.metrology.synthetic import sample_specs
 from engine.training.captions import ASSESSMENTS, caption_bank
 from engine.training.card_evaluation import CARD_SEED, ModelEvaluation
+from engine.training.example import EXAMPLE_CRITERIA, TrainingSample, render_resized
 from engine.training.model_card import evaluate_checkpoint, write_model_card
 from engine.training.objective import (
     CaptionSampler,
@@ -209,10 +205,10 @@ def judged_mask(quantities: np.ndarray) -> np.ndarray:
     distribution in a flat bead): its label there says nothing about what the image shows."""
     columns = [
         np.all(
-            [np.isfinite(quantities[:, AUX_QUANTITIES.index(name)]) for name, _, _ in limits],
+            [np.isfinite(quantities[:, AUX_QUANTITIES.index(r.quantity)]) for r in rules],
             axis=0,
         )
-        for limits in EXAMPLE_CRITERIA.values()
+        for rules in EXAMPLE_CRITERIA.values()
     ]
     return np.stack(columns, axis=1)
 
@@ -225,11 +221,11 @@ def aux_targets(quantities: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     near the limit and saturating far from it; plus two standardised raw quantities.
     """
     columns = []
-    for limits in EXAMPLE_CRITERIA.values():
-        for name, op, limit in limits:
-            values = quantities[:, AUX_QUANTITIES.index(name)]
-            sign = 1.0 if op == ">=" else -1.0
-            columns.append(np.tanh(sign * (values - limit) / MARGIN_WIDTHS[name]))
+    for rules in EXAMPLE_CRITERIA.values():
+        for r in rules:
+            values = quantities[:, AUX_QUANTITIES.index(r.quantity)]
+            sign = 1.0 if r.op == ">=" else -1.0
+            columns.append(np.tanh(sign * (values - r.limit) / MARGIN_WIDTHS[r.quantity]))
     for name in RAW_TARGETS:
         values = quantities[:, AUX_QUANTITIES.index(name)]
         values = np.sqrt(np.clip(values, 0, None)) if name == "pore_count" else values

@@ -1,0 +1,72 @@
+"""What training knows of the Ni-WC example: its limits as training targets, and one generated
+map as the image tower sees it.
+
+The limits shape the auxiliary heads of the image tower (one per limit), so they are a
+training choice; the example's rules/ stay the authority on verdicts and labels, and a test
+keeps the two in step.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from engine.metrology.quantities import PHASES, measure_labels
+from engine.metrology.synthetic import BeadSpec, label_sample, paint, render_bead
+from kb.config import DEFAULT_LEGEND
+from kb.rules import MeasurementRule
+
+EXAMPLE_CRITERIA: dict[str, tuple[MeasurementRule, ...]] = {
+    "EA-1": (MeasurementRule("dilution_fraction", "<=", 0.05, "fraction"),),
+    "EA-2": (MeasurementRule("haz_depth_mm", "<=", 1.0, "mm"),),
+    "EA-3": (MeasurementRule("reinforcement_height_mm", ">=", 0.3, "mm"),),
+    "EA-4": (
+        MeasurementRule("porosity_fraction", "<=", 0.02, "fraction"),
+        MeasurementRule("max_pore_diameter_um", "<=", 150.0, "um"),
+    ),
+    "EA-5": (MeasurementRule("carbide_fraction", ">=", 0.30, "fraction"),),
+    "EA-6": (MeasurementRule("carbide_cv", "<=", 0.35, "ratio"),),
+}
+
+
+class TrainingSample(NamedTuple):
+    """One generated micrograph as a model trains on it."""
+
+    pixels: np.ndarray  # (3, height, width) uint8, as the image processor resizes the map
+    labels: dict[str, str]
+    quantities: dict[str, float]
+    cells: np.ndarray | None  # phase_cells on the requested grid, if one was asked for
+
+
+def render_resized(
+    spec: BeadSpec, seed: int, size: tuple[int, int], resample: int, um_per_px: float = 10.0,
+    grid: tuple[int, int] | None = None,
+) -> TrainingSample:
+    """One training sample: the map resized as the encoder's image processor does it (PIL,
+    before rescaling and normalisation), its labels, true quantities and, on a grid, phase
+    shares. Torch-free, for worker processes; tests check it against the processor itself.
+    """
+    label_map = render_bead(spec, um_per_px, seed=seed)
+    quantities = measure_labels(label_map, um_per_px).quantities
+    image = paint(label_map, DEFAULT_LEGEND).resize((size[1], size[0]), resample=resample)
+    pixels = np.asarray(image, dtype=np.uint8).transpose(2, 0, 1).copy()
+    cells = None if grid is None else phase_cells(label_map, grid)
+    labels = label_sample(quantities, EXAMPLE_CRITERIA)
+    return TrainingSample(pixels, labels, dict(quantities), cells)
+
+
+def phase_cells(labels: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+    """(len(PHASES), rows, cols): each phase's share of every cell of a grid laid over the
+    map, the dense target that teaches a model where the pores and carbides are."""
+    height, width = labels.shape
+    row_edges = np.round(np.linspace(0, height, grid[0] + 1)).astype(int)
+    col_edges = np.round(np.linspace(0, width, grid[1] + 1)).astype(int)
+    areas = np.outer(np.diff(row_edges), np.diff(col_edges)).astype(np.float64)
+    out = np.zeros((len(PHASES), *grid), dtype=np.float32)
+    for phase in range(len(PHASES)):
+        mask = (labels == phase).astype(np.float64)
+        summed = np.add.reduceat(np.add.reduceat(mask, row_edges[:-1], axis=0), col_edges[:-1],
+                                 axis=1)
+        out[phase] = summed / areas
+    return out
