@@ -904,5 +904,28 @@ def train_vlr(
     out.print(f"Wrote {outdir}: see {outdir / 'MODEL_CARD.md'}")
 
 
+@app.command("model-card")
+@reports_errors
+def model_card(
+    outdir: Annotated[Path, typer.Argument(help="A checkpoint written by kb train-vlr.")],
+    rules: Annotated[
+        Path, typer.Option(help="The rules/ folder whose prompts and references judge it.")
+    ] = Path("rules"),
+    n: Annotated[int, typer.Option("--n", min=1, help="Fresh generated micrographs.")] = 200,
+    seed: Annotated[
+        int | None, typer.Option(help="Seed of the fresh set [default: the card's, 5151].")
+    ] = None,
+) -> None:
+    """Re-evaluate a trained dual encoder on a fresh set and rewrite its MODEL_CARD.md.
+
+    Example: kb model-card models/vlkb-dual-niwc --rules rules --n 200 --seed 5151
+    """
+    from engine.training.card_evaluation import CARD_SEED
+    from engine.training.model_card import reevaluate
+
+    evaluation = reevaluate(outdir, rules, n, CARD_SEED if seed is None else seed)
+    out.print(evaluation.markdown(), markup=False)
+
+
 def main() -> None:
     app()

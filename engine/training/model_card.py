@@ -1,7 +1,7 @@
 """MODEL_CARD.md of a trained dual encoder: how it was made and how `kb evaluate` judges it.
 
 The card is rendered from the checkpoint's training.json alone, so it can be rewritten after a
-re-evaluation on another fresh set (`python -m engine.training.model_card OUTDIR --seed S`) without
+re-evaluation on another fresh set (`kb model-card OUTDIR --seed S`) without
 retraining, and a reader can trace every figure to the record.
 """
 
@@ -10,13 +10,11 @@ from __future__ import annotations
 import json
 import tempfile
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 from engine.encoders import text_tower
 from engine.training.captions import CLAUSE_FRAMES, PHRASE_FRAMES
 from engine.training.card_evaluation import (
-    CARD_SEED,
     HYBRID_TARGET,
     ROBUSTNESS_TOLERANCE,
     ModelEvaluation,
@@ -46,7 +44,7 @@ def reevaluate(outdir: Path, rules_dir: Path, n: int, seed: int) -> ModelEvaluat
     record["seconds"]["evaluation"] = round(time.monotonic() - started, 1)
     record["evaluation"] = evaluation.to_dict()
     record["evaluation_command"] = (
-        f"python -m engine.training.model_card OUTDIR --rules {rules_dir} --n {n} --seed {seed}"
+        f"kb model-card OUTDIR --rules {rules_dir} --n {n} --seed {seed}"
     )
     path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     write_model_card(outdir)
@@ -182,24 +180,3 @@ def _limits() -> list[str]:
         "sentence encoder's sense of similarity; check a reworded prompt with `kb evaluate` "
         "before trusting it.",
     ]
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """python -m engine.training.model_card OUTDIR [--rules rules] [--n 200] [--seed CARD_SEED]"""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m engine.training.model_card")
-    parser.add_argument("outdir", type=Path, help="a checkpoint written by kb train-vlr")
-    parser.add_argument("--rules", type=Path, default=Path("rules"))
-    parser.add_argument("--n", type=int, default=200)
-    parser.add_argument("--seed", type=int, default=CARD_SEED)
-    args = parser.parse_args(argv)
-    try:
-        evaluation = reevaluate(args.outdir, args.rules, args.n, args.seed)
-    except VLKBError as exc:
-        raise SystemExit(f"error: {exc}") from None
-    print(evaluation.markdown())
-
-
-if __name__ == "__main__":
-    main()
