@@ -311,37 +311,58 @@ class SeeingHeads(torch.nn.Module):
 # --- training ---------------------------------------------------------------------------------
 
 
-def train(
-    outdir: Path,
-    config: TrainConfig = TrainConfig(),
-    log: Log = print,
-    evaluate_with: Path | None = None,
-    eval_n: int = 200,
-    eval_seed: int = CARD_SEED,
-    command: str | None = None,
-) -> TrainResult:
-    """Generate, train, save to outdir; evaluate on a fresh set if a rules folder is given.
+@dataclass
+class Run:
+    """Everything a training run holds between steps: data, targets, model, optimiser."""
 
-    Everything is written to OUTDIR.partial first and renamed at the end, so a failed or
-    interrupted run leaves no half-written checkpoint behind.
+    config: TrainConfig
+    processor: ViTImageProcessorPil
+    data: TrainingData
+    targets: torch.Tensor
+    measured: torch.Tensor
+    judged: torch.Tensor
+    accept: torch.Tensor
+    cells: torch.Tensor
+    phase_weights: torch.Tensor
+    class_weights: torch.Tensor
+    caption_embeddings: torch.Tensor
+    sampler: CaptionSampler
+    model: VisionTextDualEncoderModel
+    heads: SeeingHeads
+    trainable: list[torch.nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    generator: torch.Generator
+    steps_per_epoch: int
+    total_steps: int
+    seeing_steps: int
+
+
+@dataclass(frozen=True)
+class StepLosses:
+    """The losses of one optimiser step, detached, for the log."""
+
+    total: float
+    text: float
+    image: float
+    seeing: float
+    scale: float
+
+
+def prepare(config: TrainConfig, log: Log, result: TrainResult) -> Run:
+    """Seed, generate the data and its targets, embed the captions, build model and optimiser.
+
+    The order of the random draws is part of the reproducibility contract: the same seed
+    gives the same bytes, so nothing here may be reordered.
     """
-    outdir = Path(outdir)
-    if evaluate_with is not None and eval_seed == config.seed:
-        raise VLKBError(f"the evaluation seed must differ from the training seed {config.seed}")
-    if outdir.exists() and (not outdir.is_dir() or any(outdir.iterdir())):
-        raise VLKBError(f"{outdir} exists and is not an empty folder; choose a new OUTDIR")
-    partial = outdir.with_name(outdir.name + ".partial")
-    if partial.exists():
-        shutil.rmtree(partial)
     started = time.monotonic()
-    result = TrainResult(outdir=outdir, config=config)
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
 
     processor = make_processor(config)
     data = generate(config, processor, log)
     targets, measured = aux_targets(data.quantities)
-    judged_all = torch.from_numpy(judged_mask(data.quantities))
+    judged = torch.from_numpy(judged_mask(data.quantities))
     cells = torch.from_numpy(data.cells)
     weights_of_phases = phase_weights(cells)
     result.seconds["data"] = time.monotonic() - started
@@ -372,93 +393,125 @@ def train(
         ],
         lr=config.learning_rate,
     )
-    n = len(data.pixels)
-    steps_per_epoch = max(1, n // config.batch_size)
+    steps_per_epoch = max(1, len(data.pixels) // config.batch_size)
     total = steps_per_epoch * config.epochs
     warmup = max(1, int(config.warmup_fraction * total))
-    seeing_steps = int(config.see_fraction * total)
 
     def lr_at(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
         return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
     accept = torch.from_numpy(data.accept)
-    counted = judged_all.float().sum(0).clamp(min=1)
-    share = ((accept & judged_all).float().sum(0) / counted).clamp(0.02, 0.98)
-    # inverse-frequency weights: balanced accuracy is what counts
-    class_weights = torch.stack([0.5 / share, 0.5 / (1 - share)], dim=1)
-    separation = (config.separation_weight, config.separation_target)
+    counted = judged.float().sum(0).clamp(min=1)
+    share = ((accept & judged).float().sum(0) / counted).clamp(0.02, 0.98)
+    return Run(
+        config=config, processor=processor, data=data, targets=targets, measured=measured,
+        judged=judged, accept=accept, cells=cells, phase_weights=weights_of_phases,
+        # inverse-frequency weights: balanced accuracy is what counts
+        class_weights=torch.stack([0.5 / share, 0.5 / (1 - share)], dim=1),
+        caption_embeddings=caption_embeddings, sampler=sampler, model=model, heads=heads,
+        trainable=trainable, optimizer=optimizer,
+        scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at), generator=generator,
+        steps_per_epoch=steps_per_epoch, total_steps=total,
+        seeing_steps=int(config.see_fraction * total),
+    )
 
-    def project(idx: torch.Tensor) -> torch.Tensor:
-        return F.normalize(model.text_projection(caption_embeddings[idx]), dim=-1)
 
+def step(run: Run, index: torch.Tensor, number: int) -> StepLosses:
+    """One optimiser step on the micrographs `index`; stage 1 until `seeing_steps`."""
+    config, model, heads = run.config, run.model, run.heads
+    x = to_pixel_values(run.data.pixels[index.numpy()], run.processor)
+    target_cells = run.cells[index]
+    if config.flip:
+        mirror = torch.rand(len(index), generator=run.generator) < 0.5
+        x[mirror] = x[mirror].flip(-1)
+        target_cells[mirror] = target_cells[mirror].flip(-1)
+    y, judged = run.accept[index], run.judged[index]
+    vision = model.vision_model(pixel_values=x, output_hidden_states=True)
+    pooled = vision.pooler_output
+    aux = heads.quantities(pooled)
+    loss_see = config.aux_weight * (
+        aux_loss(aux[:, :AUX_OUTPUTS], run.targets[index], run.measured[index])
+        + config.label_weight * label_loss(aux[:, AUX_OUTPUTS:], y, judged)
+    ) + config.phase_weight * phase_loss(
+        heads.phases(vision.hidden_states[heads.tap]), target_cells,
+        run.phase_weights, POROSITY, config.pore_weight,
+    )
+    z = F.normalize(model.visual_projection(pooled), dim=-1)
+    scale = model.logit_scale.exp().clamp(max=100.0)
+    handfuls = run.sampler.draw(config.draws)
+    if number < run.seeing_steps:
+        loss_t = loss_i = z.sum() * 0.0
+    else:
+        separation = (config.separation_weight, config.separation_target)
+
+        def project(idx: torch.Tensor) -> torch.Tensor:
+            return F.normalize(model.text_projection(run.caption_embeddings[idx]), dim=-1)
+
+        loss_t = text_loss(z, project, handfuls, y, judged, scale, run.class_weights,
+                           separation)
+        loss_i = image_loss(z, y, judged, scale, run.class_weights, config.draws,
+                            run.generator, separation)
+    loss = loss_t + config.image_loss_weight * loss_i + loss_see
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(run.trainable, 1.0)
+    run.optimizer.step()
+    run.scheduler.step()
+    return StepLosses(*(float(v.detach()) for v in (loss, loss_t, loss_i, loss_see, scale)))
+
+
+def fit(run: Run, log: Log, result: TrainResult) -> None:
+    """All epochs, then batch-norm statistics over the training images; losses into result."""
+    config, model = run.config, run.model
     model.train()
     model.text_model.eval()
-    train_start = time.monotonic()
-    step = 0
+    started = time.monotonic()
+    number = 0
     first: list[float] = []
+    n = len(run.data.pixels)
     for epoch in range(config.epochs):
-        order = torch.randperm(n, generator=generator)
+        order = torch.randperm(n, generator=run.generator)
         epoch_losses = []
-        for b in range(steps_per_epoch):
-            index = order[b * config.batch_size : (b + 1) * config.batch_size]
-            x = to_pixel_values(data.pixels[index.numpy()], processor)
-            target_cells = cells[index]
-            if config.flip:
-                mirror = torch.rand(len(index), generator=generator) < 0.5
-                x[mirror] = x[mirror].flip(-1)
-                target_cells[mirror] = target_cells[mirror].flip(-1)
-            y, judged = accept[index], judged_all[index]
-            vision = model.vision_model(pixel_values=x, output_hidden_states=True)
-            pooled = vision.pooler_output
-            aux = heads.quantities(pooled)
-            loss_see = config.aux_weight * (
-                aux_loss(aux[:, :AUX_OUTPUTS], targets[index], measured[index])
-                + config.label_weight * label_loss(aux[:, AUX_OUTPUTS:], y, judged)
-            ) + config.phase_weight * phase_loss(
-                heads.phases(vision.hidden_states[heads.tap]), target_cells,
-                weights_of_phases, POROSITY, config.pore_weight,
-            )
-            z = F.normalize(model.visual_projection(pooled), dim=-1)
-            scale = model.logit_scale.exp().clamp(max=100.0)
-            handfuls = sampler.draw(config.draws)
-            if step < seeing_steps:
-                loss_t = loss_i = z.sum() * 0.0
-            else:
-                loss_t = text_loss(z, project, handfuls, y, judged, scale, class_weights,
-                                   separation)
-                loss_i = image_loss(z, y, judged, scale, class_weights, config.draws,
-                                    generator, separation)
-            loss = loss_t + config.image_loss_weight * loss_i + loss_see
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-            optimizer.step()
-            scheduler.step()
-            if step >= seeing_steps and len(first) < 5:  # the full objective's starting point
-                first.append(float(loss.detach()))
-            step += 1
-            epoch_losses.append(float(loss.detach()))
-            if step % 20 == 0 or step == total:
-                elapsed = time.monotonic() - train_start
-                parts = [float(v.detach()) for v in (loss, loss_t, loss_i, loss_see, scale)]
-                log(
-                    f"epoch {epoch + 1}/{config.epochs} step {step}/{total} loss {parts[0]:.4f} "
-                    f"(text {parts[1]:.4f}, image {parts[2]:.4f}, seeing {parts[3]:.4f}, "
-                    f"scale {parts[4]:.1f}) {elapsed / step:.2f} s/step, "
-                    f"{elapsed / step * (total - step) / 60:.1f} min left"
-                )
+        for b in range(run.steps_per_epoch):
+            losses = step(run, order[b * config.batch_size : (b + 1) * config.batch_size], number)
+            if number >= run.seeing_steps and len(first) < 5:  # the full objective's start
+                first.append(losses.total)
+            number += 1
+            epoch_losses.append(losses.total)
+            if number % 20 == 0 or number == run.total_steps:
+                _log_step(log, epoch, config.epochs, number, run.total_steps, losses,
+                          time.monotonic() - started)
         result.losses.append(float(np.mean(epoch_losses)))
     result.first_loss = float(np.mean(first)) if first else float("nan")
-    recalibrate_batch_norm(model.vision_model, data.pixels, processor, generator)
-    result.seconds["training"] = time.monotonic() - train_start
+    recalibrate_batch_norm(model.vision_model, run.data.pixels, run.processor, run.generator)
+    result.seconds["training"] = time.monotonic() - started
 
-    save(model, processor, partial)
-    result.seconds["total"] = time.monotonic() - started
-    log(f"trained in {result.seconds['total'] / 60:.1f} min")
 
+def _log_step(log: Log, epoch: int, epochs: int, number: int, total: int, losses: StepLosses,
+              elapsed: float) -> None:
+    log(
+        f"epoch {epoch + 1}/{epochs} step {number}/{total} loss {losses.total:.4f} "
+        f"(text {losses.text:.4f}, image {losses.image:.4f}, seeing {losses.seeing:.4f}, "
+        f"scale {losses.scale:.1f}) {elapsed / number:.2f} s/step, "
+        f"{elapsed / number * (total - number) / 60:.1f} min left"
+    )
+
+
+def checkpoint(
+    run: Run,
+    outdir: Path,
+    partial: Path,
+    result: TrainResult,
+    log: Log,
+    evaluate_with: Path | None,
+    eval_n: int,
+    eval_seed: int,
+    command: str | None,
+) -> None:
+    """Save into `partial`, evaluate there, write the record and card, then rename to outdir."""
+    save(run.model, run.processor, partial)
     evaluation = None
     if evaluate_with is not None and eval_n > 0:
         eval_start = time.monotonic()
@@ -467,9 +520,40 @@ def train(
         log(f"evaluated on {eval_n} fresh micrographs (seed {eval_seed})")
     write_training_record(partial, result, evaluation, command)
     if outdir.exists():
-        outdir.rmdir()  # empty, checked above
+        outdir.rmdir()  # empty, checked before training started
     partial.rename(outdir)
     log(f"wrote {outdir}")
+
+
+def train(
+    outdir: Path,
+    config: TrainConfig = TrainConfig(),
+    log: Log = print,
+    evaluate_with: Path | None = None,
+    eval_n: int = 200,
+    eval_seed: int = CARD_SEED,
+    command: str | None = None,
+) -> TrainResult:
+    """Generate, train, save to outdir; evaluate on a fresh set if a rules folder is given.
+
+    Everything is written to OUTDIR.partial first and renamed at the end, so a failed or
+    interrupted run leaves no half-written checkpoint behind.
+    """
+    outdir = Path(outdir)
+    if evaluate_with is not None and eval_seed == config.seed:
+        raise VLKBError(f"the evaluation seed must differ from the training seed {config.seed}")
+    if outdir.exists() and (not outdir.is_dir() or any(outdir.iterdir())):
+        raise VLKBError(f"{outdir} exists and is not an empty folder; choose a new OUTDIR")
+    partial = outdir.with_name(outdir.name + ".partial")
+    if partial.exists():
+        shutil.rmtree(partial)
+    started = time.monotonic()
+    result = TrainResult(outdir=outdir, config=config)
+    run = prepare(config, log, result)
+    fit(run, log, result)
+    result.seconds["total"] = time.monotonic() - started
+    log(f"trained in {result.seconds['total'] / 60:.1f} min")
+    checkpoint(run, outdir, partial, result, log, evaluate_with, eval_n, eval_seed, command)
     return result
 
 
