@@ -35,9 +35,9 @@ from engine.results import (
 from engine.scoring import population_stats, zscore
 from engine.sync import current_ruleset, prepare_embeddings
 from engine.tree import walk
-from kb.audit import NodeRecord, append_qualification, os_user
+from kb.audit import NodeRecord, append_qualification, check_writable, os_user
 from kb.config import ROLES, Workspace
-from kb.errors import VLKBError
+from kb.errors import AuditKeyError, DatabaseError, VLKBError
 from kb.images import store_image
 from kb.rules import FUSIONS, Assessment, Decision, Ruleset
 from kb.rulesets import software_version
@@ -146,6 +146,7 @@ def qualify_paths(
     models = models or ModelSet(workspace.config)
     um_per_px = options.um_per_px or workspace.config.um_per_px
     with kb.transaction() as session:
+        check_writable(session)  # a keyed chain without its key: refuse before judging
         row, ruleset = current_ruleset(session, workspace)
         assert row.id is not None
         prepare_embeddings(session, row, ruleset, models)
@@ -195,6 +196,8 @@ def qualify_paths(
             report("judging", done, len(pending))
             try:
                 _store(kb, row, result, sample)
+            except (DatabaseError, AuditKeyError):
+                raise  # the knowledge base itself failed: every later file would fail too
             except VLKBError as exc:
                 outcome.failures.append(SampleFailure(str(sample.path), str(exc)))
                 continue
@@ -419,7 +422,8 @@ def _store(
     moment = utcnow()
     result.created_at = moment.isoformat()
     with kb.transaction() as session:
-        store_image(session, sample.sha256, sample.image, sample.format)
+        image = store_image(session, sample.sha256, sample.image, sample.format)
+        result.thumbnail_sha256 = hashlib.sha256(image.thumbnail_png).hexdigest()
         record = append_qualification(
             session,
             sample_path=result.sample_path,
