@@ -845,11 +845,17 @@ def audit_verify(
             markup=False,
         )
     if not report.ok:
-        where = f"{report.first_bad} {report.problem}" if report.first_bad_kind else report.problem
-        err.print(
-            f"error: audit log broken: {where}; the {report.checked} record(s) before it verified",
-            markup=False,
-        )
+        if report.first_bad_kind is not None:
+            line = (
+                f"error: audit log broken: {report.first_bad} {report.problem}; "
+                f"the {report.checked} record(s) before it verified"
+            )
+        else:
+            line = (
+                f"error: audit log not verified: {report.problem} "
+                f"({report.checked} record(s) checked)"
+            )
+        err.print(line, markup=False)
         raise typer.Exit(1)
 
 
