@@ -788,44 +788,105 @@ def feedback(
     )
 
 
+CHAIN_KINDS = (  # chain record kinds as the summary names them
+    ("qualification", "qualification(s)", "qualifications"),
+    ("feedback", "feedback", "feedback"),
+    ("ruleset", "ruleset version(s)", "rulesets"),
+    ("calibration", "calibration(s)", "calibrations"),
+    ("normalization_stat", "normalisation statistic(s)", "normalization_stats"),
+)
+
+
 @audit_app.command("verify")
 @reports_errors
-def audit_verify(workspace: WorkspaceOption = None, json_output: JsonOption = False) -> None:
+def audit_verify(
+    workspace: WorkspaceOption = None,
+    json_output: JsonOption = False,
+    key_file: Annotated[
+        Path | None,
+        typer.Option("--key-file", help="The audit key (else KB_AUDIT_KEY, else kb.toml)."),
+    ] = None,
+    expect_head: Annotated[
+        str | None,
+        typer.Option("--expect-head", help="A head hash kept elsewhere; the chain must extend it."),
+    ] = None,
+) -> None:
     """Recompute the hash chain of the audit log; exit 1 at the first record that differs."""
     from engine.history import verify_audit_log
 
-    report = verify_audit_log(Workspace.open(workspace))
+    report = verify_audit_log(Workspace.open(workspace), key_file, expect_head)
     counts = dict(report.counts)
     if json_output:
         print_json(
             {
                 "ok": report.ok,
                 "checked": report.checked,
-                "qualifications": counts.get("qualification", 0),
-                "feedback": counts.get("feedback", 0),
+                **{field: counts.get(kind, 0) for kind, _, field in CHAIN_KINDS},
                 "head": report.head,
                 "first_bad": (
                     None
-                    if report.ok
+                    if report.ok or report.first_bad_kind is None
                     else {"kind": report.first_bad_kind, "id": report.first_bad_id}
                 ),
                 "problem": report.problem,
+                "macs": {
+                    "checked": report.macs_checked,
+                    "unchecked": report.macs_unchecked,
+                    "keyed_from": report.keyed_from,
+                },
+                "expected_head": expect_head,
             }
         )
     elif report.ok:
+        summary = ", ".join(f"{counts.get(kind, 0)} {label}" for kind, label, _ in CHAIN_KINDS)
+        macs = ""
+        if report.macs_checked:
+            macs = f" {report.macs_checked} MAC(s) checked with the audit key."
+        if report.macs_unchecked:
+            macs += (
+                f" {report.macs_unchecked} record(s) carry a MAC that was not checked "
+                "(no audit key given: --key-file, KB_AUDIT_KEY or [audit] key_file)."
+            )
+        anchored = f" It extends the expected head {expect_head[:16]}." if expect_head else ""
         out.print(
-            f"Audit log intact: {report.checked} record(s) verified "
-            f"({counts.get('qualification', 0)} qualification(s), "
-            f"{counts.get('feedback', 0)} feedback); chain head {report.head[:16]}.",
+            f"Audit log intact: {report.checked} record(s) verified ({summary}); "
+            f"chain head {report.head[:16]}.{anchored}{macs}",
             markup=False,
         )
     if not report.ok:
-        err.print(
-            f"error: audit log broken: {report.first_bad} {report.problem}; "
-            f"the {report.checked} record(s) before it verified",
-            markup=False,
-        )
+        if report.first_bad_kind is not None:
+            line = (
+                f"error: audit log broken: {report.first_bad} {report.problem}; "
+                f"the {report.checked} record(s) before it verified"
+            )
+        else:
+            line = (
+                f"error: audit log not verified: {report.problem} "
+                f"({report.checked} record(s) checked)"
+            )
+        err.print(line, markup=False)
         raise typer.Exit(1)
+
+
+@audit_app.command("head")
+@reports_errors
+def audit_head(workspace: WorkspaceOption = None, json_output: JsonOption = False) -> None:
+    """Print the chain head (hash, position, time): keep it outside the database."""
+    from engine.history import chain_head
+
+    head = chain_head(Workspace.open(workspace))
+    if json_output:
+        print_json(head)
+        return
+    if head["kind"] is None:
+        out.print(f"{head['hash']}  (empty chain)", markup=False)
+        return
+    keyed = ", keyed" if head["keyed"] else ""
+    out.print(
+        f"{head['hash']}  (seq {head['seq']}, {head['kind']} {head['id']}, "
+        f"{head['created_at']}{keyed})",
+        markup=False,
+    )
 
 
 # --- web interface -------------------------------------------------------------------------

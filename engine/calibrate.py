@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-from sqlmodel import Session, col, select
+from sqlmodel import Session
 
 from engine.encoders.roles import ModelSet
 from engine.evaluation.labels import read_labels
@@ -30,6 +30,8 @@ from engine.sync import current_ruleset, prepare_embeddings
 from kb.config import Workspace
 from kb.errors import VLKBError
 from kb.rules import Assessment, Ruleset
+from kb.statistics import add_calibration, add_stat, next_calibration_version
+from kb.statistics import latest_calibration as stored_calibration
 from kb.store import KnowledgeBase
 from kb.tables import Calibration, NormalizationStat
 
@@ -76,12 +78,8 @@ class CalibrationResult:
 
 
 def latest_calibration(session: Session, ruleset_id: int) -> Calibration | None:
-    """The newest calibration of this ruleset version, if any."""
-    return session.exec(
-        select(Calibration)
-        .where(Calibration.ruleset_id == ruleset_id)
-        .order_by(col(Calibration.id).desc())
-    ).first()
+    """The newest calibration of this ruleset version, if any (checked against the chain)."""
+    return stored_calibration(session, ruleset_id)
 
 
 def calibrated_thresholds(calibration: Calibration | None) -> dict[str, float]:
@@ -129,30 +127,14 @@ def calibrate_folder(
                                       models.encoder(key[1]).fingerprint)
             for key in deltas
         }
-        calibration = Calibration(
-            ruleset_id=row.id,
-            images=len(samples),
-            source=str(directory.resolve()),
-            labels_sha256=hashlib.sha256(labels_path.read_bytes()).hexdigest()
-            if labels_path is not None
-            else None,
-        )
-        session.add(calibration)
-        session.flush()
-        assert calibration.id is not None
-        result = CalibrationResult(calibration.id, row.version, len(samples), failures=failures)
+        version = next_calibration_version(session)  # fixed before storing: the hash covers it
+        result = CalibrationResult(version, row.version, len(samples), failures=failures)
         new_stats: dict[tuple[str, str], Normalization] = {}
         for (key, role), values in deltas.items():
-            stats = population_stats(values, f"calibration v{calibration.id}")
+            stats = population_stats(values, f"calibration v{version}")
             if stats.sigma <= 0:
                 continue  # every image gave the same delta: no spread to standardise by
             new_stats[(key, role)] = stats
-            session.add(NormalizationStat(
-                ruleset_id=row.id, assessment_key=key, role=role,
-                model_fingerprint=models.encoder(role).fingerprint, source="calibration",
-                calibration_version=calibration.id, mu=stats.mu, sigma=stats.sigma,
-                count=stats.count,
-            ))
             result.stats.append(RoleStats(key, role, models.spec(role).name,  # type: ignore[union-attr]
                                           stats.mu, stats.sigma, stats.count))
         if labels is not None:
@@ -164,10 +146,25 @@ def calibrate_folder(
                 )
                 if choice is not None:
                     result.thresholds.append(choice)
-            calibration.thresholds_json = json.dumps(
+        add_calibration(session, Calibration(
+            id=version,
+            ruleset_id=row.id,
+            images=len(samples),
+            source=str(directory.resolve()),
+            labels_sha256=hashlib.sha256(labels_path.read_bytes()).hexdigest()
+            if labels_path is not None
+            else None,
+            thresholds_json=json.dumps(
                 {t.assessment: t.after for t in result.thresholds}, sort_keys=True
-            )
-        session.add(calibration)
+            ),
+        ))
+        for (key, role), stats in new_stats.items():
+            add_stat(session, NormalizationStat(
+                ruleset_id=row.id, assessment_key=key, role=role,
+                model_fingerprint=models.encoder(role).fingerprint, source="calibration",
+                calibration_version=version, mu=stats.mu, sigma=stats.sigma,
+                count=stats.count,
+            ))
     return result
 
 

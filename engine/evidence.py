@@ -4,13 +4,14 @@ net similarity to samples, and the statistics that standardise it.
 
 from __future__ import annotations
 
+import hashlib
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
-from sqlmodel import Session, col, select
+from sqlmodel import Session
 
 from engine.encoders.backends import Encoder
 from engine.encoders.cache import embed_images, embed_prompts
@@ -23,7 +24,9 @@ from engine.scoring import (
     net_similarity,
     population_stats,
 )
+from kb.errors import DatabaseError
 from kb.rules import Assessment, Ruleset
+from kb.statistics import add_stat, reference_stat, stored_stat
 from kb.tables import ImageRecord, NormalizationStat
 
 
@@ -66,6 +69,11 @@ def reference_image_loader(session: Session, sha256: str):
         record = session.get(ImageRecord, sha256)
         if record is None or record.data is None:
             raise LookupError(f"reference image {sha256[:12]} is not stored in the knowledge base")
+        if hashlib.sha256(record.data).hexdigest() != sha256:
+            raise DatabaseError(
+                f"reference image {sha256[:12]}: its stored bytes do not match its SHA-256 "
+                "(replaced behind the tool's back); run `kb audit verify`"
+            )
         with Image.open(io.BytesIO(record.data)) as image:
             return image.convert("RGB")
 
@@ -123,15 +131,7 @@ def ensure_reference_stats(
     items: EvidenceSet,
 ) -> NormalizationStat | None:
     """Store mu and sigma from the references once per ruleset, assessment, role and model."""
-    existing = session.exec(
-        select(NormalizationStat).where(
-            NormalizationStat.ruleset_id == ruleset_id,
-            NormalizationStat.assessment_key == assessment.key,
-            NormalizationStat.role == role,
-            NormalizationStat.model_fingerprint == encoder.fingerprint,
-            NormalizationStat.source == "references",
-        )
-    ).first()
+    existing = reference_stat(session, ruleset_id, assessment.key, role, encoder.fingerprint)
     if existing is not None:
         return existing
     deltas = reference_deltas(session, assessment, role, encoder, items)
@@ -140,38 +140,26 @@ def ensure_reference_stats(
     stats = population_stats(deltas, "references")
     if stats.sigma <= 0:
         return None
-    row = NormalizationStat(
-        ruleset_id=ruleset_id,
-        assessment_key=assessment.key,
-        role=role,
-        model_fingerprint=encoder.fingerprint,
-        source="references",
-        mu=stats.mu,
-        sigma=stats.sigma,
-        count=stats.count,
+    return add_stat(
+        session,
+        NormalizationStat(
+            ruleset_id=ruleset_id,
+            assessment_key=assessment.key,
+            role=role,
+            model_fingerprint=encoder.fingerprint,
+            source="references",
+            mu=stats.mu,
+            sigma=stats.sigma,
+            count=stats.count,
+        ),
     )
-    session.add(row)
-    session.flush()
-    return row
 
 
 def stored_normalization(
     session: Session, ruleset_id: int, assessment_key: str, role: str, fingerprint: str
 ) -> Normalization | None:
     """The newest calibration for this assessment, role and model; else the reference one."""
-    rows = session.exec(
-        select(NormalizationStat)
-        .where(
-            NormalizationStat.ruleset_id == ruleset_id,
-            NormalizationStat.assessment_key == assessment_key,
-            NormalizationStat.role == role,
-            NormalizationStat.model_fingerprint == fingerprint,
-        )
-        .order_by(col(NormalizationStat.id).desc())
-    ).all()
-    chosen = next((r for r in rows if r.source == "calibration"), None) or next(
-        (r for r in rows if r.source == "references"), None
-    )
+    chosen = stored_stat(session, ruleset_id, assessment_key, role, fingerprint)
     if chosen is None:
         return None
     source = (

@@ -5,25 +5,33 @@ chain checks. Nothing here recomputes a verdict; everything comes from the store
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import UTC, date, datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func
 from sqlmodel import Session, col, select
 
 from kb.audit import (
+    GENESIS,
+    MODELS,
     ChainReport,
     append_feedback,
     feedback_of,
     get_qualification,
+    head_entry,
     node_verdicts,
     os_user,
     verify_chain,
 )
+from kb.audit_key import audit_key
 from kb.config import Workspace
-from kb.errors import VLKBError
+from kb.db import damaged, integrity_problem
+from kb.errors import DatabaseError, VLKBError
 from kb.store import KnowledgeBase
 from kb.tables import Feedback, Qualification
 
@@ -31,11 +39,12 @@ VERDICTS = ("accept", "reject", "review", "not_assessed")
 
 
 @contextmanager
-def workspace_session(workspace: Workspace) -> Iterator[Session]:
-    """One transaction on the workspace KB, closed afterwards so no file handle lingers."""
+def workspace_session(workspace: Workspace, write: bool = False) -> Iterator[Session]:
+    """One transaction on the workspace KB (a read unless `write`), closed afterwards so no
+    file handle lingers."""
     kb = KnowledgeBase.open(workspace)
     try:
-        with kb.transaction() as session:
+        with kb.transaction() if write else kb.reading() as session:
             yield session
     finally:
         kb.close()
@@ -160,12 +169,56 @@ def add_feedback(
     expert: str | None = None,
 ) -> dict[str, Any]:
     """Append an expert's verdict on one node, beside the machine verdict, to the audit log."""
-    with workspace_session(workspace) as session:
+    with workspace_session(workspace, write=True) as session:
         f = append_feedback(session, qualification_id, node, verdict, comment, expert or os_user())
         machine = next(n.verdict for n in node_verdicts(session, qualification_id) if n.key == node)
         return {**feedback_dict(f), "machine_verdict": machine, "record_hash": f.record_hash}
 
 
-def verify_audit_log(workspace: Workspace) -> ChainReport:
+def verify_audit_log(
+    workspace: Workspace, key_file: Path | None = None, expect_head: str | None = None
+) -> ChainReport:
+    """Walk the whole chain with the audit key (if any) and against an anchored head; a
+    damaged file is reported as such, with what could still be checked."""
+    if expect_head is not None and not re.fullmatch(r"[0-9a-f]{64}", expect_head):
+        raise VLKBError(
+            f"--expect-head {expect_head!r} is not a record hash; give the 64 hex digits "
+            "that `kb audit head` printed"
+        )
+    key = audit_key(workspace, key_file)
+    kb = KnowledgeBase.open(workspace)
+    try:
+        problem = integrity_problem(kb.engine) if kb.url.startswith("sqlite") else None
+        damage = damaged(kb.url, problem) if problem is not None else None
+        try:
+            with kb.reading() as session:
+                report = verify_chain(session, key, expect_head)
+        except DatabaseError:
+            if damage is None:
+                raise
+            return ChainReport(0, None, None, damage)
+    finally:
+        kb.close()
+    if damage is not None and report.ok:
+        return replace(report, problem=damage)
+    return report
+
+
+def chain_head(workspace: Workspace) -> dict[str, Any]:
+    """The newest entry of the chain, for an auditor to keep outside the database."""
     with workspace_session(workspace) as session:
-        return verify_chain(session)
+        entry = head_entry(session)
+        if entry is None:
+            return {"hash": GENESIS, "seq": 0, "kind": None, "id": None, "created_at": None,
+                    "keyed": False}
+        record: Any = session.get(MODELS[entry.kind], entry.record_id) if (
+            entry.kind in MODELS) else None
+        moment = getattr(record, "created_at", None)
+        return {
+            "hash": entry.record_hash,
+            "seq": entry.seq,
+            "kind": entry.kind,
+            "id": entry.record_id,
+            "created_at": iso_utc(moment) if moment is not None else None,
+            "keyed": entry.mac is not None,
+        }

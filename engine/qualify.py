@@ -35,9 +35,10 @@ from engine.samples import Sample, load_sample
 from engine.scoring import population_stats, zscore
 from engine.sync import current_ruleset, prepare_embeddings
 from engine.tree import walk
-from kb.audit import NodeRecord, append_qualification, os_user
+from kb.audit import NodeRecord, append_qualification, check_writable, os_user
 from kb.config import ROLES, Workspace
-from kb.errors import VLKBError
+from kb.embeddings import cached_embeddings, store_embeddings
+from kb.errors import AuditKeyError, DatabaseError, VLKBError
 from kb.image_store import store_image
 from kb.rules import FUSIONS, Assessment, Decision, Ruleset
 from kb.rulesets import software_version
@@ -145,7 +146,9 @@ def qualify_paths(
     kb = kb or KnowledgeBase.open(workspace)
     models = models or ModelSet(workspace.config)
     um_per_px = options.um_per_px or workspace.config.um_per_px
+    models.encoders()  # load before taking the write lock: other writers need not wait for it
     with kb.transaction() as session:
+        check_writable(session)  # a keyed chain without its key: refuse before judging
         row, ruleset = current_ruleset(session, workspace)
         assert row.id is not None
         prepare_embeddings(session, row, ruleset, models)
@@ -184,6 +187,7 @@ def qualify_paths(
     for chunk in _chunks(pending):
         samples = _load(chunk, outcome)
         done += len(chunk) - len(samples)  # files that failed to load are done too
+        _embed_unlocked(kb, models, samples)
         with kb.transaction() as session:
             evidence = chunk_evidence(session, ruleset, models, samples, setup)
         for index, sample in enumerate(samples):
@@ -195,6 +199,8 @@ def qualify_paths(
             report("judging", done, len(pending))
             try:
                 _store(kb, row, result, sample)
+            except (DatabaseError, AuditKeyError):
+                raise  # the knowledge base itself failed: every later file would fail too
             except VLKBError as exc:
                 outcome.failures.append(SampleFailure(str(sample.path), str(exc)))
                 continue
@@ -245,6 +251,26 @@ def _without_judged(
         else:
             pending.append(path)
     return pending
+
+
+def _embed_unlocked(kb: KnowledgeBase, models: ModelSet, samples: Sequence[Sample]) -> None:
+    """Fill the embedding cache for a chunk with no lock held while the model runs, so a long
+    chunk never keeps another writer (a server beside this run) waiting; only the insert
+    takes the write lock. Same batches as embed_images, so the same vectors."""
+    by_sha = {s.sha256: s for s in samples}
+    for encoder in models.encoders():
+        with kb.reading() as session:
+            cached = cached_embeddings(session, encoder.fingerprint, "image", by_sha)
+        missing = [sha for sha in by_sha if sha not in cached]
+        if not missing:
+            continue
+        vectors: dict[str, np.ndarray] = {}
+        for start in range(0, len(missing), encoder.spec.batch_size):
+            batch = missing[start : start + encoder.spec.batch_size]
+            fresh = encoder.embed_images([by_sha[sha].image for sha in batch])
+            vectors.update(zip(batch, fresh, strict=True))
+        with kb.transaction() as session:
+            store_embeddings(session, encoder.fingerprint, "image", vectors)
 
 
 def _chunks(paths: Sequence[Path]) -> Iterator[Sequence[Path]]:
@@ -298,6 +324,7 @@ def _batch_normalization(
     for chunk in _chunks(paths):
         samples = _load(chunk, outcome)
         readable.extend(s.path for s in samples)
+        _embed_unlocked(kb, models, samples)
         with kb.transaction() as session:
             for key, evidence in chunk_evidence(session, ruleset, models, samples, setup).items():
                 deltas[key].append(evidence.deltas)
@@ -419,7 +446,8 @@ def _store(
     moment = utcnow()
     result.created_at = moment.isoformat()
     with kb.transaction() as session:
-        store_image(session, sample.sha256, sample.image, sample.format)
+        image = store_image(session, sample.sha256, sample.image, sample.format)
+        result.thumbnail_sha256 = hashlib.sha256(image.thumbnail_png).hexdigest()
         record = append_qualification(
             session,
             sample_path=result.sample_path,

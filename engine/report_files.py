@@ -7,6 +7,7 @@ API): the document, the thumbnails and the feedback all come from the knowledge 
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from sqlmodel import Session
 import reports
 from engine.history import feedback_by_qualification, stored_document, workspace_session
 from kb.config import Workspace
-from kb.errors import VLKBError
+from kb.errors import DatabaseError, VLKBError
 from kb.tables import ImageRecord
 from reports.render import render_batch_index, render_qualification, write_report
 
@@ -62,11 +63,24 @@ def report_images(session: Session, document: dict[str, Any]) -> dict[str, bytes
                 item = evidence.get(side)
                 if item and item.get("sha256"):
                     wanted.add(str(item["sha256"]))
+    sample = document.get("sample") or {}
     images = {}
     for sha in sorted(wanted):
         record = session.get(ImageRecord, sha)
-        if record is not None:
-            images[sha] = record.data or record.thumbnail_png
+        if record is None:
+            continue
+        if record.data is not None and hashlib.sha256(record.data).hexdigest() != sha:
+            raise DatabaseError(
+                f"image {sha[:12]}: its stored bytes do not match its SHA-256 (replaced behind "
+                "the tool's back); run `kb audit verify`"
+            )
+        recorded = sample.get("thumbnail_sha256") if sha == sample.get("sha256") else None
+        if recorded and hashlib.sha256(record.thumbnail_png).hexdigest() != recorded:
+            raise DatabaseError(
+                f"qualification {document.get('id')}: the stored thumbnail of its sample differs "
+                "from the one it recorded (edited behind the tool's back); run `kb audit verify`"
+            )
+        images[sha] = record.data or record.thumbnail_png
     return images
 
 

@@ -184,6 +184,7 @@ class QualificationResult:
     id: int | None = None
     created_at: str | None = None
     report: str | None = None
+    thumbnail_sha256: str | None = None  # of the stored thumbnail, so an edit of it shows
 
     def document(self) -> dict[str, Any]:
         """The stored record: everything except the ID, which is only known after storing."""
@@ -193,6 +194,7 @@ class QualificationResult:
                 "path": self.sample_path,
                 "sha256": self.sample_sha256,
                 "conversion": self.conversion,
+                "thumbnail_sha256": self.thumbnail_sha256,
             },
             "verdict": self.verdict,
             "ruleset": {

@@ -21,8 +21,8 @@ from kb.rulesets import (
     diff_rulesets,
     git_state,
     latest_version,
-    ruleset_of,
     store_ruleset,
+    verified_ruleset,
 )
 from kb.store import KnowledgeBase
 from kb.tables import RulesetVersion
@@ -64,7 +64,7 @@ def current_ruleset(session: Session, workspace: Workspace) -> tuple[RulesetVers
             f"rules/ has changed since ruleset version {row.version} was synced; "
             "run `kb sync` so verdicts point at the rules as they are now"
         )
-    return row, ruleset_of(row)
+    return row, verified_ruleset(session, row)
 
 
 @dataclass
@@ -123,10 +123,10 @@ def sync_workspace(
     kb = kb or KnowledgeBase.open(workspace)
     with kb.transaction() as session:
         latest = latest_version(session)
+        previous = verified_ruleset(session, latest) if latest is not None else None
         if latest is not None and latest.content_hash == ruleset.content_hash:
             row, created, diff = latest, False, RulesetDiff()
         else:
-            previous = ruleset_of(latest) if latest is not None else None
             git = git_state(workspace.root)
             row = store_ruleset(session, ruleset, workspace.rules_dir, git)
             created, diff = True, diff_rulesets(previous, ruleset)

@@ -1,30 +1,58 @@
-"""The append-only audit log: qualifications, their node verdicts and expert feedback, in one
-SHA-256 chain.
+"""The append-only audit log: qualifications, their node verdicts, expert feedback, ruleset
+versions, calibrations and normalisation statistics, in one SHA-256 chain.
 
-Each record stores the hash of its own content together with the hash of the record before
-it, whatever kind that record is; `audit_chain` fixes the order. Editing, deleting or
-slipping in any stored verdict or comment behind the tool's back breaks the chain.
+Each record's hash covers its kind, its ID and its content together with the hash of the
+record before it, whatever kind that record is; `audit_chain` fixes the order. Editing,
+deleting, renumbering or slipping in any record behind the tool's back breaks the chain. With
+an audit key (never stored here) every entry also carries an HMAC of its hash, so re-hashing
+the chain without the key is detected too.
 """
 
 from __future__ import annotations
 
 import getpass
 import hashlib
+import hmac
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlmodel import Session, col, select
+from sqlalchemy import func
+from sqlmodel import Session, SQLModel, col, select
 
-from kb.errors import NotFoundError, VLKBError
-from kb.tables import AuditEntry, Feedback, NodeVerdict, Qualification, utcnow
+from kb.errors import AuditKeyError, DatabaseError, NotFoundError, VLKBError
+from kb.tables import (
+    AuditEntry,
+    Calibration,
+    Feedback,
+    ImageRecord,
+    NodeVerdict,
+    NormalizationStat,
+    Qualification,
+    RulesetVersion,
+    utcnow,
+)
 
 GENESIS = "0" * 64
 QUALIFICATION = "qualification"
 FEEDBACK = "feedback"
+RULESET = "ruleset"
+CALIBRATION = "calibration"
+NORMALIZATION = "normalization_stat"
+MODELS: dict[str, type[SQLModel]] = {
+    QUALIFICATION: Qualification,
+    FEEDBACK: Feedback,
+    RULESET: RulesetVersion,
+    CALIBRATION: Calibration,
+    NORMALIZATION: NormalizationStat,
+}
+LEGACY, CURRENT = 1, 2  # audit_chain.format: before schema 3 / kind and ID in the hash
 EXPERT_VERDICTS = ("accept", "reject")
+AUDIT_KEY = "vlkb_audit_key"  # session.info entry: the key writers MAC new entries with
+
+__all__ = ["AuditEntry", "GENESIS", "MODELS"]
 
 
 @dataclass(frozen=True)
@@ -52,56 +80,210 @@ def _stamp(moment: datetime) -> str:
     return moment.replace(tzinfo=None, microsecond=0).isoformat()
 
 
-def _chained(prev_hash: str, content: dict[str, Any]) -> str:
+def chained(prev_hash: str, content: dict[str, Any]) -> str:
+    """The hash of a record: its canonical JSON content after the hash of the record before."""
     canonical = json.dumps(content, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256((prev_hash + canonical).encode("utf-8")).hexdigest()
 
 
-def record_hash(prev_hash: str, q: Qualification, nodes: Sequence[NodeVerdict | NodeRecord]) -> str:
-    return _chained(
-        prev_hash,
-        {
-            "created_at": _stamp(q.created_at),
-            "sample_path": q.sample_path,
-            "sample_sha256": q.sample_sha256,
-            "ruleset_id": q.ruleset_id,
-            "verdict": q.verdict,
-            "normalization": q.normalization,
-            "operator": q.operator,
-            "software_version": q.software_version,
-            "result_json": q.result_json,
-            "nodes": [
-                [n.key, n.kind, n.parent, n.verdict, n.score, n.threshold, n.rationale]
-                for n in nodes
-            ],
-        },
-    )
+def mac_of(key: bytes, record_hash: str) -> str:
+    return hmac.new(key, record_hash.encode("ascii"), hashlib.sha256).hexdigest()
 
 
-def feedback_hash(prev_hash: str, f: Feedback) -> str:
-    return _chained(
-        prev_hash,
-        {
-            "kind": FEEDBACK,
-            "created_at": _stamp(f.created_at),
-            "qualification_id": f.qualification_id,
-            "node": f.node,
-            "verdict": f.verdict,
-            "comment": f.comment,
-            "expert": f.expert,
-        },
-    )
+def _node_rows(nodes: Sequence[NodeVerdict | NodeRecord]) -> list[list[Any]]:
+    return [[n.key, n.kind, n.parent, n.verdict, n.score, n.threshold, n.rationale] for n in nodes]
+
+
+def _qualification_fields(q: Qualification, nodes: Sequence[NodeVerdict | NodeRecord]) -> dict:
+    return {
+        "created_at": _stamp(q.created_at),
+        "sample_path": q.sample_path,
+        "sample_sha256": q.sample_sha256,
+        "ruleset_id": q.ruleset_id,
+        "verdict": q.verdict,
+        "normalization": q.normalization,
+        "operator": q.operator,
+        "software_version": q.software_version,
+        "result_json": q.result_json,
+        "nodes": _node_rows(nodes),
+    }
+
+
+def _feedback_fields(f: Feedback) -> dict[str, Any]:
+    return {
+        "created_at": _stamp(f.created_at),
+        "qualification_id": f.qualification_id,
+        "node": f.node,
+        "verdict": f.verdict,
+        "comment": f.comment,
+        "expert": f.expert,
+    }
+
+
+def _columns(record: SQLModel) -> dict[str, Any]:
+    """Every column of a record, times as second-resolution ISO text."""
+    return {
+        name: _stamp(value) if isinstance(value, datetime) else value
+        for name, value in record.model_dump().items()
+    }
+
+
+def record_content(
+    session: Session,
+    kind: str,
+    record: Any,
+    nodes: Sequence[NodeVerdict | NodeRecord] | None = None,
+) -> dict[str, Any]:
+    """What the current record format hashes: the kind, the ID and every field of the record."""
+    if kind == QUALIFICATION:
+        if nodes is None:
+            nodes = node_verdicts(session, record.id)
+        fields = _qualification_fields(record, nodes)
+    elif kind == FEEDBACK:
+        fields = _feedback_fields(record)
+    elif kind in MODELS:
+        fields = {k: v for k, v in _columns(record).items() if k != "id"}
+    else:
+        raise ValueError(f"unknown audit record kind {kind!r}")
+    return {**fields, "kind": kind, "id": record.id}
+
+
+def legacy_hash(session: Session, kind: str, record: Any, prev: str) -> str:
+    """The hash as written before schema 3 (no ID; a qualification without its kind)."""
+    if kind == QUALIFICATION:
+        return chained(prev, _qualification_fields(record, node_verdicts(session, record.id)))
+    if kind == FEEDBACK:
+        return chained(prev, {**_feedback_fields(record), "kind": FEEDBACK})
+    raise ValueError(f"{kind} records have no format before schema 3")
+
+
+def expected_hash(session: Session, entry: AuditEntry, record: Any, prev: str) -> str:
+    if entry.format == LEGACY:
+        return legacy_hash(session, entry.kind, record, prev)
+    return chained(prev, record_content(session, entry.kind, record))
+
+
+def head_entry(session: Session) -> AuditEntry | None:
+    return session.exec(select(AuditEntry).order_by(col(AuditEntry.seq).desc()).limit(1)).first()
 
 
 def last_hash(session: Session) -> str:
     """The hash the next record of any kind must follow."""
-    row = session.exec(select(AuditEntry).order_by(col(AuditEntry.seq).desc()).limit(1)).first()
+    row = head_entry(session)
     return row.record_hash if row else GENESIS
 
 
-def _enter(session: Session, kind: str, record_id: int, prev: str, digest: str) -> None:
-    session.add(AuditEntry(kind=kind, record_id=record_id, prev_hash=prev, record_hash=digest))
+def _writable_head(session: Session) -> str:
+    """The head to extend, refusing a keyed chain without its key or with another key."""
+    head = head_entry(session)
+    if head is None:
+        return GENESIS
+    key = session.info.get(AUDIT_KEY)
+    if head.mac is not None:
+        if key is None:
+            raise AuditKeyError(
+                "the audit chain of this knowledge base is keyed: set KB_AUDIT_KEY, or "
+                "key_file under [audit] in kb.toml, to the audit key to write to it"
+            )
+        if not hmac.compare_digest(mac_of(key, head.record_hash), head.mac):
+            raise AuditKeyError(
+                "the audit key (KB_AUDIT_KEY or [audit] key_file) does not match the key the "
+                "chain head was written with; use the auditor's key"
+            )
+    return head.record_hash
+
+
+def check_writable(session: Session) -> None:
+    """Refuse early, before any work, when this writer could not extend the chain."""
+    _writable_head(session)
+
+
+def _next_id(session: Session, model: type[SQLModel]) -> int:
+    """The ID a new record gets, fixed before inserting so its hash can cover it."""
+    highest = session.exec(select(func.max(model.id))).one()  # type: ignore[attr-defined]
+    return int(highest or 0) + 1
+
+
+def _enter(session: Session, kind: str, record_id: int, prev: str, digest: str) -> AuditEntry:
+    key = session.info.get(AUDIT_KEY)
+    entry = AuditEntry(
+        kind=kind,
+        record_id=record_id,
+        prev_hash=prev,
+        record_hash=digest,
+        format=CURRENT,
+        mac=mac_of(key, digest) if key is not None else None,
+    )
+    session.add(entry)
     session.flush()
+    return entry
+
+
+def chain_record(session: Session, kind: str, record: Any) -> AuditEntry:
+    """Enter a ruleset version, calibration or normalisation statistic (already flushed, so it
+    has its ID) into the chain; the caller's write transaction holds the lock."""
+    if kind not in (RULESET, CALIBRATION, NORMALIZATION):
+        raise ValueError(f"{kind} records are appended with their own function")
+    assert record.id is not None
+    prev = _writable_head(session)
+    digest = chained(prev, record_content(session, kind, record))
+    return _enter(session, kind, record.id, prev, digest)
+
+
+def chain_unchained_records(session: Session) -> int:
+    """Schema 3 migration: enter the ruleset versions, calibrations and statistics stored
+    before it, in the order they were written; idempotent."""
+    entered = 0
+    for kind in (RULESET, CALIBRATION, NORMALIZATION):
+        model = MODELS[kind]
+        chained_ids = set(
+            session.exec(select(AuditEntry.record_id).where(AuditEntry.kind == kind)).all()
+        )
+        for record in session.exec(select(model).order_by(col(model.id))).all():  # type: ignore[attr-defined]
+            if record.id not in chained_ids:
+                chain_record(session, kind, record)
+                entered += 1
+    return entered
+
+
+def describe(kind: str, record: Any) -> str:
+    """A record as a person names it in an error."""
+    if kind == RULESET:
+        return f"ruleset version {record.version}"
+    if kind == NORMALIZATION:
+        return (
+            f"normalisation statistic {record.id} ({record.assessment_key} {record.role}, "
+            f"{record.source})"
+        )
+    return f"{kind} {record.id}"
+
+
+def check_recorded(session: Session, kind: str, record: Any) -> None:
+    """Refuse to use a record whose content no longer matches its audit-chain entry."""
+    entry = session.exec(
+        select(AuditEntry).where(AuditEntry.kind == kind, AuditEntry.record_id == record.id)
+    ).first()
+    name = describe(kind, record)
+    if entry is None:
+        raise DatabaseError(
+            f"{name} is not in the audit chain (written behind the tool's back); it is not "
+            "used: run `kb audit verify`"
+        )
+    if expected_hash(session, entry, record, entry.prev_hash) != entry.record_hash:
+        raise DatabaseError(
+            f"{name} differs from what the audit chain recorded (edited after it was "
+            "written); it is not used: run `kb audit verify` and restore the knowledge base"
+        )
+    key = session.info.get(AUDIT_KEY)
+    if (
+        key is not None
+        and entry.mac is not None
+        and not hmac.compare_digest(mac_of(key, entry.record_hash), entry.mac)
+    ):
+        raise DatabaseError(
+                f"{name}: its audit MAC does not match the audit key; it is not used: "
+                "run `kb audit verify`"
+            )
 
 
 def append_qualification(
@@ -119,7 +301,9 @@ def append_qualification(
     created_at: datetime | None = None,
 ) -> Qualification:
     """Append one qualification and its nodes; the caller's transaction makes it atomic."""
+    prev = _writable_head(session)
     q = Qualification(
+        id=_next_id(session, Qualification),
         created_at=created_at or utcnow(),
         sample_path=sample_path,
         sample_sha256=sample_sha256,
@@ -129,10 +313,10 @@ def append_qualification(
         operator=operator,
         software_version=software_version,
         result_json=json.dumps(document, sort_keys=True),
-        prev_hash=last_hash(session),
+        prev_hash=prev,
         record_hash="",
     )
-    q.record_hash = record_hash(q.prev_hash, q, nodes)
+    q.record_hash = chained(prev, record_content(session, QUALIFICATION, q, nodes))
     session.add(q)
     session.flush()
     assert q.id is not None
@@ -195,17 +379,19 @@ def append_feedback(
         raise VLKBError("feedback needs a comment saying why (--comment TEXT)")
     if not expert.strip():
         raise VLKBError("feedback needs the expert's name (--expert NAME)")
+    prev = _writable_head(session)
     f = Feedback(
+        id=_next_id(session, Feedback),
         created_at=utcnow(),
         qualification_id=qualification_id,
         node=node,
         verdict=verdict,
         comment=comment,
         expert=expert,
-        prev_hash=last_hash(session),
+        prev_hash=prev,
         record_hash="",
     )
-    f.record_hash = feedback_hash(f.prev_hash, f)
+    f.record_hash = chained(prev, record_content(session, FEEDBACK, f))
     session.add(f)
     session.flush()
     assert f.id is not None
@@ -232,10 +418,13 @@ class ChainReport:
 
     checked: int
     first_bad_kind: str | None
-    first_bad_id: int | None
+    first_bad_id: int | str | None
     problem: str | None
     head: str = GENESIS
     counts: tuple[tuple[str, int], ...] = ()
+    macs_checked: int = 0
+    macs_unchecked: int = 0  # entries with a MAC that no key was given to check
+    keyed_from: int | None = None  # seq of the first entry with a MAC
 
     @property
     def ok(self) -> bool:
@@ -243,54 +432,139 @@ class ChainReport:
 
     @property
     def first_bad(self) -> str | None:
-        """The first bad record as a person names it, e.g. "feedback 3"."""
-        return None if self.ok else f"{self.first_bad_kind} {self.first_bad_id}"
+        """The first bad record as a person names it, e.g. "feedback 3" or "image 1a2b3c..."."""
+        if self.ok:
+            return None
+        shown = self.first_bad_id
+        if isinstance(shown, str):
+            shown = shown[:12]
+        return f"{self.first_bad_kind} {shown}"
 
 
-def _recomputed(session: Session, kind: str, record: Qualification | Feedback, prev: str) -> str:
-    if isinstance(record, Feedback):
-        return feedback_hash(prev, record)
-    assert record.id is not None
-    return record_hash(prev, record, node_verdicts(session, record.id))
+def thumbnail_sha256(session: Session, sample_sha256: str) -> str | None:
+    image = session.get(ImageRecord, sample_sha256)
+    return hashlib.sha256(image.thumbnail_png).hexdigest() if image is not None else None
 
 
-def verify_chain(session: Session) -> ChainReport:
-    """Recompute every record's hash in chain order; name the first record that does not match."""
+def recorded_thumbnail(q: Qualification) -> str | None:
+    """The thumbnail SHA-256 a qualification's document recorded (None before schema 3)."""
+    try:
+        sample = json.loads(q.result_json).get("sample") or {}
+    except (ValueError, AttributeError):
+        return None
+    value = sample.get("thumbnail_sha256") if isinstance(sample, dict) else None
+    return value if isinstance(value, str) else None
+
+
+def verify_chain(
+    session: Session, key: bytes | None = None, expect_head: str | None = None
+) -> ChainReport:
+    """Recompute every record's hash (and MAC) in chain order; name the first that fails.
+
+    Then every record must be in the chain, every stored original image must match its
+    SHA-256, a given key must have keyed something and an expected head must be in the chain.
+    """
     prev = GENESIS
     checked = 0
-    counts = {QUALIFICATION: 0, FEEDBACK: 0}
-    seen: dict[str, set[int]] = {QUALIFICATION: set(), FEEDBACK: set()}
-    models = {QUALIFICATION: Qualification, FEEDBACK: Feedback}
+    counts = dict.fromkeys(MODELS, 0)
+    seen: dict[str, set[int]] = {kind: set() for kind in MODELS}
+    macs_checked = macs_unchecked = 0
+    keyed_from: int | None = None
+    new_format_from: int | None = None
+    found_head = expect_head is None
 
-    def bad(kind: str, record_id: int | None, problem: str) -> ChainReport:
-        return ChainReport(checked, kind, record_id, problem, prev, tuple(counts.items()))
+    def report(kind: str | None, record_id: int | str | None, problem: str | None) -> ChainReport:
+        return ChainReport(
+            checked, kind, record_id, problem, prev, tuple(counts.items()),
+            macs_checked, macs_unchecked, keyed_from,
+        )
 
     for entry in session.exec(select(AuditEntry).order_by(col(AuditEntry.seq))):
-        if entry.kind not in models:
-            return bad(entry.kind, entry.record_id, "has a kind the audit log does not know")
-        record = session.get(models[entry.kind], entry.record_id)
+        kind, rid = entry.kind, entry.record_id
+        if kind not in MODELS:
+            return report(kind, rid, "has a kind the audit log does not know")
+        record: Any = session.get(MODELS[kind], rid)
         if record is None:
-            return bad(entry.kind, entry.record_id, "is in the chain but was deleted")
-        if entry.prev_hash != prev or record.prev_hash != prev:
-            return bad(
-                entry.kind,
-                entry.record_id,
+            return report(kind, rid, "is in the chain but was deleted")
+        if entry.format not in (LEGACY, CURRENT) or (
+            entry.format == LEGACY and kind not in (QUALIFICATION, FEEDBACK)
+        ):
+            return report(kind, rid, f"has an unknown record format {entry.format}")
+        if entry.format == LEGACY and new_format_from is not None:
+            return report(
+                kind, rid,
+                "is in the record format of before schema 3, after records of the new format "
+                "(slipped in behind the tool's back)",
+            )
+        if entry.format == CURRENT and new_format_from is None:
+            new_format_from = entry.seq
+        own_prev = getattr(record, "prev_hash", prev)
+        if entry.prev_hash != prev or own_prev != prev:
+            return report(
+                kind, rid,
                 "does not follow the record before it (a record was deleted or reordered)",
             )
-        digest = _recomputed(session, entry.kind, record, prev)
-        if digest != record.record_hash or digest != entry.record_hash:
-            return bad(
-                entry.kind,
-                entry.record_id,
-                "content differs from what was recorded (edited after it was written)",
+        digest = expected_hash(session, entry, record, prev)
+        if digest != entry.record_hash or getattr(record, "record_hash", digest) != digest:
+            return report(
+                kind, rid, "content differs from what was recorded (edited after it was written)"
             )
+        if kind == QUALIFICATION:
+            recorded = recorded_thumbnail(record)
+            if recorded is not None and thumbnail_sha256(session, record.sample_sha256) != recorded:
+                return report(
+                    kind, rid,
+                    "has a stored thumbnail that differs from the one it recorded (the image "
+                    "table was edited)",
+                )
+        if entry.mac is None:
+            if keyed_from is not None:
+                return report(
+                    kind, rid,
+                    f"carries no MAC although the chain is keyed from entry {keyed_from} "
+                    "(appended without the audit key)",
+                )
+        else:
+            keyed_from = keyed_from or entry.seq
+            if key is None:
+                macs_unchecked += 1
+            elif not hmac.compare_digest(mac_of(key, digest), entry.mac):
+                return report(
+                    kind, rid,
+                    "has a MAC that does not match the audit key (written or re-hashed "
+                    "without the key)",
+                )
+            else:
+                macs_checked += 1
+        if expect_head is not None and digest == expect_head:
+            found_head = True
         prev = digest
         checked += 1
-        counts[entry.kind] += 1
-        seen[entry.kind].add(entry.record_id)
-    for kind, model in models.items():
+        counts[kind] += 1
+        seen[kind].add(rid)
+    for kind, model in MODELS.items():
         ids = session.exec(select(col(model.id)).order_by(col(model.id)))  # type: ignore[attr-defined]
         for record_id in ids:
             if record_id not in seen[kind]:
-                return bad(kind, record_id, "is not in the audit chain (added behind its back)")
-    return ChainReport(checked, None, None, None, prev, tuple(counts.items()))
+                return report(kind, record_id, "is not in the audit chain (added behind its back)")
+    images = session.exec(
+        select(ImageRecord).where(col(ImageRecord.data).is_not(None)).order_by(
+            col(ImageRecord.sha256)
+        )
+    )
+    for image in images:
+        if hashlib.sha256(image.data or b"").hexdigest() != image.sha256:
+            return report(
+                "image", image.sha256,
+                "has original bytes that do not match its SHA-256 (the image was replaced)",
+            )
+    if key is not None and keyed_from is None:
+        return report(None, None, "an audit key was given but no record of the chain is keyed")
+    if not found_head:
+        assert expect_head is not None
+        return report(
+            None, None,
+            f"the chain does not extend the expected head {expect_head[:16]} (records were "
+            "removed, or the chain was re-hashed after it)",
+        )
+    return report(None, None, None)

@@ -47,6 +47,7 @@ class WorkspaceConfig:
     output_dir: Path
     models: dict[str, ModelSpec] = field(default_factory=dict)
     roles: dict[str, str | None] = field(default_factory=dict)
+    audit_key_file: Path | None = None  # [audit] key_file: the HMAC key of the audit chain
 
     def model_for_role(self, role: str) -> ModelSpec | None:
         """The model bound to a role, or None while the role is unbound."""
@@ -79,12 +80,13 @@ class Workspace:
         return cls(root=path, config=load_config(config_path))
 
 
-_TOP_KEYS = {"database", "metrology", "legend", "output", "models", "roles"}
+_TOP_KEYS = {"database", "metrology", "legend", "output", "models", "roles", "audit"}
 _MODEL_KEYS = {"backend", "source", "batch_size"}
 _SECTION_KEYS = {
     "database": {"url", "busy_timeout_s"},
     "metrology": {"um_per_px"},
     "output": {"dir"},
+    "audit": {"key_file"},
 }
 
 
@@ -124,7 +126,17 @@ def load_config(path: Path) -> WorkspaceConfig:
         output_dir=root / str(data.get("output", {}).get("dir", "out")),
         models=_models(data.get("models", {}), path),
         roles=_roles(data.get("roles", {}), data.get("models", {}), path),
+        audit_key_file=_key_file(root, data.get("audit", {}), path),
     )
+
+
+def _key_file(root: Path, section: dict, path: Path) -> Path | None:
+    value = section.get("key_file")
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise WorkspaceError(f"{path}: audit.key_file must be a file path, got {value!r}")
+    return (root / Path(value).expanduser()).resolve()
 
 
 def _database_url(root: Path, section: dict, path: Path) -> str:

@@ -29,3 +29,7 @@ class ModelLoadError(VLKBError):
 
 class NotFoundError(VLKBError):
     """An ID or key given on the command line does not exist."""
+
+
+class AuditKeyError(WorkspaceError):
+    """The audit chain is keyed and no key, or another key, was given to extend it."""

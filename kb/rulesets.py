@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 from dataclasses import dataclass, field
@@ -10,7 +11,8 @@ from pathlib import Path
 
 from sqlmodel import Session, col, select
 
-from kb.errors import RulesError
+from kb.audit import RULESET, chain_record, check_recorded
+from kb.errors import DatabaseError, RulesError
 from kb.image_store import store_image_file
 from kb.rules import Ruleset
 from kb.tables import AssessmentRow, PromptRow, ReferenceRow, RulesetVersion
@@ -66,6 +68,25 @@ def ruleset_of(row: RulesetVersion) -> Ruleset:
     return Ruleset.from_dict(json.loads(row.snapshot_json))
 
 
+def verified_ruleset(session: Session, row: RulesetVersion) -> Ruleset:
+    """The snapshot the engine judges with, refused if it is not the one that was synced:
+    it must hash to its content hash and match its audit-chain entry."""
+    try:
+        data = json.loads(row.snapshot_json)
+        canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    except ValueError:
+        canonical = None
+    if canonical is None or hashlib.sha256(canonical.encode("utf-8")).hexdigest() != (
+        row.content_hash
+    ):
+        raise DatabaseError(
+            f"ruleset version {row.version}: its stored snapshot does not hash to its content "
+            "hash (edited after it was synced); it is not used: run `kb audit verify`"
+        )
+    check_recorded(session, RULESET, row)
+    return Ruleset.from_dict(data)
+
+
 def store_ruleset(
     session: Session, ruleset: Ruleset, rules_dir: Path, git: GitState
 ) -> RulesetVersion:
@@ -82,6 +103,7 @@ def store_ruleset(
     session.add(row)
     session.flush()
     assert row.id is not None
+    chain_record(session, RULESET, row)
     for a in ruleset.assessments.values():
         session.add(
             AssessmentRow(

@@ -1,8 +1,8 @@
 """SQLModel tables of the knowledge base.
 
-Ruleset versions, qualifications, node verdicts, expert feedback and the audit chain are
-written once and never updated; embeddings and images are content-addressed caches keyed by
-SHA-256.
+Ruleset versions, qualifications, node verdicts, expert feedback, calibrations, normalisation
+statistics and the audit chain are written once and never updated; embeddings and images are
+content-addressed caches keyed by SHA-256 (an image row may only gain its original bytes).
 """
 
 from __future__ import annotations
@@ -172,10 +172,13 @@ class AuditEntry(SQLModel, table=True):
     __tablename__ = "audit_chain"
     __table_args__ = (UniqueConstraint("kind", "record_id"),)
     seq: int | None = Field(default=None, primary_key=True)
-    kind: str  # "qualification" or "feedback"
+    kind: str  # qualification, feedback, ruleset, calibration or normalization_stat
     record_id: int
     prev_hash: str = Field(unique=True)
     record_hash: str = Field(unique=True)
+    # 1: written before schema 3 (qualification and feedback, no ID in the hash); 2: now
+    format: int = Field(default=1, sa_column_kwargs={"server_default": "1"})
+    mac: str | None = None  # HMAC-SHA256 of record_hash under the audit key, when keyed
 
 
 class Calibration(SQLModel, table=True):

@@ -20,6 +20,7 @@ from engine.sync import sync_workspace
 from tests.workspaces import micrograph, new_workspace, write_carbide_assessment
 
 runner = CliRunner()
+SCHEMA_2 = Path(__file__).resolve().parent / "data" / "kb-schema-2.sqlite"
 
 
 def kb(*args: object) -> tuple[int, str, str]:
@@ -292,7 +293,7 @@ def test_verify_passes_then_names_a_verdict_edited_in_sqlite(ws, tmp_path):
     code, doc, _ = qualify(ws, samples(tmp_path / "in", 3))
     ids = [q["id"] for q in doc["qualifications"]]
     code, out, err = kb("audit", "verify", "-w", ws)
-    assert code == 0 and "Audit log intact: 3 record(s) verified" in out and err == ""
+    assert code == 0 and "Audit log intact: " in out and "3 qualification(s)" in out and err == ""
     current = sql(ws, f"SELECT verdict FROM qualification WHERE id = {ids[1]}")[0][0]
     forged = "reject" if current == "accept" else "accept"
     sql(
@@ -306,7 +307,9 @@ def test_verify_passes_then_names_a_verdict_edited_in_sqlite(ws, tmp_path):
     code, out, _ = kb("audit", "verify", "--json", "-w", ws)
     report = json.loads(out)
     assert code == 1 and report["first_bad"] == {"kind": "qualification", "id": ids[1]}
-    assert report["checked"] == 1
+    (seq,) = sql(ws, f"SELECT seq FROM audit_chain WHERE kind = 'qualification' "
+                     f"AND record_id = {ids[1]}")[0]
+    assert report["checked"] == seq - 1
 
 
 def test_verify_names_an_edited_result_document(ws, tmp_path):
@@ -330,7 +333,7 @@ def test_verify_names_an_edited_feedback_comment(ws, tmp_path):
         kb("feedback", ident, "EA-5", "--verdict", "reject", "--comment", comment, "-w", ws)
     code, doc2, _ = qualify(ws, samples(tmp_path / "in2", 1))
     code, out, _ = kb("audit", "verify", "-w", ws)
-    assert code == 0 and "4 record(s)" in out and "2 feedback" in out
+    assert code == 0 and "2 qualification(s), 2 feedback" in out
     sql(
         ws,
         "DROP TRIGGER feedback_no_update",
@@ -347,15 +350,15 @@ def test_feedback_and_qualifications_share_one_chain(ws, tmp_path):
     code, doc, _ = qualify(ws, samples(tmp_path / "in2", 1))
     second = doc["qualifications"][0]["id"]
     chain = sql(ws, "SELECT kind, record_id, prev_hash, record_hash FROM audit_chain ORDER BY seq")
-    assert [(k, i) for k, i, _, _ in chain] == [
+    assert chain[0][:2] == ("ruleset", 1) and chain[0][2] == "0" * 64
+    assert [(k, i) for k, i, _, _ in chain[-3:]] == [
         ("qualification", first),
         ("feedback", 1),
         ("qualification", second),
     ]
-    assert chain[0][2] == "0" * 64
-    assert chain[1][2] == chain[0][3] and chain[2][2] == chain[1][3]
+    assert all(chain[n][2] == chain[n - 1][3] for n in range(1, len(chain)))
     (feedback_hash,) = sql(ws, "SELECT record_hash FROM feedback")[0]
-    assert feedback_hash == chain[1][3]
+    assert feedback_hash == chain[-2][3]
     # Removing the feedback and its chain entry breaks the link to the next qualification.
     sql(
         ws,
@@ -414,20 +417,439 @@ def test_history_filters_by_verdict_and_time(ws, tmp_path):
 # --- schema versions ------------------------------------------------------------------------
 
 
-def test_a_schema_1_database_migrates_and_its_chain_still_verifies(ws, tmp_path):
-    code, doc, _ = qualify(ws, samples(tmp_path / "in", 2))
-    ids = [q["id"] for q in doc["qualifications"]]
-    sql(  # what schema 1 had: no feedback and no cross-kind chain
-        ws,
+def test_a_schema_1_database_migrates_and_its_chain_still_verifies(tmp_path):
+    from tests.workspaces import new_workspace
+
+    root = tmp_path / "old"
+    new_workspace(root)
+    shutil.copy(SCHEMA_2, root / "kb.sqlite")
+    sql(  # what schema 1 had: no feedback and no cross-kind chain (so no third qualification)
+        root,
         "DROP TABLE audit_chain",
         "DROP TABLE feedback",
+        "DROP TRIGGER node_verdict_no_delete",
+        "DROP TRIGGER qualification_no_delete",
+        "DELETE FROM node_verdict WHERE qualification_id = 3",
+        "DELETE FROM qualification WHERE id = 3",
         "UPDATE schema_info SET version = 1",
     )
-    code, out, err = kb("audit", "verify", "-w", ws)
-    assert code == 0 and "2 record(s) verified" in out, err
-    assert sql(ws, "SELECT version FROM schema_info") == [(2,)]
-    assert sql(ws, "SELECT record_id FROM audit_chain ORDER BY seq") == [(i,) for i in ids]
-    code, _, err = kb("feedback", ids[0], "EA-5", "--verdict", "accept", "--comment", "k", "-w", ws)
+    code, out, err = kb("audit", "verify", "-w", root)
+    assert code == 0 and "2 qualification(s)" in out, err
+    assert sql(root, "SELECT version FROM schema_info") == [(3,)]
+    assert sql(
+        root, "SELECT record_id FROM audit_chain WHERE kind = 'qualification' ORDER BY seq"
+    ) == [(1,), (2,)]
+    code, _, err = kb("feedback", 1, "EA-5", "--verdict", "accept", "--comment", "k", "-w", root)
     assert code == 0, err
-    triggers = {name for (name,) in sql(ws, "SELECT name FROM sqlite_master WHERE type='trigger'")}
-    assert {"feedback_no_update", "audit_chain_no_delete"} <= triggers
+    assert verify(root)[0] == 0
+    listed = sql(root, "SELECT name FROM sqlite_master WHERE type = 'trigger'")
+    triggers = {name for (name,) in listed}
+    assert {"feedback_no_update", "audit_chain_no_delete", "normalization_stat_no_update",
+            "calibration_no_delete"} <= triggers
+
+
+# --- everything a verdict depends on is covered ---------------------------------------------
+
+
+def unguard(ws: Path, *tables: str) -> None:
+    """Drop every trigger of these tables, as an attacker with file access would first."""
+    for table in tables:
+        for (name,) in sql(ws, f"SELECT name FROM sqlite_master WHERE type = 'trigger' "
+                               f"AND tbl_name = '{table}'"):
+            sql(ws, f"DROP TRIGGER {name}")
+
+
+def verify(ws: Path, *extra: object) -> tuple[int, dict, str]:
+    code, out, err = kb("audit", "verify", "--json", "-w", ws, *extra)
+    return code, json.loads(out), err
+
+
+def chain_kinds(ws: Path) -> list[tuple[str, int]]:
+    return [(k, i) for k, i in sql(ws, "SELECT kind, record_id FROM audit_chain ORDER BY seq")]
+
+
+def test_an_edited_ruleset_snapshot_is_caught_by_verify_and_refused_at_use(ws, tmp_path):
+    code, doc, err = qualify(ws, samples(tmp_path / "in", 1))
+    assert code == 0, err
+    (snapshot,) = sql(ws, "SELECT snapshot_json FROM ruleset_version WHERE version = 1")[0]
+    assert '"threshold": 0.0' in snapshot
+    unguard(ws, "ruleset_version")
+    sql(ws, "UPDATE ruleset_version SET snapshot_json = "
+            "replace(snapshot_json, '\"threshold\": 0.0', '\"threshold\": -9.0')")
+    code, report, _ = verify(ws)
+    assert code == 1 and report["first_bad"] == {"kind": "ruleset", "id": 1}
+    code, out, err = kb("audit", "verify", "-w", ws)
+    assert code == 1 and "broken: ruleset 1" in err and err.count("\n") == 1
+    code, out, err = kb("qualify", *samples(tmp_path / "in2", 1), "-w", ws)
+    assert code == 1 and "ruleset version 1" in err and err.count("\n") == 1
+    code, out, err = kb("sync", "-w", ws)
+    assert code == 1 and "ruleset version 1" in err and "unchanged" not in out
+    assert sql(ws, "SELECT COUNT(*) FROM qualification") == [(1,)]
+
+
+def test_an_edited_normalisation_mu_is_caught_by_verify_and_refused_at_use(ws, tmp_path):
+    stats = sql(ws, "SELECT id FROM normalization_stat ORDER BY id")
+    assert stats, "the synced workspace has reference statistics"
+    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+        sql(ws, "UPDATE normalization_stat SET mu = mu + 1")
+    unguard(ws, "normalization_stat")
+    sql(ws, f"UPDATE normalization_stat SET mu = mu - 0.5 WHERE id = {stats[-1][0]}")
+    code, report, _ = verify(ws)
+    assert code == 1 and report["first_bad"] == {"kind": "normalization_stat", "id": stats[-1][0]}
+    code, out, err = kb("qualify", *samples(tmp_path / "in", 1), "-w", ws)
+    assert code == 1 and err.count("\n") == 1 and "normalisation statistic" in err
+    assert sql(ws, "SELECT COUNT(*) FROM qualification") == [(0,)]
+
+
+def test_an_edited_calibration_is_caught_by_verify_and_refused_at_use(ws, tmp_path):
+    cal = samples(tmp_path / "cal", 4)
+    code, out, err = kb("calibrate", cal[0].parent, "--json", "-w", ws)
+    assert code == 0, err
+    version = json.loads(out)["calibration"]
+    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+        sql(ws, "DELETE FROM calibration")
+    unguard(ws, "calibration", "normalization_stat")
+    sql(ws, f"UPDATE normalization_stat SET sigma = sigma * 10 "
+            f"WHERE calibration_version = {version}")
+    code, report, _ = verify(ws)
+    assert code == 1 and report["first_bad"]["kind"] == "normalization_stat"
+    code, _, err = kb("qualify", *samples(tmp_path / "in", 1), "-w", ws)
+    assert code == 1 and "normalisation statistic" in err
+    sql(ws, f"UPDATE calibration SET images = 99 WHERE id = {version}")
+    code, report, _ = verify(ws)
+    assert code == 1 and report["first_bad"] == {"kind": "calibration", "id": version}
+
+
+def test_an_edited_reference_image_is_caught_by_verify_and_report(ws, tmp_path):
+    (sha,) = sql(ws, "SELECT sha256 FROM image WHERE data IS NOT NULL ORDER BY sha256")[0]
+    other = micrograph(tmp_path / "other.png", seed=99, pink_share=0.5).read_bytes()
+    with pytest.raises(sqlite3.IntegrityError):
+        con = sqlite3.connect(ws / "kb.sqlite")
+        try:
+            con.execute("UPDATE image SET data = ? WHERE sha256 = ?", (other, sha))
+        finally:
+            con.close()
+    unguard(ws, "image")
+    con = sqlite3.connect(ws / "kb.sqlite")
+    with con:
+        con.execute("UPDATE image SET data = ? WHERE sha256 = ?", (other, sha))
+    con.close()
+    code, report, _ = verify(ws)
+    assert code == 1 and report["first_bad"] == {"kind": "image", "id": sha}
+    code, out, err = kb("audit", "verify", "-w", ws)
+    assert code == 1 and f"image {sha[:12]}" in err
+
+
+def test_an_edited_sample_thumbnail_is_caught_by_verify_and_report(ws, tmp_path):
+    code, doc, err = qualify(ws, samples(tmp_path / "in", 2))
+    assert code == 0, err
+    q = doc["qualifications"][1]
+    assert q["sample"]["thumbnail_sha256"]
+    other = micrograph(tmp_path / "other.png", seed=98, pink_share=0.6).read_bytes()
+    unguard(ws, "image")
+    con = sqlite3.connect(ws / "kb.sqlite")
+    with con:
+        con.execute("UPDATE image SET thumbnail_png = ? WHERE sha256 = ?",
+                    (other, q["sample"]["sha256"]))
+    con.close()
+    code, report, _ = verify(ws)
+    assert code == 1 and report["first_bad"] == {"kind": "qualification", "id": q["id"]}
+    assert "thumbnail" in report["problem"]
+    code, out, err = kb("report", q["id"], "-w", ws)
+    assert code == 1 and "thumbnail" in err and err.count("\n") == 1
+
+
+def test_swapping_the_ids_of_two_qualifications_is_caught(ws, tmp_path):
+    code, doc, err = qualify(ws, samples(tmp_path / "in", 3))
+    a, b = doc["qualifications"][0]["id"], doc["qualifications"][1]["id"]
+    code, before, _ = verify(ws)
+    assert code == 0
+    unguard(ws, "qualification", "node_verdict", "audit_chain")
+    swap = "CASE {col} WHEN {a} THEN {b} WHEN {b} THEN {a} ELSE {col} END"
+    sql(
+        ws,
+        "PRAGMA foreign_keys = OFF",
+        f"UPDATE qualification SET id = -id WHERE id IN ({a}, {b})",
+        f"UPDATE qualification SET id = {swap.format(col='-id', a=a, b=b)} WHERE id < 0",
+        f"UPDATE node_verdict SET qualification_id = "
+        f"{swap.format(col='qualification_id', a=a, b=b)}",
+        "UPDATE audit_chain SET record_id = -record_id WHERE kind = 'qualification' "
+        f"AND record_id IN ({a}, {b})",
+        f"UPDATE audit_chain SET record_id = {swap.format(col='-record_id', a=a, b=b)} "
+        "WHERE record_id < 0",
+    )
+    samples_now = dict(sql(ws, "SELECT id, sample_path FROM qualification"))
+    assert samples_now[a].endswith("s1.png") and samples_now[b].endswith("s0.png")
+    code, report, _ = verify(ws)  # the entry where `a` was now holds `b`: named as such
+    assert code == 1 and report["first_bad"] == {"kind": "qualification", "id": b}
+    assert "content differs" in report["problem"]
+
+
+# --- the anchored head and the keyed chain --------------------------------------------------
+
+
+def forge_tail(ws: Path, mac: str | None) -> int:
+    """Append a copy of the last qualification, verdict flipped, with correctly chained hashes."""
+    from sqlmodel import select
+
+    from kb.audit import AuditEntry, chained, record_content
+    from kb.config import Workspace
+    from kb.store import KnowledgeBase
+    from kb.tables import NodeVerdict, Qualification
+
+    store = KnowledgeBase.open(Workspace.open(ws))
+    with store.engine.connect() as con:
+        head = con.exec_driver_sql(
+            "SELECT record_hash FROM audit_chain ORDER BY seq DESC LIMIT 1").scalar()
+        last = con.exec_driver_sql("SELECT MAX(id) FROM qualification").scalar()
+    from sqlmodel import Session
+
+    with Session(store.engine) as s:
+        old = s.get(Qualification, last)
+        nodes = list(s.exec(select(NodeVerdict).where(NodeVerdict.qualification_id == last)))
+        forged = Qualification(**{**old.model_dump(), "id": last + 1, "verdict": "accept",
+                                  "prev_hash": head, "record_hash": ""})
+        copies = [NodeVerdict(**{**n.model_dump(), "id": None, "qualification_id": last + 1,
+                                 "verdict": "accept"}) for n in nodes]
+        forged.record_hash = chained(head, record_content(s, "qualification", forged, copies))
+        s.add(forged)
+        s.flush()
+        s.add_all(copies)
+        s.add(AuditEntry(kind="qualification", record_id=last + 1, prev_hash=head,
+                         record_hash=forged.record_hash, format=2, mac=mac))
+        s.commit()
+    store.close()
+    return last + 1
+
+
+def rehash_from(ws: Path, kind: str, record_id: int) -> None:
+    """Recompute every hash from this record to the head, as an attacker without the key can."""
+    from sqlalchemy import text
+    from sqlmodel import Session, col, select
+
+    from kb.audit import GENESIS, MODELS, AuditEntry, chained, record_content
+    from kb.config import Workspace
+    from kb.store import KnowledgeBase
+
+    store = KnowledgeBase.open(Workspace.open(ws))
+    with Session(store.engine) as s:
+        prev, started = GENESIS, False
+        for entry in s.exec(select(AuditEntry).order_by(col(AuditEntry.seq))).all():
+            started = started or (entry.kind, entry.record_id) == (kind, record_id)
+            if not started:
+                prev = entry.record_hash
+                continue
+            record = s.get(MODELS[entry.kind], entry.record_id)
+            digest = chained(prev, record_content(s, entry.kind, record))
+            params = {"p": prev, "h": digest, "i": entry.record_id, "q": entry.seq}
+            s.exec(text("UPDATE audit_chain SET prev_hash = :p, record_hash = :h "
+                        "WHERE seq = :q"), params=params)
+            if entry.kind in ("qualification", "feedback"):
+                s.exec(text(f"UPDATE {entry.kind} SET prev_hash = :p, record_hash = :h "
+                            "WHERE id = :i"), params=params)
+            prev = digest
+        s.commit()
+    store.close()
+
+
+def use_key(ws: Path, key: str = "the auditor keeps this secret") -> Path:
+    key_file = ws / "audit.key"
+    key_file.write_text(key + "\n")
+    config = ws / "kb.toml"
+    config.write_text(config.read_text() + '\n[audit]\nkey_file = "audit.key"\n')
+    return key_file
+
+
+def test_audit_head_prints_the_head_its_position_and_time(ws, tmp_path):
+    code, doc, _ = qualify(ws, samples(tmp_path / "in", 2))
+    code, out, err = kb("audit", "head", "--json", "-w", ws)
+    assert code == 0, err
+    head = json.loads(out)
+    (seq, digest) = sql(ws, "SELECT seq, record_hash FROM audit_chain ORDER BY seq DESC")[0]
+    assert head["hash"] == digest and head["seq"] == seq
+    assert head["kind"] == "qualification" and head["id"] == doc["qualifications"][-1]["id"]
+    assert head["created_at"][:19] == doc["qualifications"][-1]["created_at"][:19]
+    code, out, _ = kb("audit", "head", "-w", ws)
+    assert code == 0 and digest in out and f"seq {seq}" in out
+
+
+def test_a_middle_record_rehashed_to_the_head_fails_the_anchored_head(ws, tmp_path):
+    code, doc, _ = qualify(ws, samples(tmp_path / "in", 3))
+    middle = doc["qualifications"][1]["id"]
+    anchored = json.loads(kb("audit", "head", "--json", "-w", ws)[1])["hash"]
+    code, _, err = kb("audit", "verify", "--expect-head", anchored, "-w", ws)
+    assert code == 0, err
+    unguard(ws, "qualification", "audit_chain")
+    sql(ws, f"UPDATE qualification SET operator = 'someone else' WHERE id = {middle}")
+    rehash_from(ws, "qualification", middle)
+    code, report, _ = verify(ws)
+    assert code == 0  # the chain alone cannot tell: it is consistent again
+    code, report, err = verify(ws, "--expect-head", anchored)
+    assert code == 1 and not report["ok"] and "expected head" in report["problem"]
+    code, out, err = kb("audit", "verify", "--expect-head", "0" * 64, "-w", ws)
+    assert code == 1 and err.count("\n") == 1 and "0000000000000000" in err
+
+
+def test_a_keyed_chain_catches_a_rehashed_middle_record_and_names_it(ws, tmp_path):
+    use_key(ws)
+    code, doc, err = qualify(ws, samples(tmp_path / "in", 3))
+    assert code == 0, err
+    middle = doc["qualifications"][1]["id"]
+    code, report, err = verify(ws)
+    assert code == 0 and report["macs"]["checked"] == 3, err  # synced before the key: unkeyed
+    unguard(ws, "qualification", "audit_chain")
+    sql(ws, f"UPDATE qualification SET operator = 'someone else' WHERE id = {middle}")
+    rehash_from(ws, "qualification", middle)
+    code, report, _ = verify(ws)
+    assert code == 1 and report["first_bad"] == {"kind": "qualification", "id": middle}
+    assert "MAC" in report["problem"]
+
+
+def test_a_forged_tail_record_is_caught_by_the_key(ws, tmp_path):
+    key_file = use_key(ws)
+    code, doc, err = qualify(ws, samples(tmp_path / "in", 2))
+    assert code == 0, err
+    forged = forge_tail(ws, mac="ab" * 32)
+    code, report, _ = verify(ws)
+    assert code == 1 and report["first_bad"] == {"kind": "qualification", "id": forged}
+    config = ws / "kb.toml"
+    config.write_text(config.read_text().replace('key_file = "audit.key"', ""))
+    code, report, _ = verify(ws, "--key-file", key_file)
+    assert code == 1 and report["first_bad"] == {"kind": "qualification", "id": forged}
+    code, report, _ = verify(ws)  # without the key: MACs it cannot check, said so
+    assert code == 0 and report["macs"]["unchecked"] == 3  # two qualifications and the forgery
+    code, out, _ = kb("audit", "verify", "-w", ws)
+    assert "3 record(s) carry a MAC that was not checked" in out
+
+
+def test_a_forged_tail_record_without_a_mac_on_a_keyed_chain_is_caught_without_the_key(
+    ws, tmp_path
+):
+    use_key(ws)
+    qualify(ws, samples(tmp_path / "in", 1))
+    forged = forge_tail(ws, mac=None)
+    config = ws / "kb.toml"
+    config.write_text(config.read_text().replace('key_file = "audit.key"', ""))
+    code, report, _ = verify(ws)
+    assert code == 1 and report["first_bad"] == {"kind": "qualification", "id": forged}
+
+
+def test_writers_refuse_a_keyed_chain_without_the_key_or_with_another_key(
+    ws, tmp_path, monkeypatch
+):
+    use_key(ws)
+    code, doc, err = qualify(ws, samples(tmp_path / "in", 1))
+    assert code == 0, err
+    ident = doc["qualifications"][0]["id"]
+    config = ws / "kb.toml"
+    config.write_text(config.read_text().replace('key_file = "audit.key"', ""))
+    code, _, err = kb("feedback", ident, "EA-5", "--verdict", "accept", "--comment", "x", "-w", ws)
+    assert code == 1 and err.count("\n") == 1 and "KB_AUDIT_KEY" in err
+    monkeypatch.setenv("KB_AUDIT_KEY", "not the auditor's key at all")
+    code, _, err = kb("qualify", *samples(tmp_path / "in2", 1), "-w", ws)
+    assert code == 1 and err.count("\n") == 1 and "does not match" in err
+    monkeypatch.setenv("KB_AUDIT_KEY", "the auditor keeps this secret")
+    code, _, err = kb("feedback", ident, "EA-5", "--verdict", "accept", "--comment", "x", "-w", ws)
+    assert code == 0, err
+    assert sql(ws, "SELECT COUNT(*) FROM feedback") == [(1,)]
+    code, report, _ = verify(ws)
+    assert code == 0 and report["macs"]["unchecked"] == 0
+
+
+def test_a_key_given_to_verify_when_no_record_is_keyed_fails(ws, tmp_path):
+    qualify(ws, samples(tmp_path / "in", 1))
+    key = tmp_path / "k"
+    key.write_text("the auditor keeps this secret")
+    code, report, _ = verify(ws, "--key-file", key)
+    assert code == 1 and "no record" in report["problem"]
+
+
+# --- a damaged database stops writes --------------------------------------------------------
+
+
+def damage(database: Path) -> None:
+    """Overwrite bytes in the middle of the file, as a stray write would: here the page of the
+    prompt table, which writing a qualification never reads."""
+    with sqlite3.connect(database) as con:
+        (page,) = con.execute("SELECT pageno FROM dbstat WHERE name = 'prompt'").fetchone()
+        (size,) = con.execute("PRAGMA page_size").fetchone()
+    con.close()
+    with database.open("r+b") as handle:
+        handle.seek((page - 1) * size)
+        handle.write(b"\xde\xad\xbe\xef" * 8)
+    con = sqlite3.connect(database)
+    try:
+        result = con.execute("PRAGMA quick_check").fetchall()
+    except sqlite3.DatabaseError as exc:
+        result = [(str(exc),)]
+    finally:
+        con.close()
+    assert result != [("ok",)], "the damage must be visible to quick_check"
+
+
+def test_a_damaged_database_refuses_writes_and_verify_reports_it(ws, tmp_path):
+    code, doc, _ = qualify(ws, samples(tmp_path / "in", 2))
+    damage(ws / "kb.sqlite")
+    before = (ws / "kb.sqlite").read_bytes()
+    for command in (
+        ["qualify", *samples(tmp_path / "in2", 1)],
+        ["feedback", 1, "EA-5", "--verdict", "accept", "--comment", "x"],
+        ["sync"],
+        ["calibrate", tmp_path / "in"],
+    ):
+        code, out, err = kb(*command, "-w", ws)
+        assert code == 1, (command, out, err)
+        assert err.count("\n") == 1 and "damaged" in err and ".recover" in err, err
+    assert (ws / "kb.sqlite").read_bytes() == before
+    code, out, err = kb("audit", "verify", "-w", ws)
+    assert code == 1 and "damaged" in err and "Traceback" not in err
+
+
+# --- schema 3 migration of a real schema-2 database --------------------------------------------
+
+
+
+def test_a_real_schema_2_database_migrates_keeps_verifying_and_extends_in_the_new_format(
+    tmp_path,
+):
+    """tests/data/kb-schema-2.sqlite was written by VLKB before schema 3: a ruleset, reference
+    statistics, a calibration, three qualifications and one feedback."""
+    from tests.workspaces import new_workspace
+
+    root = tmp_path / "old"
+    new_workspace(root)
+    shutil.copy(SCHEMA_2, root / "kb.sqlite")
+    code, report, err = verify(root)
+    assert code == 0, (report, err)
+    assert sql(root, "SELECT version FROM schema_info") == [(3,)]
+    kinds = [k for k, _ in chain_kinds(root)]
+    assert kinds[:4] == ["qualification", "qualification", "feedback", "qualification"]
+    assert set(kinds[4:]) == {"ruleset", "normalization_stat", "calibration"}
+    assert report["checked"] == len(kinds)
+    code, _, err = kb("feedback", 3, "EA-5", "--verdict", "accept", "--comment", "new", "-w", root)
+    assert code == 0, err
+    assert sql(root, "SELECT format FROM audit_chain ORDER BY seq") == (
+        [(1,)] * 4 + [(2,)] * (len(kinds) - 4 + 1)
+    )
+    code, again, err = verify(root)
+    assert code == 0 and again["checked"] == len(kinds) + 1, err
+    code, _, _ = verify(root)  # opening twice migrates nothing twice
+    assert sql(root, "SELECT COUNT(*) FROM audit_chain") == [(len(kinds) + 1,)]
+    unguard(root, "feedback")
+    sql(root, "UPDATE feedback SET comment = 'edited' WHERE id = 1")
+    code, report, _ = verify(root)
+    assert code == 1 and report["first_bad"] == {"kind": "feedback", "id": 1}
+
+
+def test_an_old_format_record_after_a_new_format_one_is_refused(tmp_path):
+    from tests.workspaces import new_workspace
+
+    root = tmp_path / "old"
+    new_workspace(root)
+    shutil.copy(SCHEMA_2, root / "kb.sqlite")
+    assert verify(root)[0] == 0
+    unguard(root, "audit_chain")
+    (last,) = sql(root, "SELECT MAX(seq) FROM audit_chain")[0]
+    sql(root, f"UPDATE audit_chain SET format = 1 WHERE seq = {last}")
+    code, report, _ = verify(root)
+    assert code == 1 and "format" in report["problem"]

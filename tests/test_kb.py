@@ -1,6 +1,7 @@
 """The knowledge base on real SQLite files: schema versions, append-only log, hash chain,
 embedding cache, and readable errors for locked or read-only databases."""
 
+import multiprocessing
 import sqlite3
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import pytest
 from PIL import Image
 
 from kb import db
-from kb.audit import NodeRecord, append_qualification, verify_chain
+from kb.audit import NodeRecord, append_qualification, chain_record, verify_chain
 from kb.embeddings import cached_embeddings, store_embeddings
 from kb.errors import DatabaseError
 from kb.image_store import store_image
@@ -30,12 +31,12 @@ def open_kb(path: Path, timeout: float = 0.2) -> KnowledgeBase:
 def add_record(kb: KnowledgeBase, verdict: str = "accept") -> int:
     with kb.transaction() as s:
         if s.get(RulesetVersion, 1) is None:
-            s.add(
-                RulesetVersion(
-                    version=1, content_hash="h", software_version="t", snapshot_json="{}"
-                )
+            ruleset = RulesetVersion(
+                version=1, content_hash="h", software_version="t", snapshot_json="{}"
             )
+            s.add(ruleset)
             s.flush()
+            chain_record(s, "ruleset", ruleset)
         store_image(s, "a" * 64, Image.new("RGB", (4, 4)), "PNG")
         q = append_qualification(
             s,
@@ -90,7 +91,7 @@ def test_chain_verifies_then_catches_an_edit_behind_the_tools_back(kb_path):
     ids = [add_record(kb) for _ in range(3)]
     with kb.transaction() as s:
         report = verify_chain(s)
-    assert report.ok and report.checked == 3
+    assert report.ok and dict(report.counts)["qualification"] == 3
     with sqlite3.connect(kb_path) as con:  # a determined editor drops the guard first
         con.execute("DROP TRIGGER node_verdict_no_update")
         con.execute(
@@ -142,7 +143,7 @@ def test_locked_database_gives_a_clear_error_and_writes_nothing(kb_path):
         blocker.rollback()
         blocker.close()
     with kb.transaction() as s:
-        assert verify_chain(s).checked == 1
+        assert dict(verify_chain(s).counts)["qualification"] == 1
 
 
 def test_read_only_database_via_uri_gives_a_clear_error(kb_path):
@@ -152,3 +153,40 @@ def test_read_only_database_via_uri_gives_a_clear_error(kb_path):
     kb = KnowledgeBase(url, db.open_engine(url, 0.2))
     with pytest.raises(DatabaseError, match="readonly"):
         add_record(kb)
+
+
+def test_the_image_table_allows_only_gaining_the_bytes_of_a_stored_image(kb_path):
+    add_record(open_kb(kb_path))
+    sha = "a" * 64
+    with sqlite3.connect(kb_path) as con:
+        con.execute("UPDATE image SET data = x'0102' WHERE sha256 = ?", (sha,))
+    for statement in (
+        "UPDATE image SET data = x'0304'",
+        "UPDATE image SET thumbnail_png = x'00'",
+        "UPDATE image SET width = 5",
+        "DELETE FROM image",
+    ):
+        with sqlite3.connect(kb_path) as con, pytest.raises(sqlite3.IntegrityError):
+            con.execute(statement)
+
+
+def _append_many(path: str, count: int) -> None:
+    store = open_kb(Path(path), timeout=10.0)
+    for _ in range(count):
+        add_record(store)
+    store.close()
+
+
+def test_two_processes_appending_at_once_extend_one_chain(kb_path):
+    add_record(open_kb(kb_path))
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_append_many, args=(str(kb_path), 40)) for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=300)
+    assert [w.exitcode for w in workers] == [0, 0]
+    with open_kb(kb_path).transaction() as s:
+        report = verify_chain(s)
+    assert report.ok, report.problem
+    assert dict(report.counts)["qualification"] == 1 + 2 * 40

@@ -230,7 +230,7 @@ def test_bad_files_fail_alone_and_the_rest_are_stored(workspace, tmp_path):
     code, out, _ = kb("history", "--json", "-w", workspace)
     assert len(json.loads(out)["qualifications"]) == 3
     code, out, _ = kb("audit", "verify", "-w", workspace)
-    assert code == 0 and "3 record(s) verified" in out
+    assert code == 0 and "(3 qualification(s), 0 feedback" in out
 
 
 def test_show_returns_the_stored_record(workspace, tmp_path):

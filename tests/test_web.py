@@ -5,9 +5,14 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import re
 import shutil
+import sqlite3
+import subprocess
+import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -43,10 +48,11 @@ def upload(*paths: Path) -> list[tuple[str, tuple[str, bytes, str]]]:
 
 
 def stored(ws: Workspace) -> int:
-    """Records in the audit chain (qualifications and feedback), checked end to end."""
+    """Qualifications and feedback in the audit chain, checked end to end."""
     report = verify_audit_log(ws)
     assert report.ok, report.problem
-    return report.checked
+    counts = dict(report.counts)
+    return counts["qualification"] + counts["feedback"]
 
 
 @pytest.fixture
@@ -569,3 +575,81 @@ def test_serve_refuses_to_leave_loopback_without_a_token(example: Workspace):
     )
     assert result.exit_code == 1
     assert result.stderr.count("\n") == 1 and "without a token" in result.stderr
+
+
+# --- two writers, one chain ----------------------------------------------------------------------
+
+
+def test_cli_and_web_writing_at_the_same_time_extend_one_chain_without_failures(
+    client: TestClient, example: Workspace, tmp_path: Path
+):
+    samples = sorted(EXAMPLES.glob("*.png"))
+    batch = tmp_path / "batch"
+    batch.mkdir()
+    for i in range(3 * 32):
+        shutil.copy(samples[i % len(samples)], batch / f"b{i:03d}-{samples[i % len(samples)].name}")
+    database = example.root / "kb.sqlite"
+
+    def cli_stored() -> int:
+        with sqlite3.connect(database, timeout=30) as con:
+            return con.execute(
+                "SELECT COUNT(*) FROM qualification WHERE sample_path NOT LIKE 'upload:%'"
+            ).fetchone()[0]
+
+    command = [str(Path(sys.executable).with_name("kb")), "qualify", str(batch), "--json",
+               "-w", str(example.root)]
+    cli_out, cli_err = tmp_path / "cli.out", tmp_path / "cli.err"
+    with cli_out.open("w") as stdout, cli_err.open("w") as stderr:  # a pipe would fill and stall
+        cli = subprocess.Popen(command, stdout=stdout, stderr=stderr,
+                               env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    try:
+        deadline = time.monotonic() + 120
+        while cli_stored() == 0 and cli.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+        def send(path: Path) -> tuple[int, str]:
+            response = client.post("/api/qualify", files=upload(path))
+            return response.status_code, response.text
+
+        answers = []
+        for _ in range(3):
+            with ThreadPoolExecutor(max_workers=4) as pool:
+                answers += list(pool.map(send, [samples[i % len(samples)] for i in range(32)]))
+        cli.wait(timeout=300)
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+    out, err = cli_out.read_text(), cli_err.read_text()
+    assert cli.returncode == 0, err
+    cli_doc = json.loads(out)
+    assert cli_doc["failures"] == [] and len(cli_doc["qualifications"]) == 3 * 32
+    refused = [text for status, text in answers if status != 200]
+    assert refused == [] and len(answers) == 3 * 32
+    assert all(json.loads(text)["failures"] == [] for _, text in answers)
+    with sqlite3.connect(database) as con:
+        order = [path.startswith("upload:") for (path,) in con.execute(
+            "SELECT q.sample_path FROM audit_chain c JOIN qualification q ON q.id = c.record_id "
+            "WHERE c.kind = 'qualification' ORDER BY c.seq")]
+    assert order.count(True) == order.count(False) == 3 * 32
+    switches = sum(1 for a, b in zip(order, order[1:], strict=False) if a != b)
+    assert switches >= 2, "the two writers did not overlap, so nothing was tested"
+    assert stored(example) == 2 * 3 * 32
+
+
+def test_a_locked_database_answers_503_never_422(example: Workspace):
+    config = example.root / "kb.toml"
+    config.write_text(config.read_text().replace("[database]", "[database]\nbusy_timeout_s = 0.2"))
+    assert "busy_timeout_s = 0.2" in config.read_text()
+    ws = Workspace.open(example.root)
+    with TestClient(create_app(ws)) as client:
+        blocker = sqlite3.connect(ws.root / "kb.sqlite")
+        blocker.execute("BEGIN EXCLUSIVE")
+        try:
+            response = client.post("/api/qualify", files=upload(EXAMPLES / "sound-bead-a.png"))
+        finally:
+            blocker.rollback()
+            blocker.close()
+        assert response.status_code == 503, response.text
+        assert "locked" in response.json()["error"]
+        response = client.post("/api/qualify", files=upload(EXAMPLES / "sound-bead-a.png"))
+        assert response.status_code == 200, response.text
