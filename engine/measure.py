@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.images import load_sample
-from engine.metrology import measure_image
+from engine.metrology import NotASegmentationMap, measure_image
 from engine.results import SampleFailure
 from kb.config import Workspace
 from kb.errors import VLKBError
@@ -41,6 +41,9 @@ def measure_paths(
         try:
             sample = load_sample(Path(path))
             m = measure_image(sample.image, workspace.config.legend, scale)
+        except NotASegmentationMap as exc:
+            failures.append(SampleFailure(str(path), f"{path}: {exc}"))
+            continue
         except VLKBError as exc:
             failures.append(SampleFailure(str(path), str(exc)))
             continue

@@ -21,7 +21,7 @@ from sqlmodel import Session, select
 from engine.assess import judge_assessment, measurement_evidence
 from engine.calibrate import calibrated_thresholds, latest_calibration, with_threshold
 from engine.evidence import RoleEvidence, RolePlan, chunk_evidence, plan_roles
-from engine.images import Sample, load_sample
+from engine.images import Sample, load_sample, read_image_bytes
 from engine.metrology import QUANTITIES, NotASegmentationMap, measure_image
 from engine.models import ModelSet
 from engine.reporting import output_dir, write_run_reports
@@ -37,7 +37,7 @@ from engine.sync import current_ruleset, prepare_embeddings
 from engine.tree import walk
 from kb.audit import NodeRecord, append_qualification, os_user
 from kb.config import ROLES, Workspace
-from kb.errors import VLKBError
+from kb.errors import ImageError, VLKBError
 from kb.images import store_image
 from kb.rules import FUSIONS, Assessment, Decision, Ruleset
 from kb.rulesets import software_version
@@ -195,8 +195,10 @@ def qualify_paths(
             report("judging", done, len(pending))
             try:
                 _store(kb, row, result, sample)
-            except VLKBError as exc:
-                outcome.failures.append(SampleFailure(str(sample.path), str(exc)))
+            except (VLKBError, OSError) as exc:  # locked, read-only, disk full...
+                outcome.failures.append(
+                    SampleFailure(str(sample.path), f"{sample.path}: not stored: {exc}")
+                )
                 continue
             outcome.stored += 1
             if keep_results:
@@ -237,8 +239,8 @@ def _without_judged(
     pending = []
     for path in map(Path, paths):
         try:
-            sha = hashlib.sha256(path.read_bytes()).hexdigest()
-        except OSError:
+            sha = hashlib.sha256(read_image_bytes(path)).hexdigest()
+        except ImageError:
             sha = None  # load_sample will say what is wrong with it
         if sha in judged:
             outcome.skipped.append(str(path))
