@@ -18,11 +18,11 @@ from typing import Protocol
 import numpy as np
 from sqlmodel import Session, select
 
-from engine.assess import judge_assessment, measurement_evidence
+from engine.assess import judge_assessment, measurement_evidence, not_a_phase_map
 from engine.calibrate import calibrated_thresholds, latest_calibration, with_threshold
 from engine.evidence import RoleEvidence, RolePlan, chunk_evidence, plan_roles
 from engine.images import Sample, load_sample, read_image_bytes
-from engine.metrology import QUANTITIES, NotASegmentationMap, measure_image
+from engine.metrology import NotASegmentationMap, measure_image
 from engine.models import ModelSet
 from engine.reporting import output_dir, write_run_reports
 from engine.results import (
@@ -34,7 +34,7 @@ from engine.results import (
 )
 from engine.scoring import population_stats, zscore
 from engine.sync import current_ruleset, prepare_embeddings
-from engine.tree import walk
+from engine.tree import held_for_review, walk
 from kb.audit import NodeRecord, append_qualification, os_user
 from kb.config import ROLES, Workspace
 from kb.errors import ImageError, VLKBError
@@ -328,17 +328,32 @@ def _judge(
     um_per_px: float,
     metrology: Workspace | None,
 ) -> QualificationResult:
-    """Walk the tree for one image of a chunk."""
-    quantities, unmeasurable = (
-        _measure(sample, metrology, um_per_px) if metrology is not None else ({}, {})
-    )
+    """Walk the tree for one image of a chunk.
+
+    A sample that is not a phase map, in a workspace with measurement rules, gets those
+    assessments not_assessed with the reason and an overall review.
+    """
+    quantities: dict[str, float] = {}
+    unmeasurable: dict[str, str] = {}
+    not_a_map: str | None = None
+    if metrology is not None:
+        try:
+            quantities, unmeasurable = _measure(sample, metrology, um_per_px)
+        except NotASegmentationMap as exc:
+            not_a_map = str(exc)
+    held: set[str] = set()
 
     def judge(a: Assessment) -> NodeResult:
         vlr = [_sample_evidence(a.key, role, index, evidence, models)
                for role in ROLES if a.items_of(role)]
+        if not_a_map is not None and a.measurements:
+            held.add(a.key)
+            return not_a_phase_map(a, vlr, not_a_map)
         return judge_assessment(a, vlr, measurement_evidence(a, quantities, unmeasurable))
 
     nodes = walk(ruleset, judge)
+    if not_a_map is not None:
+        nodes = held_for_review(ruleset, nodes, held, f"the sample is {not_a_map}")
     return replace(
         base,
         nodes=nodes,
@@ -406,10 +421,8 @@ def _sample_evidence(
 def _measure(
     sample: Sample, workspace: Workspace, um_per_px: float
 ) -> tuple[dict[str, float], dict[str, str]]:
-    try:
-        m = measure_image(sample.image, workspace.config.legend, um_per_px)
-    except NotASegmentationMap as exc:
-        return {}, dict.fromkeys(QUANTITIES, str(exc))
+    """Quantities and reasons for the missing ones; NotASegmentationMap as kb measure has it."""
+    m = measure_image(sample.image, workspace.config.legend, um_per_px)
     return dict(m.quantities), dict(m.unmeasurable)
 
 
