@@ -47,7 +47,7 @@ from engine.qualify import NORMALIZATIONS, DecisionOverride, QualifyOptions, qua
 from engine.reporting import render_stored_report
 from engine.sync import compile_workspace
 from engine.tree import tree_document
-from kb.config import ROLES, Workspace
+from kb.config import ROLES, Workspace, check_um_per_px
 from kb.errors import (
     DatabaseError,
     ImageError,
@@ -311,12 +311,12 @@ class QualifyParams:
             raise VLKBError(
                 f"unknown normalisation {self.normalize!r}; use one of {', '.join(NORMALIZATIONS)}"
             )
-        for name in ("um_per_px", "threshold", "review_margin"):
+        for name in ("threshold", "review_margin"):
             value = getattr(self, name)
             if value is not None and not math.isfinite(value):
                 raise VLKBError(f"{name} must be a finite number")
-        if self.um_per_px is not None and self.um_per_px <= 0:
-            raise VLKBError("um_per_px must be a positive number of micrometres per pixel")
+        if self.um_per_px is not None:
+            check_um_per_px(self.um_per_px, "um_per_px")
         weights = parse_weights(self.weight, self.weights)
         decision = None
         if self.fusion or weights or self.threshold is not None or self.review_margin is not None:

@@ -16,6 +16,7 @@ from PIL import Image, UnidentifiedImageError
 from kb.errors import ImageError
 
 MAX_PIXELS = 100_000_000  # 100 megapixels: far beyond any micrograph, far below a bomb
+MIN_SIDE = 16  # pixels; below this there is nothing to measure or embed
 MAX_FILE_BYTES = 512 * 1024 * 1024
 
 
@@ -90,11 +91,18 @@ def decode_sample(path: Path, data: bytes) -> Sample:
     sha256 = hashlib.sha256(data).hexdigest()
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # Pillow warns from its own limit (about 89 megapixels) up; VLKB applies
+            # MAX_PIXELS itself, so that the limit it states is the one applied.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
             pixels = image.width * image.height
             if pixels > MAX_PIXELS:
                 raise ImageError(_too_large(path, f"{image.width}x{image.height} pixels "))
+            if min(image.width, image.height) < MIN_SIDE:
+                raise ImageError(
+                    f"{path}: {image.width}x{image.height} pixels is smaller than the "
+                    f"{MIN_SIDE} x {MIN_SIDE} VLKB judges; use the full-size micrograph"
+                )
             fmt = image.format or "unknown"
             image.load()
     except ImageError:
@@ -103,7 +111,7 @@ def decode_sample(path: Path, data: bytes) -> Sample:
         raise ImageError(
             f"{path}: not an image VLKB can read; use PNG, JPEG, TIFF or BMP"
         ) from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+    except Image.DecompressionBombError:  # Pillow's hard stop, far above MAX_PIXELS
         raise ImageError(_too_large(path)) from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError(f"{path}: image data is damaged or truncated ({exc})") from None
@@ -115,7 +123,7 @@ def decode_sample(path: Path, data: bytes) -> Sample:
 
 def _too_large(path: Path, size: str = "") -> str:
     return (
-        f"{path}: {size}over the {MAX_PIXELS // 1_000_000} megapixel limit "
+        f"{path}: {size}over the {MAX_PIXELS / 1e6:g} megapixel limit "
         "(possible decompression bomb); downscale the micrograph"
     )
 

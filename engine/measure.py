@@ -9,7 +9,7 @@ from pathlib import Path
 from engine.images import load_sample
 from engine.metrology import NotASegmentationMap, measure_image
 from engine.results import SampleFailure
-from kb.config import Workspace
+from kb.config import Workspace, check_um_per_px
 from kb.errors import VLKBError
 
 
@@ -35,7 +35,9 @@ def measure_paths(
     workspace: Workspace, paths: Sequence[Path], um_per_px: float | None = None
 ) -> tuple[list[MeasuredSample], list[SampleFailure]]:
     """Measure each file with the workspace legend; a bad file fails alone."""
-    scale = um_per_px or workspace.config.um_per_px
+    scale = (
+        workspace.config.um_per_px if um_per_px is None else check_um_per_px(um_per_px, "um_per_px")
+    )
     measured, failures = [], []
     for path in paths:
         try:

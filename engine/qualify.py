@@ -36,7 +36,7 @@ from engine.scoring import population_stats, zscore
 from engine.sync import current_ruleset, prepare_embeddings
 from engine.tree import held_for_review, walk
 from kb.audit import NodeRecord, append_qualification, os_user
-from kb.config import ROLES, Workspace
+from kb.config import ROLES, Workspace, check_um_per_px
 from kb.errors import ImageError, VLKBError
 from kb.images import store_image
 from kb.rules import FUSIONS, Assessment, Decision, Ruleset
@@ -144,7 +144,11 @@ def qualify_paths(
     outcome = QualifyOutcome()
     kb = kb or KnowledgeBase.open(workspace)
     models = models or ModelSet(workspace.config)
-    um_per_px = options.um_per_px or workspace.config.um_per_px
+    um_per_px = (
+        workspace.config.um_per_px
+        if options.um_per_px is None
+        else check_um_per_px(options.um_per_px, "um_per_px")
+    )
     with kb.transaction() as session:
         row, ruleset = current_ruleset(session, workspace)
         assert row.id is not None
