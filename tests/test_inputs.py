@@ -26,7 +26,7 @@ from engine.inputs import expand_inputs
 from engine.measure import measure_paths
 from engine.qualify import QualifyOptions, qualify_paths
 from kb.config import Workspace
-from kb.errors import ImageError
+from kb.errors import ImageError, RulesError
 from tests.workspaces import example_copy
 
 REPO = Path(__file__).resolve().parent.parent
@@ -145,6 +145,17 @@ def test_skip_existing_never_reads_a_fifo(tmp_path: Path) -> None:
     assert outcome.stored == 1
     assert [f.path for f in outcome.failures] == [str(fifo)]
     assert str(fifo) in outcome.failures[0].error
+
+
+def test_add_reference_refuses_a_fifo_without_reading_it(tmp_path: Path) -> None:
+    from kb.editing import copy_references
+
+    workspace = example_copy(tmp_path / "ws")
+    fifo = tmp_path / "ref.png"
+    os.mkfifo(fifo)
+    with pytest.raises(RulesError) as caught:
+        finishes(10, lambda: copy_references(workspace, "EA-5", [fifo], "positive"), fifo)
+    assert str(fifo) in str(caught.value) and "FIFO" in str(caught.value)
 
 
 # --- OS errors -------------------------------------------------------------------------------
