@@ -45,7 +45,8 @@ def read_image_bytes(path: Path) -> bytes:
         refuse_special(path, os.stat(path).st_mode)
         # O_NONBLOCK: should the path turn into a FIFO after the stat, opening it still
         # returns at once, and the fstat below refuses it before anything is read.
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+        fd = os.open(path, flags)
         with os.fdopen(fd, "rb") as file:
             status = os.fstat(file.fileno())
             refuse_special(path, status.st_mode)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -87,6 +88,11 @@ class DecisionOverride:
                                 f"roles are {', '.join(ROLES)}")
             if any(w < 0 for w in self.weights.values()) or not any(self.weights.values()):
                 raise VLKBError("weights must not be negative and must not all be zero")
+        numbers = {"threshold": self.threshold, "review margin": self.review_margin,
+                   **{f"weight of {role}": w for role, w in (self.weights or {}).items()}}
+        for name, value in numbers.items():
+            if value is not None and not math.isfinite(value):
+                raise VLKBError(f"the {name} must be a finite number, got {value!r}")
         if self.review_margin is not None and self.review_margin < 0:
             raise VLKBError("the review margin must not be negative")
 

@@ -61,6 +61,17 @@ def test_kb_qualify_refuses_a_bad_pixel_size_and_stores_nothing(
     assert all(q["sample"]["path"] != str(MAP) for q in json.loads(out).get("qualifications", []))
 
 
+@pytest.mark.parametrize(
+    "option", [("--threshold", "nan"), ("--review-margin", "inf"), ("--weight", "image=nan")]
+)
+def test_kb_qualify_refuses_a_decision_override_that_is_not_finite(
+    example: Workspace, option
+) -> None:
+    code, out, err = kb("qualify", MAP, *option, "--json", "-w", example.root)
+    assert code == 1 and out == ""
+    assert "finite" in one_error_line(err)
+
+
 def test_sensible_pixel_sizes_at_both_ends_of_the_range_are_taken() -> None:
     for value in ("0.001", "10000", "2.5"):
         code, out, err = kb("measure", MAP, "--um-per-px", value, "--json", "-w", REPO)
