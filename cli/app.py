@@ -612,8 +612,10 @@ def _workspace_or_none(workspace: Path | None) -> Workspace | None:
 
 
 def _check_pixel_size(um_per_px: float | None) -> None:
-    if um_per_px is not None and um_per_px <= 0:
-        raise VLKBError("--um-per-px must be a positive number of micrometres per pixel")
+    from kb.config import check_um_per_px
+
+    if um_per_px is not None:
+        check_um_per_px(um_per_px, "--um-per-px")
 
 
 # --- models and the audit log ------------------------------------------------------------

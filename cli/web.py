@@ -47,7 +47,7 @@ from engine.qualify import NORMALIZATIONS, DecisionOverride, QualifyOptions, qua
 from engine.report_files import render_stored_report
 from engine.sync import compile_workspace
 from engine.tree import tree_document
-from kb.config import ROLES, Workspace
+from kb.config import ROLES, Workspace, check_um_per_px
 from kb.errors import (
     DatabaseError,
     ImageError,
@@ -311,12 +311,12 @@ class QualifyParams:
             raise VLKBError(
                 f"unknown normalisation {self.normalize!r}; use one of {', '.join(NORMALIZATIONS)}"
             )
-        for name in ("um_per_px", "threshold", "review_margin"):
+        for name in ("threshold", "review_margin"):
             value = getattr(self, name)
             if value is not None and not math.isfinite(value):
                 raise VLKBError(f"{name} must be a finite number")
-        if self.um_per_px is not None and self.um_per_px <= 0:
-            raise VLKBError("um_per_px must be a positive number of micrometres per pixel")
+        if self.um_per_px is not None:
+            check_um_per_px(self.um_per_px, "um_per_px")
         weights = parse_weights(self.weight, self.weights)
         decision = None
         if self.fusion or weights or self.threshold is not None or self.review_margin is not None:
@@ -448,7 +448,8 @@ async def qualify_request(
     Files that are no image are refused before the engine sees them; the engine reports the
     rest that fail. As with the CLI, the good files of a request are judged and stored and the
     bad ones listed under "failures"; only when every file failed is the answer an error
-    (415 when none was an accepted image type, else 422), and then nothing was stored.
+    (503 when the knowledge base failed, 415 when none was an accepted image type, else 422),
+    and then nothing was stored.
     """
     folder = Path(tempfile.mkdtemp(prefix="vlkb-upload-"))
     try:
@@ -477,7 +478,9 @@ async def qualify_request(
         return 200, document
     unsupported = all(u.unsupported for u in uploads)
     first = failures[0]["error"] if failures else "no file could be judged"
-    return (415 if unsupported else 422), {"error": f"nothing stored: {first}", **document}
+    database = outcome is not None and any(f.cause == "database" for f in outcome.failures)
+    status = 503 if database else 415 if unsupported else 422
+    return status, {"error": f"nothing stored: {first}", **document}
 
 
 def upload_ceiling(state: WebState) -> int:

@@ -84,6 +84,37 @@ def judge_assessment(
     )
 
 
+def not_a_phase_map(
+    assessment: Assessment, vlr: Sequence[VLREvidence], reason: str
+) -> NodeResult:
+    """An assessment with measurement rules on a sample that is not a phase map: nothing it
+    measured would mean anything, so it is not assessed, whatever the other evidence says.
+
+    The vision-language evidence is kept as a record; it does not decide.
+    """
+    measurements = tuple(
+        MeasurementEvidence(
+            rule.quantity, None, rule.op, rule.limit, rule.unit, rule.uncertainty,
+            "not_assessed", note=reason,
+        )
+        for rule in assessment.measurements
+    )
+    return NodeResult(
+        key=assessment.key,
+        kind="assessment",
+        parent=assessment.parent,
+        name=assessment.name,
+        verdict="not_assessed",
+        rationale=(
+            f"{assessment.name}: not assessed; {reason}. Its measurement rules cannot be "
+            "applied, so a person must judge this sample."
+        ),
+        criterion=assessment.criterion,
+        evidence=(*vlr, *measurements),
+        reason=reason,
+    )
+
+
 _OP_WORDS = {"<=": "at most", "<": "below", ">=": "at least", ">": "above"}
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import glob
+import os
+import stat
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -31,17 +33,41 @@ def expand_inputs(items: Sequence[str | Path]) -> tuple[list[Path], list[SampleF
     failures: list[SampleFailure] = []
     for item in items:
         path = Path(item)
-        if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-            if not found:
-                failures.append(SampleFailure(str(path), f"{path}: no images in this folder"))
-            paths.extend(found)
-        elif not path.exists() and GLOB_CHARACTERS & set(str(item)):
-            found = sorted(Path(p) for p in glob.glob(str(item), recursive=True))
-            found = [p for p in found if p.is_file()]
-            if not found:
-                failures.append(SampleFailure(str(item), f"{item}: no file matches this pattern"))
-            paths.extend(found)
-        else:
-            paths.append(path)
+        try:
+            kind = _kind(path)
+            if kind == "folder":
+                found = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+                if not found:
+                    failures.append(SampleFailure(str(path), f"{path}: no images in this folder"))
+                paths.extend(found)
+            elif kind == "missing" and GLOB_CHARACTERS & set(str(item)):
+                found = sorted(Path(p) for p in glob.glob(str(item), recursive=True))
+                found = [p for p in found if not _is_folder(p)]
+                if not found:
+                    failures.append(
+                        SampleFailure(str(item), f"{item}: no file matches this pattern")
+                    )
+                paths.extend(found)
+            else:
+                paths.append(path)
+        except OSError as exc:
+            failures.append(
+                SampleFailure(str(item), f"{item}: cannot be read: {exc.strerror or exc}")
+            )
     return paths, failures
+
+
+def _kind(path: Path) -> str:
+    """folder, missing, or other (a file, a symlink loop, a name too long...: load_sample
+    says what is wrong with those in its own words)."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "missing"
+    except (OSError, ValueError):
+        return "other"
+    return "folder" if stat.S_ISDIR(mode) else "other"
+
+
+def _is_folder(path: Path) -> bool:
+    return _kind(path) == "folder"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -18,11 +19,11 @@ from typing import Protocol
 import numpy as np
 from sqlmodel import Session, select
 
-from engine.assess import judge_assessment, measurement_evidence
+from engine.assess import judge_assessment, measurement_evidence, not_a_phase_map
 from engine.calibrate import calibrated_thresholds, latest_calibration, with_threshold
 from engine.encoders.roles import ModelSet
 from engine.evidence import RoleEvidence, RolePlan, chunk_evidence, plan_roles
-from engine.metrology.quantities import QUANTITIES, NotASegmentationMap, measure_image
+from engine.metrology.quantities import NotASegmentationMap, measure_image
 from engine.report_files import output_dir, write_run_reports
 from engine.results import (
     ItemSimilarity,
@@ -31,14 +32,14 @@ from engine.results import (
     SampleFailure,
     VLREvidence,
 )
-from engine.samples import Sample, load_sample
+from engine.samples import Sample, load_sample, read_image_bytes
 from engine.scoring import population_stats, zscore
 from engine.sync import current_ruleset, prepare_embeddings
-from engine.tree import walk
+from engine.tree import held_for_review, walk
 from kb.audit import NodeRecord, append_qualification, check_writable, os_user
-from kb.config import ROLES, Workspace
+from kb.config import ROLES, Workspace, check_um_per_px
 from kb.embeddings import cached_embeddings, store_embeddings
-from kb.errors import AuditKeyError, DatabaseError, VLKBError
+from kb.errors import AuditKeyError, DatabaseError, ImageError, VLKBError
 from kb.image_store import store_image
 from kb.rules import FUSIONS, Assessment, Decision, Ruleset
 from kb.rulesets import software_version
@@ -88,6 +89,11 @@ class DecisionOverride:
                                 f"roles are {', '.join(ROLES)}")
             if any(w < 0 for w in self.weights.values()) or not any(self.weights.values()):
                 raise VLKBError("weights must not be negative and must not all be zero")
+        numbers = {"threshold": self.threshold, "review margin": self.review_margin,
+                   **{f"weight of {role}": w for role, w in (self.weights or {}).items()}}
+        for name, value in numbers.items():
+            if value is not None and not math.isfinite(value):
+                raise VLKBError(f"the {name} must be a finite number, got {value!r}")
         if self.review_margin is not None and self.review_margin < 0:
             raise VLKBError("the review margin must not be negative")
 
@@ -145,7 +151,11 @@ def qualify_paths(
     outcome = QualifyOutcome()
     kb = kb or KnowledgeBase.open(workspace)
     models = models or ModelSet(workspace.config)
-    um_per_px = options.um_per_px or workspace.config.um_per_px
+    um_per_px = (
+        workspace.config.um_per_px
+        if options.um_per_px is None
+        else check_um_per_px(options.um_per_px, "um_per_px")
+    )
     models.encoders()  # load before taking the write lock: other writers need not wait for it
     with kb.transaction() as session:
         check_writable(session)  # a keyed chain without its key: refuse before judging
@@ -199,10 +209,13 @@ def qualify_paths(
             report("judging", done, len(pending))
             try:
                 _store(kb, row, result, sample)
-            except (DatabaseError, AuditKeyError):
-                raise  # the knowledge base itself failed: every later file would fail too
-            except VLKBError as exc:
-                outcome.failures.append(SampleFailure(str(sample.path), str(exc)))
+            except AuditKeyError:
+                raise  # the key is wrong for every file alike: refuse the run
+            except (VLKBError, OSError) as exc:  # locked, read-only, disk full...
+                cause = "database" if isinstance(exc, DatabaseError | OSError) else "input"
+                outcome.failures.append(
+                    SampleFailure(str(sample.path), f"{sample.path}: not stored: {exc}", cause)
+                )
                 continue
             outcome.stored += 1
             if keep_results:
@@ -243,8 +256,8 @@ def _without_judged(
     pending = []
     for path in map(Path, paths):
         try:
-            sha = hashlib.sha256(path.read_bytes()).hexdigest()
-        except OSError:
+            sha = hashlib.sha256(read_image_bytes(path)).hexdigest()
+        except ImageError:
             sha = None  # load_sample will say what is wrong with it
         if sha in judged:
             outcome.skipped.append(str(path))
@@ -353,17 +366,32 @@ def _judge(
     um_per_px: float,
     metrology: Workspace | None,
 ) -> QualificationResult:
-    """Walk the tree for one image of a chunk."""
-    quantities, unmeasurable = (
-        _measure(sample, metrology, um_per_px) if metrology is not None else ({}, {})
-    )
+    """Walk the tree for one image of a chunk.
+
+    A sample that is not a phase map, in a workspace with measurement rules, gets those
+    assessments not_assessed with the reason and an overall review.
+    """
+    quantities: dict[str, float] = {}
+    unmeasurable: dict[str, str] = {}
+    not_a_map: str | None = None
+    if metrology is not None:
+        try:
+            quantities, unmeasurable = _measure(sample, metrology, um_per_px)
+        except NotASegmentationMap as exc:
+            not_a_map = str(exc)
+    held: set[str] = set()
 
     def judge(a: Assessment) -> NodeResult:
         vlr = [_sample_evidence(a.key, role, index, evidence, models)
                for role in ROLES if a.items_of(role)]
+        if not_a_map is not None and a.measurements:
+            held.add(a.key)
+            return not_a_phase_map(a, vlr, not_a_map)
         return judge_assessment(a, vlr, measurement_evidence(a, quantities, unmeasurable))
 
     nodes = walk(ruleset, judge)
+    if not_a_map is not None:
+        nodes = held_for_review(ruleset, nodes, held, f"the sample is {not_a_map}")
     return replace(
         base,
         nodes=nodes,
@@ -431,10 +459,8 @@ def _sample_evidence(
 def _measure(
     sample: Sample, workspace: Workspace, um_per_px: float
 ) -> tuple[dict[str, float], dict[str, str]]:
-    try:
-        m = measure_image(sample.image, workspace.config.legend, um_per_px)
-    except NotASegmentationMap as exc:
-        return {}, dict.fromkeys(QUANTITIES, str(exc))
+    """Quantities and reasons for the missing ones; NotASegmentationMap as kb measure has it."""
+    m = measure_image(sample.image, workspace.config.legend, um_per_px)
     return dict(m.quantities), dict(m.unmeasurable)
 
 

@@ -227,6 +227,7 @@ class SampleFailure:
 
     path: str
     error: str
+    cause: str = "input"  # or "database": the knowledge base, not the file, failed
 
     def to_dict(self) -> dict[str, str]:
         return {"path": self.path, "error": self.error}

@@ -141,6 +141,34 @@ def walk(ruleset: Ruleset, judge: Callable[[Assessment], NodeResult]) -> list[No
     return [results[k] for k in _display_order(ruleset)]
 
 
+def held_for_review(
+    ruleset: Ruleset, nodes: Sequence[NodeResult], held: set[str], reason: str
+) -> list[NodeResult]:
+    """The root, and every gate above an assessment in held, give review with the reason.
+
+    For a sample that cannot be judged as the rules intend (not a phase map): a gate would
+    otherwise decide on the children left, and the overall verdict must never be a
+    confident accept or reject.
+    """
+    above = {ruleset.root}
+    for key in held:
+        parent = ruleset.assessments[key].parent if key in ruleset.assessments else None
+        while parent is not None:
+            above.add(parent)
+            parent = ruleset.gates[parent].parent
+    out = []
+    for node in nodes:
+        if node.key in above and node.kind == "gate":
+            node = replace(
+                node,
+                verdict="review",
+                rationale=f"{node.name}: review; {reason}, so a person must judge it.",
+                reason=None,
+            )
+        out.append(node)
+    return out
+
+
 def _skipped(
     key: str, kind: str, parent: str | None, name: str, reason: str, criterion: str | None = None
 ) -> NodeResult:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kb.errors import WorkspaceError
+from kb.errors import VLKBError, WorkspaceError
 
 CONFIG_FILE = "kb.toml"
 RULES_DIR = "rules"
@@ -24,6 +25,23 @@ DEFAULT_LEGEND: dict[str, RGB] = {
     "porosity": (0, 0, 128),
 }
 DEFAULT_UM_PER_PX = 10.0
+# Pixel sizes VLKB takes, in micrometres: from electron micrographs (1 nm a pixel) to a
+# photographed part (1 cm a pixel); anything outside is a typo or a unit mix-up.
+UM_PER_PX_RANGE = (1e-3, 1e4)
+
+
+def check_um_per_px(
+    value: object, name: str, error: type[VLKBError] = VLKBError
+) -> float:
+    """The one check of a pixel size, for kb.toml, the CLI and the web API alike."""
+    low, high = UM_PER_PX_RANGE
+    number = value if isinstance(value, int | float) and not isinstance(value, bool) else None
+    if number is None or not math.isfinite(number) or not low <= number <= high:
+        raise error(
+            f"{name} must be a positive number of micrometres per pixel (finite, between "
+            f"{low:g} and {high:g}), got {value!r}"
+        )
+    return float(number)
 
 
 @dataclass(frozen=True)
@@ -118,10 +136,10 @@ def load_config(path: Path) -> WorkspaceConfig:
             data.get("database", {}).get("busy_timeout_s", 10.0), "database.busy_timeout_s", path
         ),
         legend=_legend(data.get("legend"), path),
-        um_per_px=_positive_float(
+        um_per_px=check_um_per_px(
             data.get("metrology", {}).get("um_per_px", DEFAULT_UM_PER_PX),
-            "metrology.um_per_px",
-            path,
+            f"{path}: metrology.um_per_px",
+            WorkspaceError,
         ),
         output_dir=root / str(data.get("output", {}).get("dir", "out")),
         models=_models(data.get("models", {}), path),
@@ -167,7 +185,12 @@ def _legend(section: dict | None, path: Path) -> dict[str, RGB]:
 
 
 def _positive_float(value: object, key: str, path: Path) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
         raise WorkspaceError(f"{path}: {key} must be a positive number, got {value!r}")
     return float(value)
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
+import stat
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -89,6 +91,11 @@ def copy_references(
         raise RulesError(f"no assessment {key!r} in rules/{ASSESSMENTS_DIR}/; add it first")
     for image in images:
         try:
+            if not stat.S_ISREG(os.stat(image).st_mode):  # a FIFO would block Image.open
+                raise RulesError(
+                    f"{image}: not a regular file (a folder, FIFO, socket or device); "
+                    "it was not read"
+                )
             with Image.open(image) as opened:
                 opened.verify()
         except FileNotFoundError:

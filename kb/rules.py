@@ -9,6 +9,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
+import math
 import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -214,7 +215,22 @@ class _Table:
         value = self.data.get(key, default)
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise self.fail(f"`{key}` must be a number, got {value!r}")
+        if not math.isfinite(value):
+            raise self.fail(f"`{key}` must be a finite number, got {value!r}")
         return float(value)
+
+    def integer(self, key: str) -> int:
+        """A whole number; 2.0 is taken as 2, 2.5 is refused rather than rounded."""
+        value = self.data.get(key)
+        whole = (
+            isinstance(value, int | float)
+            and not isinstance(value, bool)
+            and math.isfinite(value)
+            and float(value).is_integer()
+        )
+        if not whole:
+            raise self.fail(f"`{key}` must be an integer, got {value!r}")
+        return int(value)  # type: ignore[arg-type]
 
     def strings(self, key: str) -> list[str]:
         value = self.data.get(key, [])
@@ -278,7 +294,7 @@ def _read_gates(rules_dir: Path) -> dict[str, Gate]:
         rule = t.text("rule")
         if rule not in GATE_RULES:
             raise t.fail(f"unknown rule {rule!r}; expected one of {GATE_RULES}")
-        k = int(t.number("k")) if "k" in t.data else None
+        k = t.integer("k") if "k" in t.data else None
         if rule == "k_of_n" and (k is None or k < 1):
             raise t.fail("rule k_of_n needs `k`, a positive integer")
         quorum = t.number("quorum") if "quorum" in t.data else None
@@ -427,7 +443,7 @@ def compile_rules(rules_dir: Path) -> Ruleset:
         raise RulesError(f"{rules_dir}: no rules/ folder; create one with `kb init`")
     gates = _read_gates(rules_dir)
     assessments: dict[str, Assessment] = {}
-    for path in sorted((rules_dir / ASSESSMENTS_DIR).glob("*.toml")):
+    for path in _assessment_files(rules_dir / ASSESSMENTS_DIR):
         assessment = _read_assessment(path, rules_dir)
         if assessment.key in gates:
             raise RulesError(f"rules/{assessment.source}: key {assessment.key!r} is also a gate")
@@ -435,6 +451,22 @@ def compile_rules(rules_dir: Path) -> Ruleset:
     ruleset = Ruleset(root=_find_root(gates), gates=gates, assessments=assessments)
     check_structure(ruleset)
     return ruleset
+
+
+def _assessment_files(folder: Path) -> list[Path]:
+    """rules/assessments/*.toml; a file ending in .TOML (any case but lower) is refused by
+    name rather than silently ignored, so that one spelling holds in git and on every file
+    system, and EA-5.toml and EA-5.TOML can never both claim EA-5.
+    """
+    if not folder.is_dir():
+        return []
+    for path in sorted(folder.iterdir()):
+        if path.suffix.lower() == ".toml" and path.suffix != ".toml":
+            raise RulesError(
+                f"rules/{ASSESSMENTS_DIR}/{path.name}: assessment files must end in "
+                f"lower-case .toml; rename it to {path.stem}.toml"
+            )
+    return sorted(folder.glob("*.toml"))
 
 
 def _find_root(gates: dict[str, Gate]) -> str:
@@ -486,6 +518,11 @@ def check_structure(ruleset: Ruleset) -> None:
                 raise RulesError(f"rules/{where}: {label} has a precondition on itself")
     for gate in ruleset.gates.values():
         n = len(ruleset.children(gate.key))
+        if n == 0 and gate.key != ruleset.root:  # a new workspace's root waits for its first
+            raise RulesError(
+                f"rules/{TREE_FILE}: gate {gate.key!r} has no children; give it at least one "
+                "assessment or gate (`parent = \"" + gate.key + "\"`) or remove it"
+            )
         if gate.rule == "k_of_n" and gate.k is not None and gate.k > n:
             raise RulesError(
                 f"rules/{TREE_FILE}: gate {gate.key!r} needs k={gate.k} of only {n} children"

@@ -118,7 +118,7 @@ def test_measure_json_gives_every_quantity_and_refuses_a_photo(
     sample = EXAMPLES / "sound-bead-a.png"
     code, out, err = kb("measure", sample, photo, "--json", "-w", example.root)
     assert code == 1
-    assert err.strip().count("\n") == 0 and "does not look like a colour-segmented" in err
+    assert err.strip().count("\n") == 0 and "not a phase map" in err
     document = json.loads(out)
     (measured,) = document["measurements"]
     assert set(measured) == {"path", "sha256", "um_per_px", "quantities", "unmeasurable"}

@@ -55,7 +55,7 @@ def test_truncated_image(tmp_path):
 
 def test_sixteen_bit_grey_is_scaled_to_eight_bit(tmp_path):
     path = tmp_path / "deep.png"
-    Image.fromarray(np.full((8, 8), 65535, dtype=np.uint16)).save(path)
+    Image.fromarray(np.full((16, 16), 65535, dtype=np.uint16)).save(path)
     sample = load_sample(path)
     assert sample.image.mode == "RGB"
     assert np.asarray(sample.image).max() == 255
@@ -64,33 +64,33 @@ def test_sixteen_bit_grey_is_scaled_to_eight_bit(tmp_path):
 
 def test_palette_map_keeps_its_colours(tmp_path):
     path = tmp_path / "palette.png"
-    rgb = np.zeros((8, 8, 3), dtype=np.uint8)
-    rgb[4:] = (255, 105, 180)
+    rgb = np.zeros((16, 16, 3), dtype=np.uint8)
+    rgb[8:] = (255, 105, 180)
     Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE, colors=4).save(path)
     sample = load_sample(path)
-    assert tuple(np.asarray(sample.image)[6, 6]) == (255, 105, 180)
+    assert tuple(np.asarray(sample.image)[12, 12]) == (255, 105, 180)
     assert sample.conversion == "P converted to RGB"
 
 
 def test_transparent_areas_become_black(tmp_path):
     path = tmp_path / "alpha.png"
-    rgba = np.zeros((4, 4, 4), dtype=np.uint8)
+    rgba = np.zeros((16, 16, 4), dtype=np.uint8)
     rgba[..., 1] = 255
-    rgba[:2, :, 3] = 255  # top half opaque green, bottom half transparent
+    rgba[:8, :, 3] = 255  # top half opaque green, bottom half transparent
     Image.fromarray(rgba, "RGBA").save(path)
     pixels = np.asarray(load_sample(path).image)
-    assert tuple(pixels[0, 0]) == (0, 255, 0) and tuple(pixels[3, 3]) == (0, 0, 0)
+    assert tuple(pixels[0, 0]) == (0, 255, 0) and tuple(pixels[15, 15]) == (0, 0, 0)
 
 
 def test_cmyk_is_converted_and_says_so(tmp_path):
     path = tmp_path / "print.jpg"
-    Image.new("CMYK", (8, 8), (0, 255, 255, 0)).save(path, quality=95)
+    Image.new("CMYK", (16, 16), (0, 255, 255, 0)).save(path, quality=95)
     sample = load_sample(path)
     assert sample.image.mode == "RGB" and "CMYK" in sample.conversion
 
 
 def test_same_bytes_same_address(tmp_path):
     a, b = tmp_path / "a.png", tmp_path / "b.png"
-    Image.new("RGB", (4, 4), (1, 2, 3)).save(a)
+    Image.new("RGB", (16, 16), (1, 2, 3)).save(a)
     b.write_bytes(a.read_bytes())
     assert load_sample(a).sha256 == load_sample(b).sha256

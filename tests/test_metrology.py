@@ -127,7 +127,7 @@ def test_a_photo_is_refused_as_not_a_segmentation_map() -> None:
     rng = np.random.default_rng(0)
     grey = np.linspace(60, 200, 200)[None, :] + rng.normal(0, 20, (150, 200))
     photo = Image.fromarray(np.clip(grey, 0, 255).astype(np.uint8)).convert("RGB")
-    with pytest.raises(NotASegmentationMap, match="does not look like a colour-segmented"):
+    with pytest.raises(NotASegmentationMap, match="not a phase map"):
         measure_image(photo, DEFAULT_LEGEND, 10.0)
 
 

@@ -6,10 +6,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.metrology.quantities import measure_image
+from engine.metrology.quantities import NotASegmentationMap, measure_image
 from engine.results import SampleFailure
 from engine.samples import load_sample
-from kb.config import Workspace
+from kb.config import Workspace, check_um_per_px
 from kb.errors import VLKBError
 
 
@@ -35,12 +35,17 @@ def measure_paths(
     workspace: Workspace, paths: Sequence[Path], um_per_px: float | None = None
 ) -> tuple[list[MeasuredSample], list[SampleFailure]]:
     """Measure each file with the workspace legend; a bad file fails alone."""
-    scale = um_per_px or workspace.config.um_per_px
+    scale = (
+        workspace.config.um_per_px if um_per_px is None else check_um_per_px(um_per_px, "um_per_px")
+    )
     measured, failures = [], []
     for path in paths:
         try:
             sample = load_sample(Path(path))
             m = measure_image(sample.image, workspace.config.legend, scale)
+        except NotASegmentationMap as exc:
+            failures.append(SampleFailure(str(path), f"{path}: {exc}"))
+            continue
         except VLKBError as exc:
             failures.append(SampleFailure(str(path), str(exc)))
             continue

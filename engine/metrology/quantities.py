@@ -38,8 +38,22 @@ UNCLASSIFIED = 255
 # A pixel farther than this (RGB Euclidean) from every legend colour is "far"; legend
 # colours sit at least ~127 apart, so honest JPEG and sensor noise stays well inside it.
 FAR_DISTANCE = 70.0
-# Refuse an image when more than this share of its pixels is far from every legend colour.
-MAX_FAR_SHARE = 0.30
+# Blur, anti-aliasing and JPEG mix two neighbouring phases: a far pixel within this distance
+# of the straight line between two legend colours is such a blend, not a foreign colour.
+BLEND_DISTANCE = 30.0
+# A map is mostly flat legend colour: refuse an image when more than this share of its
+# non-background pixels is far from every legend colour, blends or not (a dark photograph
+# passes for blends of black and pink; generated maps blurred by 4 px stay under 0.6).
+MAX_FAR_SHARE = 0.70
+# Refuse an image when more than this share of its non-background pixels is neither near a
+# legend colour nor a blend of two. Generated maps with noise 25, JPEG 50 or blur up to 3 px
+# stay under 0.10 (blur 4: 0.13); photographs, grey copies and channel-permuted or
+# hue-rotated copies of the example maps lie at 0.25 or above.
+MAX_OFF_LEGEND_SHARE = 0.15
+# A pixel whose channels differ by at most this much is grey; an image grey in more than
+# MAX_GREY_SHARE of its non-background pixels is not drawn in a legend with colours.
+GREY_SPREAD = 12
+MAX_GREY_SHARE = 0.95
 HAZ_SPECK_PX = 20
 FUSION_SPECK_PX = 5
 QUADRAT_MM = 0.25
@@ -73,7 +87,7 @@ def classify_phases(
 ) -> np.ndarray:
     """Label every pixel with its nearest legend phase (indices into PHASES).
 
-    Raises NotASegmentationMap when too many pixels are far from every legend colour.
+    Raises NotASegmentationMap when the image is not drawn in the legend's colours.
     """
     missing = [name for name in PHASES if name not in legend]
     if missing:
@@ -81,31 +95,76 @@ def classify_phases(
             f"the legend in kb.toml lacks {', '.join(missing)}; metrology needs a colour "
             f"for each of {', '.join(PHASES)}"
         )
-    nearest, distance = _colour_table(tuple(legend[name] for name in PHASES))
+    colours = tuple(legend[name] for name in PHASES)
+    table = _colour_table(colours)
     rgb = np.asarray(image.convert("RGB"))
     index = (
         (rgb[..., 0].astype(np.int32) >> _DROP) << (2 * _BITS)
         | (rgb[..., 1].astype(np.int32) >> _DROP) << _BITS
         | rgb[..., 2] >> _DROP
     )
-    best = distance[index]
-    far_share = float((best > FAR_DISTANCE).mean()) if best.size else 1.0
-    if far_share > MAX_FAR_SHARE:
-        raise NotASegmentationMap(
-            f"{far_share:.0%} of the pixels are far from every legend colour: this does not "
-            "look like a colour-segmented phase map (a photo, or a map drawn with another "
-            "legend; set [legend] in kb.toml to the colours of your segmentation)"
+    check_phase_map(index, table, colours)
+    return _clean(table.nearest[index])
+
+
+def check_phase_map(
+    index: np.ndarray, table: _ColourTable, colours: tuple[tuple[int, int, int], ...]
+) -> None:
+    """NotASegmentationMap unless the picture is drawn in the legend's colours.
+
+    Only the non-background pixels are judged, so neither a black frame around a photograph
+    nor a map on a large black canvas sways the verdict. They must be legend colours or
+    blends of two (what blur and JPEG leave at edges), and a grey picture is not a map in
+    a legend that has colours.
+    """
+    content = table.content[index]
+    n = int(content.sum())
+    if n == 0:
+        return  # an empty map: nothing drawn, nothing to measure, nothing foreign either
+    far = table.far[index] & content
+    far_share = float(np.count_nonzero(far)) / n
+    foreign = far & ~table.blends[index]
+    off_share = float(np.count_nonzero(foreign)) / n
+    if off_share > MAX_OFF_LEGEND_SHARE or far_share > MAX_FAR_SHARE:
+        what = (
+            f"{off_share:.0%} of the non-background pixels are neither a legend colour nor a "
+            "blend of two" if off_share > MAX_OFF_LEGEND_SHARE
+            else f"{far_share:.0%} of the non-background pixels are far from every legend colour"
         )
-    return _clean(nearest[index])
+        raise NotASegmentationMap(
+            f"not a phase map: {what} (a photograph, a false-colour copy, or a map drawn "
+            "with another legend; set [legend] in kb.toml to the colours of your segmentation)"
+        )
+    chromatic_legend = any(
+        max(c) - min(c) > GREY_SPREAD for k, c in enumerate(colours) if k != BACKGROUND
+    )
+    grey_share = float(np.count_nonzero(table.grey[index] & content)) / n
+    if chromatic_legend and grey_share > MAX_GREY_SHARE:
+        raise NotASegmentationMap(
+            f"not a phase map: the image is grey ({grey_share:.0%} of the non-background "
+            "pixels have no colour) but the legend's phases are coloured; measure the "
+            "colour-segmented map, not a grey copy or the micrograph itself"
+        )
 
 
 _BITS = 6  # colours are looked up at 6 bits per channel: off by at most 3 levels
 _DROP = 8 - _BITS
 
 
+@dataclass(frozen=True)
+class _ColourTable:
+    """Per quantised colour: nearest phase, and the flags the phase-map check counts."""
+
+    nearest: np.ndarray  # index into PHASES
+    content: np.ndarray  # not background: far from, or nearest to a non-background colour
+    far: np.ndarray  # farther than FAR_DISTANCE from every legend colour
+    blends: np.ndarray  # within BLEND_DISTANCE of the blend of some two legend colours
+    grey: np.ndarray  # all three channels within GREY_SPREAD of each other
+
+
 @cache
-def _colour_table(colours: tuple[tuple[int, int, int], ...]) -> tuple[np.ndarray, np.ndarray]:
-    """For every quantised colour: its nearest phase and the distance to that phase's colour.
+def _colour_table(colours: tuple[tuple[int, int, int], ...]) -> _ColourTable:
+    """The lookup table of a legend, over every colour at 6 bits per channel.
 
     A lookup is some ten times faster than measuring six distances per pixel, which is what
     keeps `kb measure` above 25 images a second on two cores.
@@ -113,8 +172,24 @@ def _colour_table(colours: tuple[tuple[int, int, int], ...]) -> tuple[np.ndarray
     levels = np.arange(2**_BITS) * 2.0**_DROP + (2**_DROP - 1) / 2.0
     r, g, b = np.meshgrid(levels, levels, levels, indexing="ij")
     grid = np.stack([r.ravel(), g.ravel(), b.ravel()], axis=1)
-    distances = np.linalg.norm(grid[:, None, :] - np.array(colours)[None, :, :], axis=2)
-    return distances.argmin(axis=1).astype(np.uint8), distances.min(axis=1)
+    palette = np.array(colours, dtype=np.float64)
+    distances = np.linalg.norm(grid[:, None, :] - palette[None, :, :], axis=2)
+    nearest = distances.argmin(axis=1).astype(np.uint8)
+    far = distances.min(axis=1) > FAR_DISTANCE
+    blends = np.zeros(len(grid), dtype=bool)
+    for i in range(len(palette)):
+        for j in range(i + 1, len(palette)):
+            start, step = palette[i], palette[j] - palette[i]
+            t = np.clip((grid - start) @ step / (float(step @ step) or 1.0), 0.0, 1.0)
+            gap = np.linalg.norm(grid - (start + t[:, None] * step), axis=1)
+            blends |= gap <= BLEND_DISTANCE
+    return _ColourTable(
+        nearest=nearest,
+        content=far | (nearest != BACKGROUND),
+        far=far,
+        blends=blends,
+        grey=(grid.max(axis=1) - grid.min(axis=1)) <= GREY_SPREAD,
+    )
 
 
 def _clean(labels: np.ndarray) -> np.ndarray:
