@@ -35,7 +35,7 @@ from engine.results import (
 from engine.scoring import population_stats, zscore
 from engine.sync import current_ruleset, prepare_embeddings
 from engine.tree import walk
-from kb.audit import NodeRecord, append_qualification, os_user
+from kb.audit import NodeRecord, append_qualification, is_blank, os_user
 from kb.config import ROLES, Workspace
 from kb.errors import VLKBError
 from kb.images import store_image
@@ -45,6 +45,9 @@ from kb.store import KnowledgeBase
 from kb.tables import Qualification, RulesetVersion, utcnow
 
 NORMALIZATIONS = ("batch", "calibrated")
+# Where a qualification's operator name came from: recorded beside it, so an auditor can tell
+# a person who named themselves from the account a process happened to run as.
+OPERATOR_SOURCES = ("cli-option", "request", "signed-in", "os-user")
 CHUNK = 32  # files decoded and embedded together; memory stays flat however many there are
 
 
@@ -59,9 +62,23 @@ class QualifyOptions:
     normalize: str = "calibrated"
     um_per_px: float | None = None  # overrides the workspace default for this run
     operator: str | None = None
+    operator_source: str = "cli-option"  # where operator came from, when it is given
     report: bool = False  # write each stored qualification's HTML report (and a run index)
     skip_existing: bool = False  # skip files already judged under the same conditions
     decision: DecisionOverride | None = None  # this request's fusion / threshold, not the rules'
+
+    def __post_init__(self) -> None:
+        if self.operator_source not in OPERATOR_SOURCES:
+            raise VLKBError(
+                f"unknown operator source {self.operator_source!r}; "
+                f"use one of {', '.join(OPERATOR_SOURCES)}"
+            )
+
+    def who(self) -> tuple[str, str]:
+        """(operator, where the name came from): the given name, else the OS user, said so."""
+        if not is_blank(self.operator):
+            return (self.operator or "").strip(), self.operator_source
+        return os_user(), "os-user"
 
 
 @dataclass(frozen=True)
@@ -145,6 +162,7 @@ def qualify_paths(
     kb = kb or KnowledgeBase.open(workspace)
     models = models or ModelSet(workspace.config)
     um_per_px = options.um_per_px or workspace.config.um_per_px
+    operator, operator_source = options.who()
     with kb.transaction() as session:
         row, ruleset = current_ruleset(session, workspace)
         assert row.id is not None
@@ -163,7 +181,8 @@ def qualify_paths(
             normalization=options.normalize,
             nodes=[],
             software_version=software_version(),
-            operator=options.operator or os_user(),
+            operator=operator,
+            operator_source=operator_source,
             um_per_px=um_per_px,
             calibration=calibration.id if calibration is not None else None,
             decision=options.decision.to_dict() if options.decision else None,
