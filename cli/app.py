@@ -691,12 +691,20 @@ def history(
             Path(r["sample"]["path"]).name,
             verdict_text(r["verdict"]),
             f"v{r['ruleset']['version']}",
-            r["operator"],
+            r["operator"] + (" (OS user)" if r.get("operator_source") == "os-user" else ""),
             "\n".join(
                 f"{f['node']} {verdict_text(f['verdict'])} ({f['expert']})" for f in r["feedback"]
             ),
         )
     out.print(table)
+
+
+def _operator_source(source: str | None) -> str:
+    """ " (where the operator name came from)", or nothing for a record from before."""
+    from reports.filters import operator_source
+
+    label = operator_source(source)
+    return f" ({label})" if label else ""
 
 
 @app.command()
@@ -719,7 +727,8 @@ def show(
     out.print(f"sample {doc['sample']['path']} (sha256 {doc['sample']['sha256']})", markup=False)
     out.print(
         f"ruleset v{doc['ruleset']['version']} ({doc['ruleset']['hash'][:12]}), "
-        f"{doc['normalization']} normalisation, operator {doc['operator']}, "
+        f"{doc['normalization']} normalisation, operator {doc['operator']}"
+        f"{_operator_source(doc.get('operator_source'))}, "
         f"VLKB {doc.get('software_version', '?')}",
         markup=False,
     )
@@ -775,9 +784,11 @@ def feedback(
 ) -> None:
     """Record an expert's verdict on one node, beside the machine verdict, in the audit log."""
     from engine.history import add_feedback
+    from kb.audit import os_user
 
-    entry = add_feedback(
-        Workspace.open(workspace), qualification_id, node, verdict.value, comment, expert
+    entry = add_feedback(  # at the keyboard, the user name is the person giving feedback
+        Workspace.open(workspace), qualification_id, node, verdict.value, comment,
+        os_user() if expert is None else expert,
     )
     if json_output:
         print_json({"feedback": entry})
@@ -904,13 +915,18 @@ def serve(
     max_upload_mb: Annotated[
         float, typer.Option("--max-upload-mb", min=0.001, help="Largest micrograph upload (MB).")
     ] = 50.0,
+    session_hours: Annotated[
+        float, typer.Option("--session-hours", help="How long a browser sign-in lasts (hours).")
+    ] = 12.0,
     workspace: WorkspaceOption = None,
 ) -> None:
     """Serve the web pages and the JSON API (OpenAPI docs at /docs) until interrupted."""
+    from cli.web import check_session_hours
     from cli.web import serve as run_server
 
+    check_session_hours(session_hours)  # before anything is opened or bound
     run_server(Workspace.open(workspace), host, port, os.environ.get("KB_TOKEN"),
-               max_file_bytes=int(max_upload_mb * 1_000_000))
+               max_file_bytes=int(max_upload_mb * 1_000_000), session_hours=session_hours)
 
 
 # --- the dual encoder -----------------------------------------------------------------------

@@ -8,6 +8,7 @@ once; writes to the audit log go through one lock per process (see WRITE_LOCK).
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import ipaddress
@@ -16,9 +17,11 @@ import math
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from http.cookies import SimpleCookie
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -47,6 +50,7 @@ from engine.qualify import NORMALIZATIONS, DecisionOverride, QualifyOptions, qua
 from engine.report_files import render_stored_report
 from engine.sync import compile_workspace
 from engine.tree import tree_document
+from kb.audit import is_blank
 from kb.config import ROLES, Workspace, check_um_per_px
 from kb.errors import (
     DatabaseError,
@@ -66,7 +70,15 @@ DEFAULT_MAX_FILES = 64
 MAX_ID = 2**63 - 1  # SQLite's largest integer; a bigger ID cannot exist
 MAX_BODY_BYTES = 1 * MB  # any request but an upload: a feedback form, a login
 MIN_TOKEN_LENGTH = 16
+MIN_TOKEN_DISTINCT = 8  # a long token of few symbols (abab..., 1234512345...) is guessable
+DEFAULT_SESSION_HOURS = 12.0
+MAX_NAME_LENGTH = 120  # a person's name as signed in, recorded as operator
 SESSION_COOKIE = "vlkb_session"
+PERSON = "vlkb.person"  # the ASGI scope key under which Guard leaves the signed-in name
+STATIC = Path(__file__).resolve().parent / "static"
+# Files the pages load from the app itself (so the policy needs no inline script). A request
+# names one of these keys; no path is ever built from it.
+STATIC_FILES = {"qualify.js": ("qualify.js", "text/javascript; charset=utf-8")}
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 DOCS_PATHS = ("/docs", "/openapi.json")  # Swagger UI loads its script from a CDN: no CSP there
 PUBLIC_PATHS = ("/login", "/favicon.ico")
@@ -78,7 +90,7 @@ WRITE_LOCK = threading.Lock()
 # The pages fetch nothing from elsewhere; the browser is told so and enforces it.
 PAGE_POLICY = (
     "default-src 'none'; img-src 'self' data:; style-src 'unsafe-inline'; "
-    "script-src 'unsafe-inline'; connect-src 'self'; form-action 'self'; frame-src 'self'; "
+    "script-src 'self'; connect-src 'self'; form-action 'self'; frame-src 'self'; "
     "frame-ancestors 'self'; base-uri 'none'"
 )
 ERROR_STATUS: tuple[tuple[type[VLKBError], int], ...] = (
@@ -112,9 +124,67 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def session_value(token: str) -> str:
-    """The login cookie: derived from the token, so the cookie never carries the token itself."""
-    return hmac.new(token.encode(), b"vlkb web session", hashlib.sha256).hexdigest()
+def check_token(token: str) -> None:
+    """Refuse a token that is easy to guess; VLKBError with one line saying why."""
+    advice = "e.g. python -c 'import secrets; print(secrets.token_urlsafe(24))'"
+    if not token.strip():
+        raise VLKBError(f"KB_TOKEN is only whitespace; use random characters, {advice}")
+    if token != token.strip():
+        raise VLKBError(
+            "KB_TOKEN begins or ends with whitespace, which clients drop when they send it; "
+            f"remove it (a token is random characters, {advice})"
+        )
+    if len(token) < MIN_TOKEN_LENGTH:
+        raise VLKBError(
+            f"KB_TOKEN is too short; use at least {MIN_TOKEN_LENGTH} random characters, {advice}"
+        )
+    distinct = len(set(token))
+    if distinct == 1:
+        raise VLKBError(f"KB_TOKEN is one repeated character; use random characters, {advice}")
+    if distinct < MIN_TOKEN_DISTINCT:
+        raise VLKBError(
+            f"KB_TOKEN has only {distinct} distinct characters (at least "
+            f"{MIN_TOKEN_DISTINCT} needed); use random characters, {advice}"
+        )
+
+
+def session_key(token: str) -> bytes:
+    """The key that signs login cookies: derived from the token, which no cookie carries."""
+    return hmac.new(token.encode(), b"vlkb web session", hashlib.sha256).digest()
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode("ascii").rstrip("=")
+
+
+def session_value(token: str, name: str, expires: float) -> str:
+    """The login cookie: base64url(JSON of the person's name and expiry) "." its HMAC."""
+    payload = _b64(json.dumps({"name": name, "exp": expires}, sort_keys=True).encode())
+    signature = hmac.new(session_key(token), payload.encode(), hashlib.sha256).digest()
+    return f"{payload}.{_b64(signature)}"
+
+
+def session_person(token: str, value: str, now: float) -> str | None:
+    """The signed-in name of a login cookie; None if forged, altered, malformed or expired."""
+    payload, _, signature = value.rpartition(".")
+    expected = hmac.new(session_key(token), payload.encode(), hashlib.sha256).digest()
+    if not payload or not hmac.compare_digest(signature.encode(), _b64(expected).encode()):
+        return None
+    try:
+        data = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        name, expires = data["name"], float(data["exp"])
+    except (ValueError, KeyError, TypeError):
+        return None
+    if not isinstance(name, str) or is_blank(name) or not now < expires:
+        return None
+    return name
+
+
+def check_session_hours(hours: float) -> float:
+    """Seconds a sign-in lasts; refuses a length that is not a positive, finite number."""
+    if not (math.isfinite(hours) and hours > 0):
+        raise VLKBError(f"--session-hours {hours:g} must be a positive number of hours")
+    return hours * 3600.0
 
 
 def is_api(path: str) -> bool:
@@ -143,6 +213,7 @@ class WebState:
 
     workspace: Workspace
     token: str | None
+    session_seconds: float
     max_file_bytes: int
     max_files: int
     models: ModelSet
@@ -250,8 +321,12 @@ class Guard:
         writes = scope["method"] not in ("GET", "HEAD", "OPTIONS")
         if writes and origin is not None and urlsplit(origin).netloc != host:
             return error_response(path, 403, "cross-site request refused")
-        if self.token is not None and path not in PUBLIC_PATHS and not self.authorised(headers):
-            return self.unauthorised(path)
+        if self.token is not None and path not in PUBLIC_PATHS:
+            allowed, person = self.authorised(headers)
+            if not allowed:
+                return self.unauthorised(path)
+            if person is not None:
+                scope[PERSON] = person
         declared = headers.get("content-length", "")
         limit = self.body_limit(path)
         if declared.isdigit() and int(declared) > limit:
@@ -270,22 +345,24 @@ class Guard:
             )
         return HTMLResponse(render("web_login.html.j2", failed=False), 401)
 
-    def authorised(self, headers: Headers) -> bool:
+    def authorised(self, headers: Headers) -> tuple[bool, str | None]:
+        """(allowed, the signed-in person): the bearer token names nobody; a cookie does."""
         assert self.token is not None
         scheme, _, given = headers.get("authorization", "").partition(" ")
         if scheme.lower() == "bearer" and hmac.compare_digest(
             given.strip().encode(), self.token.encode()
         ):
-            return True
+            return True, None
         cookies = SimpleCookie()
         try:
             cookies.load(headers.get("cookie", ""))
         except Exception:  # a malformed Cookie header is simply no login
-            return False
+            return False, None
         morsel = cookies.get(SESSION_COOKIE)
-        return morsel is not None and hmac.compare_digest(
-            morsel.value.encode(), session_value(self.token).encode()
-        )
+        if morsel is None:
+            return False, None
+        person = session_person(self.token, morsel.value, time.time())
+        return person is not None, person
 
 
 # --- request parsing ---------------------------------------------------------------------------
@@ -305,8 +382,12 @@ class QualifyParams:
     operator: str | None
     report: bool
 
-    def options(self) -> QualifyOptions:
-        """QualifyOptions and this request's DecisionOverride; VLKBError when a value is wrong."""
+    def options(self, person: str | None = None) -> QualifyOptions:
+        """QualifyOptions and this request's DecisionOverride; VLKBError when a value is wrong.
+
+        The operator is the request's `operator` when given, else the signed-in person
+        (person), else the OS user, and the stored record says which.
+        """
         if self.normalize not in NORMALIZATIONS:
             raise VLKBError(
                 f"unknown normalisation {self.normalize!r}; use one of {', '.join(NORMALIZATIONS)}"
@@ -323,10 +404,14 @@ class QualifyParams:
             decision = DecisionOverride(
                 self.fusion or None, weights or None, self.threshold, self.review_margin
             )
+        operator, source = (self.operator, "request")
+        if is_blank(operator):
+            operator, source = (person, "signed-in") if person else (None, "request")
         return QualifyOptions(
             normalize=self.normalize,
             um_per_px=self.um_per_px,
-            operator=(self.operator or "").strip() or None,
+            operator=operator,
+            operator_source=source,
             report=self.report,
             decision=decision,
         )
@@ -376,7 +461,11 @@ def qualify_params(
     review_margin: Annotated[
         float | None, Query(description="This request only: review band around the threshold.")
     ] = None,
-    operator: Annotated[str | None, Query(description="Who runs this, as recorded.")] = None,
+    operator: Annotated[
+        str | None,
+        Query(description="Who runs this, as recorded (default: the signed-in person, else "
+              "the OS user, recorded as such)."),
+    ] = None,
     report: Annotated[
         bool, Query(description="Also write each report to the workspace's output folder.")
     ] = False,
@@ -397,7 +486,7 @@ class FeedbackIn(BaseModel):
     node: str = Field(description="Node key, e.g. EA-5 or the root gate.")
     verdict: Literal["accept", "reject"]
     comment: str = Field(description="Why, in the expert's words.")
-    expert: str | None = Field(default=None, description="Who says so.")
+    expert: str | None = Field(default=None, description="Who says so (required: a name).")
 
 
 def check_id(qualification_id: int) -> int:
@@ -453,7 +542,7 @@ async def qualify_request(
     """
     folder = Path(tempfile.mkdtemp(prefix="vlkb-upload-"))
     try:
-        options = params.options()
+        options = params.options(signed_in(request))
         uploads = await receive_uploads(request, folder, state.max_file_bytes, state.max_files)
         judged = [u for u in uploads if u.path is not None]
         outcome = None
@@ -481,6 +570,12 @@ async def qualify_request(
     database = outcome is not None and any(f.cause == "database" for f in outcome.failures)
     status = 503 if database else 415 if unsupported else 422
     return status, {"error": f"nothing stored: {first}", **document}
+
+
+def signed_in(request: Request) -> str | None:
+    """The person signed in with the cookie of this request (None with a bearer token)."""
+    person = request.scope.get(PERSON)
+    return person if isinstance(person, str) else None
 
 
 def upload_ceiling(state: WebState) -> int:
@@ -539,11 +634,19 @@ def create_app(
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
     max_files: int = DEFAULT_MAX_FILES,
     allowed_hosts: frozenset[str] | None = None,
+    session_hours: float = DEFAULT_SESSION_HOURS,
 ) -> FastAPI:
-    """The web app of one workspace; token (when given) is required on every request."""
+    """The web app of one workspace; token (when given) is required on every request.
+
+    A browser signs in with its person's name and the token; the cookie lasts session_hours.
+    """
+    token = token or None
+    if token is not None:
+        check_token(token)
     state = WebState(
         workspace=workspace,
-        token=token or None,
+        token=token,
+        session_seconds=check_session_hours(session_hours),
         max_file_bytes=max_file_bytes,
         max_files=max_files,
         models=ModelSet(workspace.config),
@@ -650,7 +753,7 @@ def _api_routes(app: FastAPI, state: WebState) -> None:
         with WRITE_LOCK:
             entry = add_feedback(
                 ws, check_id(qualification_id), body.node, body.verdict, body.comment,
-                body.expert,
+                body.expert or "",  # a name is required here: never the server's account
             )
         return {"feedback": entry}
 
@@ -726,8 +829,11 @@ def _page_routes(app: FastAPI, state: WebState) -> None:
         return page("web_qualification.html.j2", status, doc=doc, **context)
 
     @app.get("/qualifications/{qualification_id:int}", include_in_schema=False)
-    def show_page(qualification_id: int, recorded: int | None = None) -> HTMLResponse:
-        return qualification_page(qualification_id, recorded=recorded)
+    def show_page(
+        request: Request, qualification_id: int, recorded: int | None = None
+    ) -> HTMLResponse:
+        form = {"expert": signed_in(request) or ""}  # offered, still the expert's to change
+        return qualification_page(qualification_id, recorded=recorded, form=form)
 
     @app.get("/qualifications/{qualification_id:int}/report", include_in_schema=False)
     def report_page(qualification_id: int) -> HTMLResponse:
@@ -744,9 +850,7 @@ def _page_routes(app: FastAPI, state: WebState) -> None:
         form = {"node": node, "verdict": verdict, "comment": comment, "expert": expert}
         try:
             with WRITE_LOCK:
-                entry = add_feedback(
-                    ws, check_id(qualification_id), node, verdict, comment, expert.strip() or None
-                )
+                entry = add_feedback(ws, check_id(qualification_id), node, verdict, comment, expert)
         except VLKBError as exc:  # a missing qualification raises again below: 404
             status = 400 if isinstance(exc, NotFoundError) else status_of(exc)
             return qualification_page(qualification_id, status, form=form, error=str(exc))
@@ -758,20 +862,40 @@ def _page_routes(app: FastAPI, state: WebState) -> None:
     def favicon() -> Response:
         return Response(ICON, media_type="image/svg+xml")
 
+    @app.get("/static/{name}", include_in_schema=False)
+    def static_file(name: str) -> Response:
+        known = STATIC_FILES.get(name)
+        if known is None:
+            raise NotFoundError(f"no static file {name!r}")
+        file_name, media_type = known
+        return Response((STATIC / file_name).read_bytes(), media_type=media_type)
+
     @app.get("/login", include_in_schema=False)
     def login_page() -> HTMLResponse:
         return page("web_login.html.j2", failed=False)
 
     @app.post("/login", include_in_schema=False)
-    def login(request: Request, token: Annotated[str, Form()] = "") -> Response:
+    def login(
+        request: Request,
+        token: Annotated[str, Form()] = "",
+        name: Annotated[str, Form()] = "",
+    ) -> Response:
         if state.token is None:
             return RedirectResponse("/", 303)
+        person = " ".join(name.split())
+        if is_blank(person) or len(person) > MAX_NAME_LENGTH:
+            problem = (f"Sign in with your name (at most {MAX_NAME_LENGTH} characters): it is "
+                       "recorded as the operator of what you qualify.")
+            return page("web_login.html.j2", 400, failed=False, problem=problem, name=person)
         if not hmac.compare_digest(token.encode(), state.token.encode()):
-            return page("web_login.html.j2", 401, failed=True)
+            return page("web_login.html.j2", 401, failed=True, name=person)
+        expires = time.time() + state.session_seconds
         response = RedirectResponse("/", 303)
         response.set_cookie(
-            SESSION_COOKIE, session_value(state.token), httponly=True, samesite="strict",
-            secure=request.url.scheme == "https", path="/",
+            SESSION_COOKIE, session_value(state.token, person, expires), httponly=True,
+            samesite="strict", secure=request.url.scheme == "https", path="/",
+            max_age=int(state.session_seconds),
+            expires=datetime.fromtimestamp(expires, UTC),
         )
         return response
 
@@ -782,8 +906,9 @@ def serve(
     port: int,
     token: str | None,
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+    session_hours: float = DEFAULT_SESSION_HOURS,
 ) -> None:
-    """`kb serve`: refuse to listen beyond this machine without a token, then run uvicorn."""
+    """`kb serve`: refuse to listen beyond this machine without a (strong) token, then run."""
     import uvicorn
 
     token = token or None
@@ -793,11 +918,9 @@ def serve(
             f"refusing to serve on {host} without a token: set KB_TOKEN (at least "
             f"{MIN_TOKEN_LENGTH} random characters); clients then send Authorization: Bearer <it>"
         )
-    if token is not None and len(token) < MIN_TOKEN_LENGTH:
-        raise VLKBError(
-            f"KB_TOKEN is too short; use at least {MIN_TOKEN_LENGTH} random characters, e.g. "
-            "python -c 'import secrets; print(secrets.token_urlsafe(24))'"
-        )
+    if token is not None:
+        check_token(token)
     allowed = LOOPBACK_NAMES | {host.strip("[]")} if loopback else None
-    app = create_app(workspace, token, max_file_bytes=max_file_bytes, allowed_hosts=allowed)
+    app = create_app(workspace, token, max_file_bytes=max_file_bytes, allowed_hosts=allowed,
+                     session_hours=session_hours)
     uvicorn.run(app, host=host.strip("[]"), port=port, log_level="info")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from engine.decision_rule import assessment_rule
 from engine.results import MeasurementEvidence, NodeResult, VLREvidence
 from engine.scoring import decide, fuse, judge_measurement
 from kb.rules import Assessment, Decision
@@ -59,6 +60,9 @@ def judge_assessment(
         score = fuse({e.role: float(e.z) for e in usable}, decision.fusion, decision.weights)
         vlr_verdict = decide(score, decision.threshold, decision.review_margin)
     verdicts = ([vlr_verdict] if vlr_verdict else []) + [m.verdict for m in measurements]
+    combined = (["vision-language"] if vlr_verdict else []) + (
+        ["measurement"] if measurements else []
+    )
     verdict = min(verdicts, key=SEVERITY.index) if verdicts else "not_assessed"
     sentences = [f"{assessment.name}: {verdict}."]
     sentences += [_measurement_sentence(m) for m in measurements]
@@ -81,6 +85,7 @@ def judge_assessment(
         criterion=assessment.criterion,
         evidence=(*vlr, *measurements),
         measurements={m.quantity: m.value for m in measurements if m.value is not None},
+        decision_rule=assessment_rule(assessment, decision, combined),
     )
 
 

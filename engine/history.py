@@ -25,7 +25,6 @@ from kb.audit import (
     get_qualification,
     head_entry,
     node_verdicts,
-    os_user,
     verify_chain,
 )
 from kb.audit_key import audit_key
@@ -137,15 +136,17 @@ def list_qualifications(
     with workspace_session(workspace) as session:
         rows = session.exec(query.order_by(col(Qualification.id).desc()).limit(limit)).all()
         feedback = feedback_by_qualification(session, [q.id for q in rows if q.id is not None])
+        documents = {q.id: json.loads(q.result_json) for q in rows}
         return [
             {
                 "id": q.id,
                 "created_at": iso_utc(q.created_at),
                 "sample": {"path": q.sample_path, "sha256": q.sample_sha256},
                 "verdict": q.verdict,
-                "ruleset": json.loads(q.result_json)["ruleset"],
+                "ruleset": documents[q.id]["ruleset"],
                 "normalization": q.normalization,
                 "operator": q.operator,
+                "operator_source": documents[q.id].get("operator_source"),
                 "feedback": feedback[q.id] if q.id is not None else [],
             }
             for q in rows
@@ -168,9 +169,13 @@ def add_feedback(
     comment: str,
     expert: str | None = None,
 ) -> dict[str, Any]:
-    """Append an expert's verdict on one node, beside the machine verdict, to the audit log."""
+    """Append an expert's verdict on one node, beside the machine verdict, to the audit log.
+
+    expert must name a person: nothing here falls back to the account the process runs as
+    (the CLI passes the user at the keyboard; the web, what the expert typed).
+    """
     with workspace_session(workspace, write=True) as session:
-        f = append_feedback(session, qualification_id, node, verdict, comment, expert or os_user())
+        f = append_feedback(session, qualification_id, node, verdict, comment, expert or "")
         machine = next(n.verdict for n in node_verdicts(session, qualification_id) if n.key == node)
         return {**feedback_dict(f), "machine_verdict": machine, "record_hash": f.record_hash}
 

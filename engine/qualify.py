@@ -36,7 +36,7 @@ from engine.samples import Sample, load_sample, read_image_bytes
 from engine.scoring import population_stats, zscore
 from engine.sync import current_ruleset, prepare_embeddings
 from engine.tree import held_for_review, walk
-from kb.audit import NodeRecord, append_qualification, check_writable, os_user
+from kb.audit import NodeRecord, append_qualification, check_writable, is_blank, os_user
 from kb.config import ROLES, Workspace, check_um_per_px
 from kb.embeddings import cached_embeddings, store_embeddings
 from kb.errors import AuditKeyError, DatabaseError, ImageError, VLKBError
@@ -47,6 +47,9 @@ from kb.store import KnowledgeBase
 from kb.tables import Qualification, RulesetVersion, utcnow
 
 NORMALIZATIONS = ("batch", "calibrated")
+# Where a qualification's operator name came from: recorded beside it, so an auditor can tell
+# a person who named themselves from the account a process happened to run as.
+OPERATOR_SOURCES = ("cli-option", "request", "signed-in", "os-user")
 CHUNK = 32  # files decoded and embedded together; memory stays flat however many there are
 
 
@@ -61,9 +64,23 @@ class QualifyOptions:
     normalize: str = "calibrated"
     um_per_px: float | None = None  # overrides the workspace default for this run
     operator: str | None = None
+    operator_source: str = "cli-option"  # where operator came from, when it is given
     report: bool = False  # write each stored qualification's HTML report (and a run index)
     skip_existing: bool = False  # skip files already judged under the same conditions
     decision: DecisionOverride | None = None  # this request's fusion / threshold, not the rules'
+
+    def __post_init__(self) -> None:
+        if self.operator_source not in OPERATOR_SOURCES:
+            raise VLKBError(
+                f"unknown operator source {self.operator_source!r}; "
+                f"use one of {', '.join(OPERATOR_SOURCES)}"
+            )
+
+    def who(self) -> tuple[str, str]:
+        """(operator, where the name came from): the given name, else the OS user, said so."""
+        if not is_blank(self.operator):
+            return (self.operator or "").strip(), self.operator_source
+        return os_user(), "os-user"
 
 
 @dataclass(frozen=True)
@@ -156,6 +173,7 @@ def qualify_paths(
         if options.um_per_px is None
         else check_um_per_px(options.um_per_px, "um_per_px")
     )
+    operator, operator_source = options.who()
     models.encoders()  # load before taking the write lock: other writers need not wait for it
     with kb.transaction() as session:
         check_writable(session)  # a keyed chain without its key: refuse before judging
@@ -176,7 +194,8 @@ def qualify_paths(
             normalization=options.normalize,
             nodes=[],
             software_version=software_version(),
-            operator=options.operator or os_user(),
+            operator=operator,
+            operator_source=operator_source,
             um_per_px=um_per_px,
             calibration=calibration.id if calibration is not None else None,
             decision=options.decision.to_dict() if options.decision else None,

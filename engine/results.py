@@ -119,6 +119,7 @@ class NodeResult:
     rule: str | None = None  # a gate's combination rule: all, any, k_of_n, consensus
     k: int | None = None  # accepting children a k_of_n gate needs
     quorum: float | None = None  # share of children a consensus gate needs
+    decision_rule: dict[str, Any] | None = None  # the rule that produced the verdict
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -139,6 +140,7 @@ class NodeResult:
             "rationale": self.rationale,
             "evidence": [e.to_dict() for e in self.evidence],
             "measurements": dict(self.measurements),
+            "decision_rule": self.decision_rule,
         }
 
 
@@ -181,6 +183,7 @@ class QualificationResult:
     conversion: str | None = None
     calibration: int | None = None  # the calibration version of `calibrated` z-scores
     decision: dict[str, Any] | None = None  # a run's override of fusion / thresholds, if any
+    operator_source: str = "os-user"  # cli-option, request, signed-in or os-user
     id: int | None = None
     created_at: str | None = None
     report: str | None = None
@@ -209,6 +212,7 @@ class QualificationResult:
             "um_per_px": self.um_per_px,
             "software_version": self.software_version,
             "operator": self.operator,
+            "operator_source": self.operator_source,
             "nodes": [n.to_dict() for n in self.nodes],
         }
 

@@ -12,6 +12,7 @@ from dataclasses import replace
 
 import networkx as nx
 
+from engine.decision_rule import assessment_rule, gate_rule
 from engine.results import NodeResult
 from kb.rules import Assessment, Gate, Ruleset, dependency_graph
 
@@ -117,7 +118,10 @@ def walk(ruleset: Ruleset, judge: Callable[[Assessment], NodeResult]) -> list[No
             result = (
                 _with_reason(judge(a))
                 if reason is None
-                else _skipped(key, "assessment", a.parent, a.name, reason, a.criterion)
+                else replace(
+                    _skipped(key, "assessment", a.parent, a.name, reason, a.criterion),
+                    decision_rule=assessment_rule(a, a.decision),
+                )
             )
         else:
             gate = ruleset.gates[key]
@@ -135,7 +139,9 @@ def walk(ruleset: Ruleset, judge: Callable[[Assessment], NodeResult]) -> list[No
                     rationale=f"{gate.name}: {verdict}; {how}.",
                     reason=how if verdict == NOT_ASSESSED else None,
                 )
-            result = replace(result, rule=gate.rule, k=gate.k, quorum=gate.quorum)
+            result = replace(
+                result, rule=gate.rule, k=gate.k, quorum=gate.quorum, decision_rule=gate_rule(gate)
+            )
         results[key] = result
         verdicts[key] = result.verdict
     return [results[k] for k in _display_order(ruleset)]

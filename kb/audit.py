@@ -14,6 +14,7 @@ import getpass
 import hashlib
 import hmac
 import json
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -74,6 +75,14 @@ def os_user() -> str:
         return getpass.getuser()
     except (KeyError, OSError):
         return "unknown"
+
+
+def is_blank(text: str | None) -> bool:
+    """Whether text says nothing: empty, whitespace, or only invisible characters (U+200B...)."""
+    return not any(
+        not ch.isspace() and unicodedata.category(ch) not in ("Cf", "Cc", "Zs", "Zl", "Zp")
+        for ch in text or ""
+    )
 
 
 def _stamp(moment: datetime) -> str:
@@ -365,7 +374,8 @@ def append_feedback(
 ) -> Feedback:
     """Record an expert's verdict on one node; the machine verdict is left as it was."""
     get_qualification(session, qualification_id)
-    keys = [n.key for n in node_verdicts(session, qualification_id)]
+    machine = {n.key: n.verdict for n in node_verdicts(session, qualification_id)}
+    keys = list(machine)
     if node not in keys:
         raise NotFoundError(
             f"qualification {qualification_id} has no node {node!r}; "
@@ -375,10 +385,20 @@ def append_feedback(
         raise VLKBError(
             f"expert verdict {verdict!r} is not one of {', '.join(EXPERT_VERDICTS)}"
         )
-    if not comment.strip():
+    if is_blank(comment):
+        if verdict != machine[node]:
+            raise VLKBError(
+                f"feedback {verdict} on {node} overrides the machine verdict "
+                f"({machine[node]}), so it needs a reason: say why in the comment "
+                "(--comment TEXT, the form's comment, the JSON's comment)"
+            )
         raise VLKBError("feedback needs a comment saying why (--comment TEXT)")
-    if not expert.strip():
-        raise VLKBError("feedback needs the expert's name (--expert NAME)")
+    if is_blank(expert):
+        raise VLKBError(
+            "feedback needs the expert's name (--expert NAME, the form's expert field, "
+            "the JSON's expert)"
+        )
+    comment, expert = comment.strip(), expert.strip()
     prev = _writable_head(session)
     f = Feedback(
         id=_next_id(session, Feedback),

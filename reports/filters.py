@@ -192,6 +192,51 @@ def gate_rule(node: Any) -> str:
     return str(rule)
 
 
+OPERATOR_SOURCES = {
+    "cli-option": "--operator",
+    "request": "given with the request",
+    "signed-in": "signed in",
+    "os-user": "OS user, no name given",
+}
+
+
+def operator_source(source: Any) -> str:
+    """Where a stored operator name came from, in words; empty for a record from before."""
+    if is_missing(source):
+        return ""
+    return OPERATOR_SOURCES.get(str(source), str(source))
+
+
+def decision_rule(node: Any) -> list[str]:
+    """An assessment's stored decision rule as phrases; empty for a record from before."""
+    rule = node.get("decision_rule")
+    if not isinstance(rule, dict) or node.get("kind") != "assessment":
+        return []
+    weights = rule.get("weights") or {}
+    how = "sum of z-scores" if rule.get("fusion") == "zsum" else "weighted mean of z-scores"
+    if rule.get("fusion") == "weighted" and weights:
+        how += " (" + ", ".join(f"{r} {float(w):g}" for r, w in weights.items()) + ")"
+    band = rule.get("review_band") or []
+    phrases = [f"vision-language fusion: {how}"]
+    if len(band) == 2:
+        phrases.append(
+            f"threshold {signed(rule.get('threshold'))}, review band "
+            f"[{float(band[0]):+g}, {float(band[1]):+g}]"
+        )
+    for m in rule.get("measurement_rules") or []:
+        limits = m.get("review_band") or []
+        text = f"{m.get('quantity')} {op_symbol(m.get('op'))} {m.get('limit'):g} {m.get('unit')}"
+        if len(limits) == 2 and m.get("uncertainty"):
+            text += f", review within [{float(limits[0]):g}, {float(limits[1]):g}]"
+        phrases.append(f"measurement rule: {text}")
+    combined = rule.get("combined")
+    used = f" of {', '.join(combined)}" if combined else ""
+    phrases.append(f"evidence combined: {rule.get('combination', 'strictest')}{used}")
+    for p in rule.get("preconditions") or []:
+        phrases.append(f"judged only if {p.get('node')} is {' or '.join(p.get('verdicts', []))}")
+    return phrases
+
+
 FILTERS: dict[str, Callable[..., Any]] = {
     "shown": shown,
     "fixed": fixed,
@@ -209,4 +254,6 @@ FILTERS: dict[str, Callable[..., Any]] = {
     "sentences": sentences,
     "skip_reason": skip_reason,
     "gate_rule": gate_rule,
+    "operator_source": operator_source,
+    "decision_rule": decision_rule,
 }

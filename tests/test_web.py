@@ -513,9 +513,11 @@ def test_a_token_is_required_on_every_request_when_configured(example: Workspace
         page = client.get("/history")
         assert page.status_code == 401 and 'name="token"' in page.text
         assert "sound-bead-a" not in page.text
-        failed = client.post("/login", data={"token": "guess"}, follow_redirects=False)
+        failed = client.post("/login", data={"token": "guess", "name": "Eve"},
+                             follow_redirects=False)
         assert failed.status_code == 401 and "not the right one" in failed.text
-        login = client.post("/login", data={"token": TOKEN}, follow_redirects=False)
+        login = client.post("/login", data={"token": TOKEN, "name": "Dr. Ada Lovelace"},
+                            follow_redirects=False)
         assert login.status_code == 303
         cookie = login.headers["set-cookie"]
         assert "HttpOnly" in cookie and "SameSite=strict" in cookie and TOKEN not in cookie

@@ -13,6 +13,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +23,10 @@ import uvicorn
 from PIL import Image
 
 from cli.web import create_app
-from engine.history import verify_audit_log
+from engine.history import list_qualifications, verify_audit_log
 from engine.sync import sync_workspace
 from kb.config import Workspace
-from tests.workspaces import micrograph, new_workspace, write_carbide_assessment
+from tests.workspaces import example_copy, micrograph, new_workspace, write_carbide_assessment
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -38,6 +39,8 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 WAIT_MS = 90_000  # the first run loads the tiny models; the machine is shared
+TOKEN = "correct-horse-battery-staple"
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
 def free_port() -> int:
@@ -55,12 +58,12 @@ def workspace(tmp_path: Path, tiny_clip_dir: Path, tiny_flava_dir: Path) -> Work
     return ws
 
 
-@pytest.fixture
-def server(workspace: Workspace) -> Iterator[str]:
+@contextmanager
+def run_server(app: Any) -> Iterator[str]:
     """A real uvicorn server on a free loopback port, in a thread; yields its base URL."""
     port = free_port()
-    config = uvicorn.Config(create_app(workspace), host="127.0.0.1", port=port,
-                            log_level="warning", lifespan="on")
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                            lifespan="on")
     instance = uvicorn.Server(config)
     thread = threading.Thread(target=instance.run, daemon=True)
     thread.start()
@@ -71,6 +74,12 @@ def server(workspace: Workspace) -> Iterator[str]:
     yield f"http://127.0.0.1:{port}"
     instance.should_exit = True
     thread.join(timeout=30)
+
+
+@pytest.fixture
+def server(workspace: Workspace) -> Iterator[str]:
+    with run_server(create_app(workspace)) as base:
+        yield base
 
 
 @pytest.fixture
@@ -217,3 +226,35 @@ def test_qualify_move_a_verdict_report_and_feedback_in_chromium(
     outside = [u for u in requests if not (u.startswith(server) or u.startswith("data:"))]
     assert outside == [], outside
     assert verify_audit_log(workspace).ok
+
+
+def test_sign_in_by_name_then_qualify_records_that_person_in_chromium(
+    browser: Any, tmp_path: Path
+) -> None:
+    example = example_copy(tmp_path / "example")  # measurements only: no model to load
+    with run_server(create_app(example, token=TOKEN)) as base:
+        context = browser.new_context(viewport={"width": 1280, "height": 900})
+        page = context.new_page()
+        problems: list[str] = []
+        page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda error: problems.append(str(error)))
+        page.goto(base + "/")
+        page.fill("#name", "Dr. Grace Hopper")
+        page.fill("#token", TOKEN)
+        with page.expect_navigation(timeout=WAIT_MS):
+            page.click("form button[type=submit]")
+        assert page.locator("#qualify-form").count() == 1  # signed in: the qualify page
+        page.set_input_files("#files", str(EXAMPLES / "sound-bead-a.png"))
+        run_and_wait_any(page)
+        (row,) = list_qualifications(example)
+        assert (row["operator"], row["operator_source"]) == ("Dr. Grace Hopper", "signed-in")
+        page.goto(f"{base}/qualifications/{row['id']}")
+        assert page.input_value("#expert") == "Dr. Grace Hopper"
+        context.close()
+        # 401 answers to the first visit are expected; anything else is a script or CSP error
+        assert [p for p in problems if "401" not in p] == [], problems
+
+
+def run_and_wait_any(page: Any) -> None:
+    page.click("#run")
+    page.locator("#run-results tr[data-id]").first.wait_for(timeout=WAIT_MS)
