@@ -204,9 +204,11 @@ def qualify_paths(
             qualified_shas(session, row.id, base) if options.skip_existing else frozenset()
         )
         setup = plan_roles(session, row.id, ruleset, models, options.normalize)
-    ruleset = _with_thresholds(ruleset, calibrated_thresholds(calibration))
+    thresholds = calibrated_thresholds(calibration)
+    ruleset = _with_thresholds(ruleset, thresholds)
     if options.decision is not None:
         ruleset = _with_decision(ruleset, options.decision)
+    sources = _threshold_sources(ruleset, thresholds, base.calibration, options.decision)
 
     pending = _without_judged(paths, judged_before, outcome)
     if options.normalize == "batch":
@@ -221,7 +223,7 @@ def qualify_paths(
             evidence = chunk_evidence(session, ruleset, models, samples, setup)
         for index, sample in enumerate(samples):
             result = _judge(sample, index, ruleset, evidence, models, base, um_per_px,
-                            workspace if needs_metrology else None)
+                            workspace if needs_metrology else None, sources)
             if sample_names and sample.path in sample_names:
                 result.sample_path = sample_names[sample.path]
             done += 1
@@ -337,6 +339,31 @@ def _with_decision(ruleset: Ruleset, override: DecisionOverride) -> Ruleset:
     return replace(ruleset, assessments=assessments)
 
 
+def _threshold_sources(
+    ruleset: Ruleset,
+    calibrated: Mapping[str, float],
+    calibration: int | None,
+    override: DecisionOverride | None,
+) -> dict[str, str]:
+    """Where each assessment's threshold came from: the rules, a calibration, or this run."""
+    sources = {}
+    for key in ruleset.assessments:
+        if override is not None and override.threshold is not None:
+            sources[key] = "run override"
+        elif key in calibrated:
+            sources[key] = f"calibration {calibration}"
+        else:
+            sources[key] = "rules"
+    return sources
+
+
+def _with_threshold_source(node: NodeResult, sources: Mapping[str, str]) -> NodeResult:
+    if node.decision_rule is None or node.key not in sources or node.kind != "assessment":
+        return node
+    return replace(node, decision_rule={**node.decision_rule,
+                                        "threshold_source": sources[node.key]})
+
+
 def _batch_normalization(
     kb: KnowledgeBase,
     ruleset: Ruleset,
@@ -384,6 +411,7 @@ def _judge(
     base: QualificationResult,
     um_per_px: float,
     metrology: Workspace | None,
+    threshold_sources: Mapping[str, str],
 ) -> QualificationResult:
     """Walk the tree for one image of a chunk.
 
@@ -408,7 +436,7 @@ def _judge(
             return not_a_phase_map(a, vlr, not_a_map)
         return judge_assessment(a, vlr, measurement_evidence(a, quantities, unmeasurable))
 
-    nodes = walk(ruleset, judge)
+    nodes = [_with_threshold_source(n, threshold_sources) for n in walk(ruleset, judge)]
     if not_a_map is not None:
         nodes = held_for_review(ruleset, nodes, held, f"the sample is {not_a_map}")
     return replace(

@@ -219,9 +219,11 @@ def decision_rule(node: Any) -> list[str]:
     band = rule.get("review_band") or []
     phrases = [f"vision-language fusion: {how}"]
     if len(band) == 2:
+        source = rule.get("threshold_source")
         phrases.append(
-            f"threshold {signed(rule.get('threshold'))}, review band "
-            f"[{float(band[0]):+g}, {float(band[1]):+g}]"
+            f"threshold {signed(rule.get('threshold'))}"
+            + (f" (from {source})" if source else "")
+            + f", review band [{float(band[0]):+g}, {float(band[1]):+g}]"
         )
     for m in rule.get("measurement_rules") or []:
         limits = m.get("review_band") or []

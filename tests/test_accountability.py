@@ -236,6 +236,7 @@ def test_every_stored_node_records_the_decision_rule_that_produced_it(workspace:
             assert rule["threshold"] == threshold and rule["review_margin"] == margin
             assert rule["review_band"] == [threshold - margin, threshold + margin]
             assert rule["combination"] == "strictest"
+            assert rule["threshold_source"] == "rules"
             assert set(rule["weights"]) == {"text", "image"}
             assert rule["measurement_rules"] == [
                 {
@@ -261,9 +262,11 @@ def test_a_run_override_is_the_rule_recorded_and_the_report_shows_the_rule(
         if node["kind"] == "assessment":
             assert node["decision_rule"]["threshold"] == 0.5
             assert node["decision_rule"]["review_band"] == [0.375, 0.625]
+            assert node["decision_rule"]["threshold_source"] == "run override"
     code, out, err = kb("report", q["id"], "--json", "-w", workspace.root)
     assert code == 0, err
     html = Path(json.loads(out)["report"]).read_text(encoding="utf-8")
     assert "Decision rule" in html and "strictest" in html
     assert "0.375" in html and "0.625" in html
+    assert "from run override" in html
     assert "porosity_fraction" in html

@@ -91,6 +91,8 @@ def test_calibration_round_trip_is_used_by_calibrated_qualification(
     code, out, _ = kb("qualify", tmp_path / "cal" / "c07.png", "--json", "-w", workspace.root)
     node = next(n for n in json.loads(out)["qualifications"][0]["nodes"] if n["key"] == "EA-5")
     assert node["threshold"] == pytest.approx(choice["after"])
+    assert node["decision_rule"]["threshold"] == pytest.approx(choice["after"])
+    assert node["decision_rule"]["threshold_source"] == f"calibration {second['calibration']}"
 
 
 def test_thresholds_move_on_a_shifted_set(workspace: Workspace, tmp_path: Path) -> None:
