@@ -16,23 +16,18 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from typer.testing import CliRunner
 
-from cli.app import app as kb_app
 from cli.web import create_app
 from kb.config import Workspace
+from tests.cli_runner import kb
 from tests.workspaces import example_copy
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
 TOKEN = "correct-horse-battery-staple"
 BLANK_REASONS = ["", "   ", "\u200b", "\u200b\u2060 \u00a0\ufeff", "\n\t"]
-runner = CliRunner()
 
 
-def kb(*args: object) -> tuple[int, str, str]:
-    result = runner.invoke(kb_app, [str(a) for a in args])
-    return result.exit_code, result.stdout, result.stderr
 
 
 def upload(*paths: Path) -> list[tuple[str, tuple[str, bytes, str]]]:

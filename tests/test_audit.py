@@ -12,20 +12,15 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
 import reports
-from cli.app import app
 from engine.sync import sync_workspace
+from tests.cli_runner import kb
 from tests.workspaces import micrograph, new_workspace, write_carbide_assessment
 
-runner = CliRunner()
 SCHEMA_2 = Path(__file__).resolve().parent / "data" / "kb-schema-2.sqlite"
 
 
-def kb(*args: object) -> tuple[int, str, str]:
-    result = runner.invoke(app, [str(a) for a in args])
-    return result.exit_code, result.stdout, result.stderr
 
 
 @pytest.fixture(scope="module")

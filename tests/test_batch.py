@@ -11,22 +11,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
-from cli.app import app
 from engine.metrology.synthetic import write_dataset
 from engine.qualify import CHUNK, QualifyOptions, qualify_paths
 from engine.sync import sync_workspace
 from kb.config import Workspace
+from tests.cli_runner import kb
 from tests.workspaces import micrograph, new_workspace, write_carbide_assessment
 
 REPO = Path(__file__).resolve().parent.parent
-runner = CliRunner()
 
 
-def kb(*args: object) -> tuple[int, str, str]:
-    result = runner.invoke(app, [str(a) for a in args])
-    return result.exit_code, result.stdout, result.stderr
 
 
 def test_folders_globs_and_a_bad_file_in_one_run(example: Workspace, tmp_path: Path) -> None:

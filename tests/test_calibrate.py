@@ -8,20 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
-from cli.app import app
 from engine.evaluation.metrics import balanced_accuracy_at
 from engine.sync import sync_workspace
 from kb.config import Workspace
+from tests.cli_runner import kb
 from tests.workspaces import micrograph, new_workspace, write_carbide_assessment
-
-runner = CliRunner()
-
-
-def kb(*args: object) -> tuple[int, str, str]:
-    result = runner.invoke(app, [str(a) for a in args])
-    return result.exit_code, result.stdout, result.stderr
 
 
 @pytest.fixture

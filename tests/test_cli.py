@@ -6,16 +6,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from cli.app import app
-
-runner = CliRunner()
-
-
-def kb(*args, env=None):
-    result = runner.invoke(app, [str(a) for a in args], env=env)
-    return result.exit_code, result.stdout, result.stderr
+from tests.cli_runner import kb
 
 
 def test_init_then_tree_and_models(tmp_path):

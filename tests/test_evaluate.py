@@ -8,9 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from cli.app import app
 from engine.evaluation.labels import LabelsError, read_labels
 from engine.evaluation.metrics import (
     agreement,
@@ -26,17 +24,14 @@ from engine.sync import compile_workspace, sync_workspace
 from kb.audit import get_qualification
 from kb.config import Workspace
 from kb.store import KnowledgeBase
+from tests.cli_runner import kb
 from tests.workspaces import micrograph, new_workspace, write_carbide_assessment
 
 REPO = Path(__file__).resolve().parent.parent
-runner = CliRunner()
 
 A, R = "accept", "reject"
 
 
-def kb(*args: object) -> tuple[int, str, str]:
-    result = runner.invoke(app, [str(a) for a in args])
-    return result.exit_code, result.stdout, result.stderr
 
 
 def test_agreement_by_hand() -> None:

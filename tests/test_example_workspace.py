@@ -9,9 +9,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from typer.testing import CliRunner
 
-from cli.app import app
 from engine.metrology.quantities import QUANTITIES, measure_image
 from engine.metrology.synthetic import criteria_of, label_sample, write_dataset
 from engine.qualify import QualifyOptions, qualify_paths
@@ -20,15 +18,12 @@ from engine.samples import load_sample
 from engine.sync import compile_workspace
 from engine.training.example import EXAMPLE_CRITERIA
 from kb.config import Workspace
+from tests.cli_runner import kb
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
-runner = CliRunner()
 
 
-def kb(*args: object) -> tuple[int, str, str]:
-    result = runner.invoke(app, [str(a) for a in args])
-    return result.exit_code, result.stdout, result.stderr
 
 
 def read_labels(path: Path) -> dict[str, dict[str, str]]:

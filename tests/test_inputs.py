@@ -18,25 +18,20 @@ from typing import Any
 import numpy as np
 import pytest
 from PIL import Image
-from typer.testing import CliRunner
 
-from cli.app import app
 from engine.inputs import expand_inputs
 from engine.metrology.measure import measure_paths
 from engine.qualify import QualifyOptions, qualify_paths
 from engine.samples import load_sample
 from kb.config import Workspace
 from kb.errors import ImageError, RulesError
+from tests.cli_runner import kb
 from tests.workspaces import example_copy
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
-runner = CliRunner()
 
 
-def kb(*args: object) -> tuple[int, str, str]:
-    result = runner.invoke(app, [str(a) for a in args])
-    return result.exit_code, result.stdout, result.stderr
 
 
 def good_maps(folder: Path, n: int = 2) -> list[Path]:

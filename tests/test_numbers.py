@@ -12,24 +12,19 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
-from typer.testing import CliRunner
 
-from cli.app import app
 from cli.web import create_app
 from engine.samples import MAX_PIXELS, load_sample
 from kb.config import Workspace
 from kb.errors import ImageError
+from tests.cli_runner import kb
 from tests.workspaces import example_copy
 
 REPO = Path(__file__).resolve().parent.parent
 MAP = REPO / "examples" / "sound-bead-a.png"
-runner = CliRunner()
 BAD_PIXEL_SIZES = ["nan", "inf", "-inf", "1e-300", "0", "-1", "1e9"]
 
 
-def kb(*args: object) -> tuple[int, str, str]:
-    result = runner.invoke(app, [str(a) for a in args])
-    return result.exit_code, result.stdout, result.stderr
 
 
 def one_error_line(err: str) -> str:

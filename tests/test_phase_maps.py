@@ -12,25 +12,20 @@ import numpy as np
 import pytest
 from PIL import Image
 from scipy import ndimage
-from typer.testing import CliRunner
 
-from cli.app import app
 from engine.metrology.quantities import NotASegmentationMap, measure_image
 from engine.metrology.synthetic import Degradation, write_dataset
 from engine.qualify import DecisionOverride, QualifyOptions, qualify_paths
 from engine.samples import load_sample
 from engine.sync import sync_workspace
 from kb.config import DEFAULT_LEGEND, Workspace
+from tests.cli_runner import kb
 from tests.workspaces import micrograph, new_workspace, write_carbide_assessment
 
 REPO = Path(__file__).resolve().parent.parent
 MAP = REPO / "examples" / "sound-bead-a.png"
-runner = CliRunner()
 
 
-def kb(*args: object) -> tuple[int, str, str]:
-    result = runner.invoke(app, [str(a) for a in args])
-    return result.exit_code, result.stdout, result.stderr
 
 
 def photograph(height: int = 360, width: int = 480, seed: int = 0, tint=(1.0, 0.9, 0.75)):

@@ -9,20 +9,14 @@ import numpy as np
 import pytest
 import torch
 from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel, FlavaModel
-from typer.testing import CliRunner
 
-from cli.app import app
+from tests.cli_runner import kb
 from tests.workspaces import micrograph
-
-runner = CliRunner()
 
 POSITIVE = ["many pink carbide particles in the green bead", "dense carbides in the matrix"]
 NEGATIVE = ["few pink carbides, mostly green matrix", "carbides dissolved in the bead"]
 
 
-def kb(*args: str) -> tuple[int, str, str]:
-    result = runner.invoke(app, [str(a) for a in args])
-    return result.exit_code, result.stdout, result.stderr
 
 
 @pytest.fixture

@@ -30,6 +30,7 @@ from engine.history import verify_audit_log
 from engine.sync import sync_workspace
 from kb.config import Workspace
 from kb.errors import VLKBError
+from tests.cli_runner import kb
 from tests.workspaces import micrograph, new_workspace, write_carbide_assessment
 
 REPO = Path(__file__).resolve().parent.parent
@@ -38,9 +39,6 @@ TOKEN = "correct-horse-battery-staple"
 runner = CliRunner()
 
 
-def kb(*args: object) -> tuple[int, str, str]:
-    result = runner.invoke(kb_app, [str(a) for a in args])
-    return result.exit_code, result.stdout, result.stderr
 
 
 def upload(*paths: Path) -> list[tuple[str, tuple[str, bytes, str]]]:
