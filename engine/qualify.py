@@ -37,7 +37,7 @@ from engine.scoring import population_stats, zscore
 from engine.sync import current_ruleset, prepare_embeddings
 from engine.tree import held_for_review, walk
 from kb.audit import NodeRecord, append_qualification, check_writable, is_blank, os_user
-from kb.config import ROLES, Workspace, check_um_per_px
+from kb.config import ROLES, Workspace
 from kb.embeddings import cached_embeddings, store_embeddings
 from kb.errors import AuditKeyError, DatabaseError, ImageError, VLKBError
 from kb.image_store import store_image
@@ -168,11 +168,7 @@ def qualify_paths(
     outcome = QualifyOutcome()
     kb = kb or KnowledgeBase.open(workspace)
     models = models or ModelSet(workspace.config)
-    um_per_px = (
-        workspace.config.um_per_px
-        if options.um_per_px is None
-        else check_um_per_px(options.um_per_px, "um_per_px")
-    )
+    um_per_px = workspace.config.pixel_size(options.um_per_px)
     operator, operator_source = options.who()
     models.encoders()  # load before taking the write lock: other writers need not wait for it
     with kb.transaction() as session:

@@ -207,7 +207,7 @@ def check_writable(session: Session) -> None:
     _writable_head(session)
 
 
-def _next_id(session: Session, model: type[SQLModel]) -> int:
+def next_id(session: Session, model: type[SQLModel]) -> int:
     """The ID a new record gets, fixed before inserting so its hash can cover it."""
     highest = session.exec(select(func.max(model.id))).one()  # type: ignore[attr-defined]
     return int(highest or 0) + 1
@@ -312,7 +312,7 @@ def append_qualification(
     """Append one qualification and its nodes; the caller's transaction makes it atomic."""
     prev = _writable_head(session)
     q = Qualification(
-        id=_next_id(session, Qualification),
+        id=next_id(session, Qualification),
         created_at=created_at or utcnow(),
         sample_path=sample_path,
         sample_sha256=sample_sha256,
@@ -401,7 +401,7 @@ def append_feedback(
     comment, expert = comment.strip(), expert.strip()
     prev = _writable_head(session)
     f = Feedback(
-        id=_next_id(session, Feedback),
+        id=next_id(session, Feedback),
         created_at=utcnow(),
         qualification_id=qualification_id,
         node=node,

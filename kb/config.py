@@ -67,6 +67,10 @@ class WorkspaceConfig:
     roles: dict[str, str | None] = field(default_factory=dict)
     audit_key_file: Path | None = None  # [audit] key_file: the HMAC key of the audit chain
 
+    def pixel_size(self, override: float | None = None) -> float:
+        """The pixel size of one run: the override given for it, checked, else kb.toml's."""
+        return self.um_per_px if override is None else check_um_per_px(override, "um_per_px")
+
     def model_for_role(self, role: str) -> ModelSpec | None:
         """The model bound to a role, or None while the role is unbound."""
         name = self.roles.get(role)

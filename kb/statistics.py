@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from sqlmodel import Session, col, select
 
-from kb.audit import CALIBRATION, NORMALIZATION, chain_record, check_recorded
+from kb.audit import CALIBRATION, NORMALIZATION, chain_record, check_recorded, next_id
 from kb.tables import Calibration, NormalizationStat
 
 
@@ -71,9 +71,8 @@ def latest_calibration(session: Session, ruleset_id: int) -> Calibration | None:
 
 
 def next_calibration_version(session: Session) -> int:
-    """The version the next calibration gets (read under the write lock)."""
-    rows = session.exec(select(Calibration.id).order_by(col(Calibration.id).desc())).first()
-    return int(rows or 0) + 1
+    """The version the next calibration gets (read under the write lock): its record ID."""
+    return next_id(session, Calibration)
 
 
 def add_calibration(session: Session, row: Calibration) -> Calibration:

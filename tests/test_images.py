@@ -1,8 +1,5 @@
 """Every way a sample file can be wrong gives one clear line; odd modes are converted."""
 
-import struct
-import zlib
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,17 +7,7 @@ from PIL import Image
 
 from engine.samples import load_sample
 from kb.errors import ImageError
-
-
-def png_claiming(path: Path, width: int, height: int) -> Path:
-    """A tiny PNG whose header claims huge dimensions: a decompression bomb's calling card."""
-    Image.new("L", (1, 1)).save(path)
-    data = bytearray(path.read_bytes())
-    ihdr = struct.pack(">II", width, height) + bytes(data[24:29])
-    data[16:29] = ihdr
-    data[29:33] = struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
-    path.write_bytes(bytes(data))
-    return path
+from tests.workspaces import png_claiming
 
 
 @pytest.mark.parametrize(

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import struct
-import zlib
 from pathlib import Path
 
 import pytest
@@ -18,7 +16,7 @@ from engine.samples import MAX_PIXELS, load_sample
 from kb.config import Workspace
 from kb.errors import ImageError
 from tests.cli_runner import kb
-from tests.workspaces import example_copy
+from tests.workspaces import example_copy, png_claiming
 
 REPO = Path(__file__).resolve().parent.parent
 MAP = REPO / "examples" / "sound-bead-a.png"
@@ -197,17 +195,6 @@ def test_the_web_api_refuses_a_tiny_upload(tmp_path: Path) -> None:
             "/api/qualify", files=[("files", ("dot.png", path.read_bytes(), "image/png"))]
         )
     assert response.status_code == 422 and "16 x 16" in response.json()["error"]
-
-
-def png_claiming(path: Path, width: int, height: int) -> Path:
-    """A tiny PNG whose header claims other dimensions (no pixel data to match)."""
-    Image.new("L", (1, 1)).save(path)
-    data = bytearray(path.read_bytes())
-    ihdr = struct.pack(">II", width, height) + bytes(data[24:29])
-    data[16:29] = ihdr
-    data[29:33] = struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
-    path.write_bytes(bytes(data))
-    return path
 
 
 def test_the_pixel_limit_message_states_the_limit_that_is_applied(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 from engine.metrology.quantities import NotASegmentationMap, measure_image
 from engine.results import SampleFailure
 from engine.samples import load_sample
-from kb.config import Workspace, check_um_per_px
+from kb.config import Workspace
 from kb.errors import VLKBError
 
 
@@ -35,9 +35,7 @@ def measure_paths(
     workspace: Workspace, paths: Sequence[Path], um_per_px: float | None = None
 ) -> tuple[list[MeasuredSample], list[SampleFailure]]:
     """Measure each file with the workspace legend; a bad file fails alone."""
-    scale = (
-        workspace.config.um_per_px if um_per_px is None else check_um_per_px(um_per_px, "um_per_px")
-    )
+    scale = workspace.config.pixel_size(um_per_px)
     measured, failures = [], []
     for path in paths:
         try:
