@@ -8,7 +8,6 @@ import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -20,6 +19,7 @@ from rich.tree import Tree
 
 from kb.config import Workspace
 from kb.errors import VLKBError
+from kb.vocabulary import ExpertVerdict
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -760,13 +760,6 @@ def report(
         print_json({"id": qualification_id, "report": str(path)})
     else:
         out.print(f"Report {qualification_id}: {path}", markup=False)
-
-
-class ExpertVerdict(StrEnum):
-    """An expert agrees that a node passes or fails; review is the machine's word for unsure."""
-
-    accept = "accept"
-    reject = "reject"
 
 
 @app.command()

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.cookies import SimpleCookie
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 from fastapi import Depends, FastAPI, Form, Query, Request
@@ -45,7 +45,7 @@ from cli.web_uploads import (
 )
 from engine.encoders.catalog import ModelStatus, model_statuses
 from engine.encoders.roles import ModelSet
-from engine.history import VERDICTS, add_feedback, list_qualifications, load_qualification
+from engine.history import add_feedback, list_qualifications, load_qualification
 from engine.qualify import NORMALIZATIONS, DecisionOverride, QualifyOptions, qualify_paths
 from engine.report_files import render_stored_report
 from engine.sync import compile_workspace
@@ -62,6 +62,7 @@ from kb.errors import (
     WorkspaceError,
 )
 from kb.store import KnowledgeBase
+from kb.vocabulary import VERDICTS, ExpertVerdict
 from reports.render import environment
 
 MB = 1_000_000
@@ -484,7 +485,7 @@ class FeedbackIn(BaseModel):
     """An expert's verdict on one node of a stored qualification (as `kb feedback`)."""
 
     node: str = Field(description="Node key, e.g. EA-5 or the root gate.")
-    verdict: Literal["accept", "reject"]
+    verdict: ExpertVerdict
     comment: str = Field(description="Why, in the expert's words.")
     expert: str | None = Field(default=None, description="Who says so (required: a name).")
 

@@ -10,8 +10,7 @@ from engine.decision_rule import assessment_rule
 from engine.results import MeasurementEvidence, NodeResult, VLREvidence
 from engine.scoring import decide, fuse, judge_measurement
 from kb.rules import Assessment, Decision
-
-SEVERITY = ("reject", "review", "accept")  # the strictest verdict of the evidence wins
+from kb.vocabulary import COMPARISON_WORDS, strictest
 
 
 def measurement_evidence(
@@ -63,7 +62,7 @@ def judge_assessment(
     combined = (["vision-language"] if vlr_verdict else []) + (
         ["measurement"] if measurements else []
     )
-    verdict = min(verdicts, key=SEVERITY.index) if verdicts else "not_assessed"
+    verdict = strictest(verdicts)
     sentences = [f"{assessment.name}: {verdict}."]
     sentences += [_measurement_sentence(m) for m in measurements]
     if usable:
@@ -120,9 +119,6 @@ def not_a_phase_map(
     )
 
 
-_OP_WORDS = {"<=": "at most", "<": "below", ">=": "at least", ">": "above"}
-
-
 def format_quantity(value: float, unit: str) -> str:
     """A value as an engineer writes it: fractions in per cent, micrometres as µm."""
     if unit == "fraction":
@@ -136,7 +132,7 @@ def format_quantity(value: float, unit: str) -> str:
 
 def _measurement_sentence(m: MeasurementEvidence) -> str:
     what = m.quantity.replace("_", " ")
-    bound = f"{_OP_WORDS[m.op]} {format_quantity(m.limit, m.unit)}"
+    bound = f"{COMPARISON_WORDS[m.op]} {format_quantity(m.limit, m.unit)}"
     if m.value is None:
         return f"The {what} must be {bound} but {m.note}; a person should check it."
     outcome = {

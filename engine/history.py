@@ -33,8 +33,7 @@ from kb.db import damaged, integrity_problem
 from kb.errors import DatabaseError, VLKBError
 from kb.store import KnowledgeBase
 from kb.tables import Feedback, Qualification
-
-VERDICTS = ("accept", "reject", "review", "not_assessed")
+from kb.vocabulary import VERDICTS
 
 
 @contextmanager

@@ -41,10 +41,11 @@ from kb.config import ROLES, Workspace
 from kb.embeddings import cached_embeddings, store_embeddings
 from kb.errors import AuditKeyError, DatabaseError, ImageError, VLKBError
 from kb.image_store import store_image
-from kb.rules import FUSIONS, Assessment, Decision, Ruleset
+from kb.rules import Assessment, Decision, Ruleset
 from kb.rulesets import software_version
 from kb.store import KnowledgeBase
 from kb.tables import Qualification, RulesetVersion, utcnow
+from kb.vocabulary import FUSIONS
 
 NORMALIZATIONS = ("batch", "calibrated")
 # Where a qualification's operator name came from: recorded beside it, so an auditor can tell

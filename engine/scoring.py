@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-FUSIONS = ("zsum", "weighted")
+from kb.vocabulary import FUSIONS, meets
 
 
 def l2_normalize(vectors: np.ndarray) -> np.ndarray:
@@ -100,19 +100,6 @@ def decide(score: float, threshold: float, review_margin: float) -> str:
     if abs(score - threshold) < review_margin:
         return "review"
     return "accept" if score >= threshold else "reject"
-
-
-OPERATORS = {
-    "<=": np.less_equal,
-    "<": np.less,
-    ">=": np.greater_equal,
-    ">": np.greater,
-}
-
-
-def meets(value: float, op: str, limit: float) -> bool:
-    """Whether a value satisfies `value op limit`, e.g. 0.018 <= 0.02."""
-    return bool(OPERATORS[op](value, limit))
 
 
 def judge_measurement(value: float, op: str, limit: float, uncertainty: float = 0.0) -> str:

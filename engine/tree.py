@@ -15,9 +15,9 @@ import networkx as nx
 from engine.decision_rule import assessment_rule, gate_rule
 from engine.results import NodeResult
 from kb.rules import Assessment, Gate, Ruleset, dependency_graph
+from kb.vocabulary import Verdict
 
-NOT_ASSESSED = "not_assessed"
-
+NOT_ASSESSED = Verdict.NOT_ASSESSED
 
 def build_tree(ruleset: Ruleset) -> nx.DiGraph:
     """root -> gates -> assessments -> evidence -> items, edges pointing from parent to child."""

@@ -35,6 +35,7 @@ from kb.tables import (
     RulesetVersion,
     utcnow,
 )
+from kb.vocabulary import DECISIVE
 
 GENESIS = "0" * 64
 QUALIFICATION = "qualification"
@@ -50,7 +51,6 @@ MODELS: dict[str, type[SQLModel]] = {
     NORMALIZATION: NormalizationStat,
 }
 LEGACY, CURRENT = 1, 2  # audit_chain.format: before schema 3 / kind and ID in the hash
-EXPERT_VERDICTS = ("accept", "reject")
 AUDIT_KEY = "vlkb_audit_key"  # session.info entry: the key writers MAC new entries with
 
 __all__ = ["AuditEntry", "GENESIS", "MODELS"]
@@ -381,9 +381,9 @@ def append_feedback(
             f"qualification {qualification_id} has no node {node!r}; "
             f"valid nodes: {', '.join(keys)}"
         )
-    if verdict not in EXPERT_VERDICTS:
+    if verdict not in DECISIVE:
         raise VLKBError(
-            f"expert verdict {verdict!r} is not one of {', '.join(EXPERT_VERDICTS)}"
+            f"expert verdict {verdict!r} is not one of {', '.join(DECISIVE)}"
         )
     if is_blank(comment):
         if verdict != machine[node]:

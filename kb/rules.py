@@ -20,15 +20,13 @@ from PIL import Image, UnidentifiedImageError
 
 from kb.config import ROLES
 from kb.errors import RulesError
+from kb.vocabulary import COMPARISONS, FUSIONS, VERDICTS
 
 TREE_FILE = "tree.toml"
 ASSESSMENTS_DIR = "assessments"
 REFERENCES_DIR = "references"
 POLARITIES = ("positive", "negative")
 GATE_RULES = ("all", "any", "k_of_n", "consensus")
-VERDICTS = ("accept", "reject", "review", "not_assessed")
-MEASUREMENT_OPS = ("<=", "<", ">=", ">")
-FUSIONS = ("zsum", "weighted")
 ROLE_ITEMS = {"text": "prompts", "image": "reference images"}
 
 
@@ -379,8 +377,8 @@ def _read_measurements(doc: _Table) -> tuple[MeasurementRule, ...]:
     for item in doc.tables("measurements"):
         item.check_keys({"quantity", "op", "limit", "unit"}, {"uncertainty"})
         op = item.text("op")
-        if op not in MEASUREMENT_OPS:
-            raise item.fail(f"unknown op {op!r}; expected one of {MEASUREMENT_OPS}")
+        if op not in COMPARISONS:
+            raise item.fail(f"unknown op {op!r}; expected one of {tuple(COMPARISONS)}")
         uncertainty = item.number("uncertainty", 0.0)
         if uncertainty < 0:
             raise item.fail("`uncertainty` must not be negative")

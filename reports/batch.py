@@ -9,9 +9,10 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
+from kb.vocabulary import VERDICTS
 from reports.filters import file_name, parse_time
 
-VERDICT_ORDER = ("accept", "reject", "review", "not_assessed")
+VERDICT_ORDER = VERDICTS
 
 Record = Mapping[str, Any]
 

@@ -16,6 +16,7 @@ matplotlib.use("Agg")  # files only: never open a window, never need a display
 
 import matplotlib.pyplot as plt  # noqa: E402
 
+from kb.vocabulary import DECISIVE  # noqa: E402
 from reports.render import environment, write_report  # noqa: E402
 
 ACCEPT_COLOUR, REJECT_COLOUR = "#2e7d32", "#c62828"
@@ -52,8 +53,8 @@ def confusion_plot(confusion: Mapping[str, int], title: str, path: Path) -> None
         for column in range(2):
             axes.text(column, row, str(cells[row][column]), ha="center", va="center",
                       fontsize=13, color="black")
-    axes.set_xticks([0, 1], ["accept", "reject"])
-    axes.set_yticks([0, 1], ["accept", "reject"])
+    axes.set_xticks([0, 1], list(DECISIVE))
+    axes.set_yticks([0, 1], list(DECISIVE))
     axes.set_xlabel("verdict")
     axes.set_ylabel("expert label")
     axes.set_title(title, fontsize=10)
@@ -64,7 +65,7 @@ def confusion_plot(confusion: Mapping[str, int], title: str, path: Path) -> None
 
 def score_plot(samples: list[Mapping[str, Any]], key: str, mode: str, path: Path) -> None:
     """Histogram of the continuous score, split by expert label, with the threshold at 0."""
-    by_label: dict[str, list[float]] = {"accept": [], "reject": []}
+    by_label: dict[str, list[float]] = {label: [] for label in DECISIVE}
     for sample in samples:
         verdict = sample["verdicts"].get(key, {}).get(mode, {})
         if verdict.get("score") is not None:

@@ -53,3 +53,40 @@ def test_only_the_cli_command_for_training_reaches_into_the_training_package():
             continue
         bad = {m for m in imported_modules(path) if m.startswith("engine.training")}
         assert not bad, f"{path.relative_to(ROOT)} imports {sorted(bad)}"
+
+
+WORD_LISTS = {
+    "verdicts": {"accept", "reject", "review", "not_assessed"},
+    "fusions": {"zsum", "weighted"},
+    "comparisons": {"<=", "<", ">=", ">"},
+}
+
+
+def vocabulary_literals(path: Path) -> list[tuple[int, str, str]]:
+    """(line, kind, shape) of each literal that spells out two or more words of one list."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Tuple | ast.List | ast.Set):
+            items, shape = node.elts, "list"
+        elif isinstance(node, ast.Dict):
+            items, shape = [k for k in node.keys if k is not None], "table"
+        else:
+            continue
+        words = {i.value for i in items if isinstance(i, ast.Constant) and isinstance(i.value, str)}
+        for kind, vocabulary in WORD_LISTS.items():
+            if len(words & vocabulary) >= 2:
+                found.append((node.lineno, kind, shape))
+    return found
+
+
+def test_each_vocabulary_list_is_defined_once_in_kb_vocabulary():
+    """Elsewhere words may key a translation table (labels, colours, sentences per verdict),
+    but a tuple, list or set of them is a second definition of the vocabulary."""
+    offenders = []
+    for package in ("kb", "engine", "cli", "reports"):
+        for path in sorted((ROOT / package).rglob("*.py")):
+            if path == ROOT / "kb" / "vocabulary.py":
+                continue
+            offenders += [f"{path.relative_to(ROOT)}:{line} {kind} as a {shape}"
+                          for line, kind, shape in vocabulary_literals(path) if shape == "list"]
+    assert not offenders, offenders

@@ -21,9 +21,9 @@ from engine.scoring import decide
 from engine.sync import compile_workspace
 from kb.config import Workspace
 from kb.errors import VLKBError
+from kb.vocabulary import strictest
 
 MODES = ("text", "image", "hybrid", "measurement", "final")
-STRICTNESS = {"reject": 3, "review": 2, "accept": 1}
 
 
 @dataclass
@@ -137,7 +137,7 @@ def mode_verdict(node: NodeResult, mode: str) -> tuple[str, float | None] | None
         rules = [e for e in node.evidence if isinstance(e, MeasurementEvidence)]
         if not rules:
             return None
-        return (max((e.verdict for e in rules), key=STRICTNESS.__getitem__), None)
+        return (strictest(e.verdict for e in rules), None)
     if node.threshold is None:
         return None
     margin = node.review_margin or 0.0

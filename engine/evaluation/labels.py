@@ -7,8 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from kb.errors import VLKBError
-
-LABELS = ("accept", "reject")
+from kb.vocabulary import DECISIVE
 
 
 class LabelsError(VLKBError):
@@ -36,7 +35,7 @@ def read_labels(
         f"{row['image']}/{column}={row[column]!r}"
         for row in rows
         for column in wanted
-        if (row[column] or "").strip() not in LABELS
+        if (row[column] or "").strip() not in DECISIVE
     ]
     if bad:
         raise LabelsError(

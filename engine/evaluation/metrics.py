@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from kb.vocabulary import DECISIVE
+
 
 @dataclass(frozen=True)
 class Confusion:
@@ -30,7 +32,7 @@ class Confusion:
 
 def confusion(truth: Sequence[str], predicted: Sequence[str]) -> Confusion:
     """Counts over samples decided as accept or reject."""
-    pairs = [(t, p) for t, p in zip(truth, predicted, strict=True) if p in ("accept", "reject")]
+    pairs = [(t, p) for t, p in zip(truth, predicted, strict=True) if p in DECISIVE]
     return Confusion(
         tp=sum(t == "accept" and p == "accept" for t, p in pairs),
         fn=sum(t == "accept" and p == "reject" for t, p in pairs),

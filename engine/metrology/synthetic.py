@@ -31,9 +31,9 @@ from engine.metrology.quantities import (
     QUANTITIES,
     measure_labels,
 )
-from engine.scoring import meets
 from kb.config import DEFAULT_LEGEND, Workspace
 from kb.rules import MeasurementRule, Ruleset, compile_rules
+from kb.vocabulary import meets
 
 WIDTH, HEIGHT = 640, 480
 DISTRIBUTIONS = ("uniform", "segregated", "clustered")
