@@ -263,16 +263,13 @@ def child_article(args: argparse.Namespace) -> dict:
 
 
 def child_vlkb(args: argparse.Namespace) -> dict:
-    from engine.encoders.roles import ModelSet
     from engine.qualify import QualifyOptions, qualify_paths
-    from kb.config import Workspace
-    from kb.store import KnowledgeBase
+    from engine.session import VLKB
 
     images = [Path(p) for p in json.loads(Path(args.images).read_text())]
-    workspace = Workspace.open(Path(args.workspace))
     started = time.perf_counter()
-    models = ModelSet(workspace.config)
-    encoders = models.encoders()
+    vlkb = VLKB.open(Path(args.workspace))
+    encoders = vlkb.models.encoders()
     load_s = time.perf_counter() - started
     timer = ForwardTimer()
     processors = []
@@ -280,13 +277,12 @@ def child_vlkb(args: argparse.Namespace) -> dict:
         timer.attach(encoder.model, encoder.spec.backend)
         encoder.processor = TimedCall(encoder.processor)  # this object only; engine untouched
         processors.append(encoder.processor)
-    kb = KnowledgeBase.open(workspace)
     options = QualifyOptions(normalize=args.normalize)
     profiler = cProfile.Profile() if args.profile else None
     started, cpu = time.perf_counter(), time.process_time()
     if profiler:
         profiler.enable()
-    outcome = qualify_paths(workspace, images, options, kb=kb, models=models)
+    outcome = qualify_paths(vlkb, images, options)
     if profiler:
         profiler.disable()
     total, cpu = time.perf_counter() - started, time.process_time() - cpu

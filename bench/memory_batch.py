@@ -7,7 +7,7 @@ The tiny test models (tests/model_factory.py) are bound to both roles of a copy 
 workspace (kb.toml and rules/), which is synced, then the images are qualified in ONE call
 (`--normalize batch` by default), in a fresh child process so that its RSS is the batch's alone:
 
-- in-process: `engine.qualify.qualify_paths(workspace, paths, ...)`, given what its signature
+- in-process: `engine.qualify.qualify_paths(vlkb, paths, ...)`, given what its signature
   offers: its `progress` callback (stage, done, total) and `on_result` callback note VmRSS (from
   /proc/self/status) every `--every` images of each stage, and `keep_results=False` (as
   `kb qualify --json` runs it; `--keep-results` to keep them). A thread also samples VmRSS every
@@ -176,15 +176,13 @@ def slope_per_1000(points: list[tuple[int, float]]) -> float | None:
 
 
 def child(args: argparse.Namespace) -> dict:
-    from engine.encoders.roles import ModelSet
     from engine.qualify import QualifyOptions, qualify_paths
-    from kb.config import Workspace
+    from engine.session import VLKB
 
     paths = [Path(p) for p in json.loads(Path(args.images).read_text())]
-    workspace = Workspace.open(Path(args.workspace))
-    models = ModelSet(workspace.config)
+    vlkb = VLKB.open(Path(args.workspace))
     embedded = {"images": 0}
-    for encoder in models.encoders():
+    for encoder in vlkb.models.encoders():
         if encoder.spec.backend == "clip":
             encoder.model.vision_model.register_forward_pre_hook(
                 lambda module, a, kw: embedded.__setitem__(
@@ -211,7 +209,7 @@ def child(args: argparse.Namespace) -> dict:
     sampler.start()
     started = time.perf_counter()
     options = QualifyOptions(normalize=args.normalize)
-    outcome = qualify_paths(workspace, paths, options, models=models, **extra)
+    outcome = qualify_paths(vlkb, paths, options, **extra)
     seconds = time.perf_counter() - started
     samples = sampler.stop()
     rss_after = vm_rss_mb()
@@ -281,8 +279,8 @@ def make_images(directory: Path, n: int, small: bool) -> list[Path]:
 
 
 def make_workspace(tmp: Path) -> Path:
+    from engine.session import VLKB
     from engine.sync import sync_workspace
-    from kb.config import Workspace
     from tests.model_factory import build_tiny_clip, build_tiny_flava
 
     clip_dir = build_tiny_clip(tmp / "models" / "clip")
@@ -292,7 +290,8 @@ def make_workspace(tmp: Path) -> Path:
     shutil.copytree(ROOT / "rules", workspace / "rules")
     text = (ROOT / "kb.toml").read_text(encoding="utf-8")
     (workspace / "kb.toml").write_text(bind_models(text, clip_dir, flava_dir), encoding="utf-8")
-    sync_workspace(Workspace.open(workspace))
+    with VLKB.open(workspace) as vlkb:
+        sync_workspace(vlkb)
     return workspace
 
 

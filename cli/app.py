@@ -18,7 +18,7 @@ from rich.table import Table
 from rich.tree import Tree
 
 from kb.config import Workspace
-from kb.errors import VLKBError
+from kb.errors import OptionError, VLKBError
 from kb.vocabulary import ExpertVerdict
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -61,6 +61,9 @@ def reports_errors(command: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
+        except OptionError as exc:  # named as typed here: --um-per-px, not um_per_px
+            err.print(f"error: --{exc.option.replace('_', '-')} {exc.problem}", markup=False)
+            raise typer.Exit(1) from None
         except VLKBError as exc:
             err.print(f"error: {exc}", markup=False)
             raise typer.Exit(1) from None
@@ -126,9 +129,11 @@ def _print_sync(result: Any, json_output: bool) -> None:
 @reports_errors
 def sync(workspace: WorkspaceOption = None, json_output: JsonOption = False) -> None:
     """Compile rules/ into a new ruleset version if it changed; embed prompts and references."""
+    from engine.session import VLKB
     from engine.sync import sync_workspace
 
-    _print_sync(sync_workspace(Workspace.open(workspace)), json_output)
+    with VLKB.open(workspace) as vlkb:
+        _print_sync(sync_workspace(vlkb), json_output)
 
 
 @app.command("add-assessment")
@@ -146,11 +151,13 @@ def add_assessment(
     json_output: JsonOption = False,
 ) -> None:
     """Write rules/assessments/KEY.toml and sync."""
+    from engine.session import VLKB
     from engine.sync import sync_or_undo
     from kb.editing import assessment_text, write_assessment
     from kb.rules import compile_rules
 
-    ws = Workspace.open(workspace)
+    vlkb = VLKB.open(workspace)
+    ws = vlkb.workspace
     parent = parent or compile_rules(ws.rules_dir).root
     text = assessment_text(
         key,
@@ -162,8 +169,9 @@ def add_assessment(
         threshold=threshold,
         review_margin=review_margin,
     )
-    path = write_assessment(ws, key, text)
-    _print_sync(sync_or_undo(ws, [path]), json_output)
+    with vlkb:
+        path = write_assessment(ws, key, text)
+        _print_sync(sync_or_undo(vlkb, [path]), json_output)
 
 
 @app.command("add-reference")
@@ -181,6 +189,7 @@ def add_reference(
     json_output: JsonOption = False,
 ) -> None:
     """Copy reference images under rules/references/KEY/ and sync."""
+    from engine.session import VLKB
     from engine.sync import sync_or_undo
     from kb.editing import copy_references
 
@@ -188,9 +197,11 @@ def add_reference(
         raise VLKBError(
             "say whether the images are --positive or --negative examples (one of them)"
         )
-    ws = Workspace.open(workspace)
-    created = copy_references(ws, key, images, "positive" if positive else "negative")
-    _print_sync(sync_or_undo(ws, created, expect_references=key), json_output)
+    with VLKB.open(workspace) as vlkb:
+        created = copy_references(
+            vlkb.workspace, key, images, "positive" if positive else "negative"
+        )
+        _print_sync(sync_or_undo(vlkb, created, expect_references=key), json_output)
 
 
 @app.command()
@@ -269,8 +280,8 @@ def qualify(
     from cli.streams import JsonArray, progress_bar
     from engine.inputs import expand_inputs
     from engine.qualify import QualifyOptions, qualify_paths
+    from engine.session import VLKB
 
-    _check_pixel_size(um_per_px)
     options = QualifyOptions(
         normalize=normalize,
         um_per_px=um_per_px,
@@ -290,9 +301,9 @@ def qualify(
             summary.add(result)
 
     try:
-        with progress_bar(err, len(paths)) as progress:
+        with progress_bar(err, len(paths)) as progress, VLKB.open(workspace) as vlkb:
             outcome = qualify_paths(
-                Workspace.open(workspace), paths, options,
+                vlkb, paths, options,
                 progress=progress, on_result=on_result, keep_results=report,
             )
     except VLKBError as exc:
@@ -385,7 +396,6 @@ def measure(
     from engine.metrology.measure import measure_paths
     from engine.metrology.quantities import QUANTITIES
 
-    _check_pixel_size(um_per_px)
     paths, unmatched = expand_inputs(images)
     measured, failures = measure_paths(Workspace.open(workspace), paths, um_per_px)
     failures = unmatched + failures
@@ -442,7 +452,6 @@ def synth(
     """
     from engine.metrology.synthetic import Degradation, write_workspace_dataset
 
-    _check_pixel_size(um_per_px)
     how = Degradation(noise_sigma=noise, blur_radius=blur, jpeg_quality=jpeg)
     try:
         paths = write_workspace_dataset(
@@ -485,13 +494,13 @@ def evaluate(
     """Qualify a labelled folder and measure agreement per assessment and kind of evidence."""
     from engine.evaluation.folder import evaluate_folder
     from engine.qualify import QualifyOptions
+    from engine.session import VLKB
     from reports.evaluation import write_evaluation
 
-    _check_pixel_size(um_per_px)
-    ws = Workspace.open(workspace)
     options = QualifyOptions(normalize=normalize, um_per_px=um_per_px)
-    evaluation = evaluate_folder(ws, directory, labels, options, top_k=top_k)
-    folder = out_dir or ws.config.output_dir / f"evaluation-{directory.resolve().name}"
+    with VLKB.open(workspace) as vlkb:
+        evaluation = evaluate_folder(vlkb, directory, labels, options, top_k=top_k)
+    folder = out_dir or vlkb.workspace.config.output_dir / f"evaluation-{directory.resolve().name}"
     document = evaluation.to_dict()
     try:
         page = write_evaluation(document, folder)
@@ -520,8 +529,10 @@ def calibrate(
 ) -> None:
     """Store mu and sigma per assessment and role from your images (thresholds with labels)."""
     from engine.calibrate import calibrate_folder
+    from engine.session import VLKB
 
-    result = calibrate_folder(Workspace.open(workspace), directory, labels)
+    with VLKB.open(workspace) as vlkb:
+        result = calibrate_folder(vlkb, directory, labels)
     for failure in result.failures:
         err.print(f"error: {failure.error}", markup=False)
     if json_output:
@@ -611,13 +622,6 @@ def _workspace_or_none(workspace: Path | None) -> Workspace | None:
     return Workspace.open(workspace)
 
 
-def _check_pixel_size(um_per_px: float | None) -> None:
-    from kb.config import check_um_per_px
-
-    if um_per_px is not None:
-        check_um_per_px(um_per_px, "--um-per-px")
-
-
 # --- models and the audit log ------------------------------------------------------------
 
 
@@ -675,8 +679,10 @@ def history(
 ) -> None:
     """The audit log, newest first, with expert feedback."""
     from engine.history import list_qualifications
+    from engine.session import VLKB
 
-    rows = list_qualifications(Workspace.open(workspace), limit=limit, since=since, verdict=verdict)
+    with VLKB.open(workspace) as vlkb:
+        rows = list_qualifications(vlkb, limit=limit, since=since, verdict=verdict)
     if json_output:
         print_json({"qualifications": rows})
         return
@@ -716,8 +722,10 @@ def show(
 ) -> None:
     """One qualification as stored, with every node's rationale and the expert feedback."""
     from engine.history import load_qualification
+    from engine.session import VLKB
 
-    doc = load_qualification(Workspace.open(workspace), qualification_id)
+    with VLKB.open(workspace) as vlkb:
+        doc = load_qualification(vlkb, qualification_id)
     if json_output:
         print_json(doc)
         return
@@ -754,8 +762,10 @@ def report(
 ) -> None:
     """Re-render a stored qualification's HTML report (with its feedback); nothing is recomputed."""
     from engine.report_files import write_stored_report
+    from engine.session import VLKB
 
-    path = write_stored_report(Workspace.open(workspace), qualification_id)
+    with VLKB.open(workspace) as vlkb:
+        path = write_stored_report(vlkb, qualification_id)
     if json_output:
         print_json({"id": qualification_id, "report": str(path)})
     else:
@@ -777,12 +787,14 @@ def feedback(
 ) -> None:
     """Record an expert's verdict on one node, beside the machine verdict, in the audit log."""
     from engine.history import add_feedback
+    from engine.session import VLKB
     from kb.audit import os_user
 
-    entry = add_feedback(  # at the keyboard, the user name is the person giving feedback
-        Workspace.open(workspace), qualification_id, node, verdict.value, comment,
-        os_user() if expert is None else expert,
-    )
+    with VLKB.open(workspace) as vlkb:
+        entry = add_feedback(  # at the keyboard, the user name is the person giving feedback
+            vlkb, qualification_id, node, verdict.value, comment,
+            os_user() if expert is None else expert,
+        )
     if json_output:
         print_json({"feedback": entry})
         return
@@ -819,8 +831,10 @@ def audit_verify(
 ) -> None:
     """Recompute the hash chain of the audit log; exit 1 at the first record that differs."""
     from engine.history import verify_audit_log
+    from engine.session import VLKB
 
-    report = verify_audit_log(Workspace.open(workspace), key_file, expect_head)
+    with VLKB.open(workspace) as vlkb:
+        report = verify_audit_log(vlkb, key_file, expect_head)
     counts = dict(report.counts)
     if json_output:
         print_json(
@@ -879,8 +893,10 @@ def audit_verify(
 def audit_head(workspace: WorkspaceOption = None, json_output: JsonOption = False) -> None:
     """Print the chain head (hash, position, time): keep it outside the database."""
     from engine.history import chain_head
+    from engine.session import VLKB
 
-    head = chain_head(Workspace.open(workspace))
+    with VLKB.open(workspace) as vlkb:
+        head = chain_head(vlkb)
     if json_output:
         print_json(head)
         return

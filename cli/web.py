@@ -3,7 +3,7 @@
 Every route parses its request, calls the engine function the matching `kb` command calls,
 and renders the result (JSON, or the report templates of `reports/`); nothing here decides a
 verdict. One ModelSet and one knowledge-base handle live as long as the app, so models load
-once; writes to the audit log go through one lock per process (see WRITE_LOCK).
+once; writes to the audit log go through the app's one write lock (WebState.write_lock).
 """
 
 from __future__ import annotations
@@ -46,12 +46,13 @@ from cli.web_uploads import (
 from engine.encoders.catalog import ModelStatus, model_statuses
 from engine.encoders.roles import ModelSet
 from engine.history import add_feedback, list_qualifications, load_qualification
-from engine.qualify import NORMALIZATIONS, DecisionOverride, QualifyOptions, qualify_paths
+from engine.qualify import DecisionOverride, QualifyOptions, qualify_paths
 from engine.report_files import render_stored_report
+from engine.session import VLKB
 from engine.sync import compile_workspace
 from engine.tree import tree_document
 from kb.audit import is_blank
-from kb.config import ROLES, Workspace, check_um_per_px
+from kb.config import ROLES, Workspace
 from kb.errors import (
     DatabaseError,
     ImageError,
@@ -61,7 +62,6 @@ from kb.errors import (
     VLKBError,
     WorkspaceError,
 )
-from kb.store import KnowledgeBase
 from kb.vocabulary import VERDICTS, ExpertVerdict
 from reports.render import environment
 
@@ -84,10 +84,6 @@ LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 DOCS_PATHS = ("/docs", "/openapi.json")  # Swagger UI loads its script from a CDN: no CSP there
 PUBLIC_PATHS = ("/login", "/favicon.ico")
 UPLOAD_PATHS = ("/api/qualify", "/qualify")
-# One writer at a time in this process: every qualification and feedback appends to the head
-# of one hash chain, and two SQLite transactions that both read the head before writing would
-# collide ("database is locked"). Reads never take it.
-WRITE_LOCK = threading.Lock()
 # The pages fetch nothing from elsewhere; the browser is told so and enforces it.
 PAGE_POLICY = (
     "default-src 'none'; img-src 'self' data:; style-src 'unsafe-inline'; "
@@ -210,17 +206,28 @@ def error_response(path: str, status: int, message: str) -> Response:
 
 @dataclass
 class WebState:
-    """What lives as long as the app: the workspace, its models and the KB handle."""
+    """What lives as long as the app: the open workspace, the sign-in and upload settings, and
+    the lock that lets one request at a time write to the audit log."""
 
-    workspace: Workspace
+    vlkb: VLKB
     token: str | None
     session_seconds: float
     max_file_bytes: int
     max_files: int
-    models: ModelSet
-    kb: KnowledgeBase
+    # One writer at a time in this app: every qualification and feedback appends to the head
+    # of one hash chain, and two SQLite transactions that both read the head before writing
+    # would collide ("database is locked"). Reads never take it.
+    write_lock: threading.Lock = field(default_factory=threading.Lock)
     _statuses: list[ModelStatus] | None = None
     _statuses_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def workspace(self) -> Workspace:
+        return self.vlkb.workspace
+
+    @property
+    def models(self) -> ModelSet:
+        return self.vlkb.models
 
     def statuses(self) -> list[ModelStatus]:
         """`kb models` once per app: fingerprinting large weights is too slow for every page."""
@@ -384,21 +391,11 @@ class QualifyParams:
     report: bool
 
     def options(self, person: str | None = None) -> QualifyOptions:
-        """QualifyOptions and this request's DecisionOverride; VLKBError when a value is wrong.
+        """The request as QualifyOptions (which check every value) and a DecisionOverride.
 
         The operator is the request's `operator` when given, else the signed-in person
         (person), else the OS user, and the stored record says which.
         """
-        if self.normalize not in NORMALIZATIONS:
-            raise VLKBError(
-                f"unknown normalisation {self.normalize!r}; use one of {', '.join(NORMALIZATIONS)}"
-            )
-        for name in ("threshold", "review_margin"):
-            value = getattr(self, name)
-            if value is not None and not math.isfinite(value):
-                raise VLKBError(f"{name} must be a finite number")
-        if self.um_per_px is not None:
-            check_um_per_px(self.um_per_px, "um_per_px")
         weights = parse_weights(self.weight, self.weights)
         decision = None
         if self.fusion or weights or self.threshold is not None or self.review_margin is not None:
@@ -435,8 +432,6 @@ def parse_weights(pairs: list[str], as_json: str | None) -> dict[str, float]:
             parsed[role.strip()] = float(value)
         except ValueError:
             raise VLKBError(f"weight {item!r}: write ROLE=NUMBER, e.g. image=2") from None
-    if not all(math.isfinite(w) for w in parsed.values()):
-        raise VLKBError("weights must be finite numbers")
     return parsed
 
 
@@ -588,11 +583,8 @@ def qualify_locked(state: WebState, uploads: list[Upload], options: QualifyOptio
     """The engine's qualify_paths, one run at a time (models load once, the chain stays whole)."""
     paths = [u.path for u in uploads if u.path is not None]
     names = {u.path: u.record_name for u in uploads if u.path is not None}
-    with WRITE_LOCK:
-        return qualify_paths(
-            state.workspace, paths, options, kb=state.kb, models=state.models,
-            sample_names=names,
-        )
+    with state.write_lock:
+        return qualify_paths(state.vlkb, paths, options, sample_names=names)
 
 
 def upload_failures(uploads: list[Upload], engine_failures: list[Any]) -> list[dict[str, str]]:
@@ -645,19 +637,17 @@ def create_app(
     if token is not None:
         check_token(token)
     state = WebState(
-        workspace=workspace,
         token=token,
         session_seconds=check_session_hours(session_hours),
         max_file_bytes=max_file_bytes,
         max_files=max_files,
-        models=ModelSet(workspace.config),
-        kb=KnowledgeBase.open(workspace),
+        vlkb=VLKB(workspace),
     )
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
-        state.kb.close()
+        state.vlkb.close()
 
     app = FastAPI(
         title="VLKB",
@@ -699,7 +689,7 @@ def create_app(
 
 def _api_routes(app: FastAPI, state: WebState) -> None:
     """The JSON API: each endpoint answers what the matching `kb ... --json` prints."""
-    ws = state.workspace
+    ws, vlkb = state.workspace, state.vlkb
     upload_body = {
         "requestBody": {
             "required": True,
@@ -737,23 +727,23 @@ def _api_routes(app: FastAPI, state: WebState) -> None:
     ) -> dict[str, Any]:
         """The audit log, newest first, with expert feedback: `kb history --json`."""
         rows = list_qualifications(
-            ws, limit=limit, since=since or None, verdict=verdict or None, sample=q or None
+            vlkb, limit=limit, since=since or None, verdict=verdict or None, sample=q or None
         )
         return {"qualifications": rows}
 
     @app.get("/api/qualifications/{qualification_id:int}", tags=["history"])
     def api_show(qualification_id: int) -> dict[str, Any]:
         """One stored qualification with its feedback: `kb show ID --json`."""
-        return load_qualification(ws, check_id(qualification_id))
+        return load_qualification(vlkb, check_id(qualification_id))
 
     @app.post(
         "/api/qualifications/{qualification_id:int}/feedback", tags=["history"], status_code=201
     )
     def api_feedback(qualification_id: int, body: FeedbackIn) -> dict[str, Any]:
         """Record an expert's verdict beside the machine's: `kb feedback --json`."""
-        with WRITE_LOCK:
+        with state.write_lock:
             entry = add_feedback(
-                ws, check_id(qualification_id), body.node, body.verdict, body.comment,
+                vlkb, check_id(qualification_id), body.node, body.verdict, body.comment,
                 body.expert or "",  # a name is required here: never the server's account
             )
         return {"feedback": entry}
@@ -773,7 +763,7 @@ def _api_routes(app: FastAPI, state: WebState) -> None:
 
 def _page_routes(app: FastAPI, state: WebState) -> None:
     """Server-rendered pages for people; they call the same engine functions as the API."""
-    ws = state.workspace
+    ws, vlkb = state.workspace, state.vlkb
 
     def page(template: str, status: int = 200, **context: Any) -> HTMLResponse:
         context.setdefault("workspace_name", ws.root.name)
@@ -812,7 +802,7 @@ def _page_routes(app: FastAPI, state: WebState) -> None:
         filters = {"since": since or "", "verdict": verdict or "", "q": q or "", "limit": limit}
         try:
             rows = list_qualifications(
-                ws, limit=limit, since=since or None, verdict=verdict or None, sample=q or None
+                vlkb, limit=limit, since=since or None, verdict=verdict or None, sample=q or None
             )
         except VLKBError as exc:
             return page("web_history.html.j2", status_of(exc), rows=[], filters=filters,
@@ -823,7 +813,7 @@ def _page_routes(app: FastAPI, state: WebState) -> None:
     def qualification_page(
         qualification_id: int, status: int = 200, **context: Any
     ) -> HTMLResponse:
-        doc = load_qualification(ws, check_id(qualification_id))
+        doc = load_qualification(vlkb, check_id(qualification_id))
         context.setdefault("form", {})
         context.setdefault("error", None)
         context.setdefault("recorded", None)
@@ -838,7 +828,7 @@ def _page_routes(app: FastAPI, state: WebState) -> None:
 
     @app.get("/qualifications/{qualification_id:int}/report", include_in_schema=False)
     def report_page(qualification_id: int) -> HTMLResponse:
-        return HTMLResponse(render_stored_report(ws, check_id(qualification_id)))
+        return HTMLResponse(render_stored_report(vlkb, check_id(qualification_id)))
 
     @app.post("/qualifications/{qualification_id:int}/feedback", include_in_schema=False)
     def feedback_form(
@@ -850,8 +840,10 @@ def _page_routes(app: FastAPI, state: WebState) -> None:
     ) -> Response:
         form = {"node": node, "verdict": verdict, "comment": comment, "expert": expert}
         try:
-            with WRITE_LOCK:
-                entry = add_feedback(ws, check_id(qualification_id), node, verdict, comment, expert)
+            with state.write_lock:
+                entry = add_feedback(
+                    vlkb, check_id(qualification_id), node, verdict, comment, expert
+                )
         except VLKBError as exc:  # a missing qualification raises again below: 404
             status = 400 if isinstance(exc, NotFoundError) else status_of(exc)
             return qualification_page(qualification_id, status, form=form, error=str(exc))

@@ -26,13 +26,11 @@ from engine.inputs import image_files
 from engine.results import SampleFailure
 from engine.samples import Sample, load_sample
 from engine.scoring import Normalization, fuse, population_stats, zscore
+from engine.session import VLKB
 from engine.sync import current_ruleset, prepare_embeddings
-from kb.config import Workspace
 from kb.errors import VLKBError
 from kb.rules import Assessment, Ruleset
 from kb.statistics import add_calibration, add_stat, next_calibration_version
-from kb.statistics import latest_calibration as stored_calibration
-from kb.store import KnowledgeBase
 from kb.tables import Calibration, NormalizationStat
 
 
@@ -77,11 +75,6 @@ class CalibrationResult:
         }
 
 
-def latest_calibration(session: Session, ruleset_id: int) -> Calibration | None:
-    """The newest calibration of this ruleset version, if any (checked against the chain)."""
-    return stored_calibration(session, ruleset_id)
-
-
 def calibrated_thresholds(calibration: Calibration | None) -> dict[str, float]:
     return json.loads(calibration.thresholds_json) if calibration is not None else {}
 
@@ -94,16 +87,11 @@ def with_threshold(assessment: Assessment, threshold: float | None) -> Assessmen
 
 
 def calibrate_folder(
-    workspace: Workspace,
-    directory: Path,
-    labels_path: Path | None = None,
-    kb: KnowledgeBase | None = None,
-    models: ModelSet | None = None,
+    vlkb: VLKB, directory: Path, labels_path: Path | None = None
 ) -> CalibrationResult:
     """Store a new calibration from the images of a folder (and pick thresholds with labels)."""
     paths = image_files(directory)
-    kb = kb or KnowledgeBase.open(workspace)
-    models = models or ModelSet(workspace.config)
+    workspace, kb, models = vlkb.workspace, vlkb.kb, vlkb.models
     if not models.bound_roles():
         raise VLKBError(
             "no vision-language role is bound in kb.toml, so there is nothing to calibrate: "

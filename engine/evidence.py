@@ -4,7 +4,6 @@ net similarity to samples, and the statistics that standardise it.
 
 from __future__ import annotations
 
-import hashlib
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,10 +23,10 @@ from engine.scoring import (
     net_similarity,
     population_stats,
 )
-from kb.errors import DatabaseError
+from kb.image_store import stored_image
 from kb.rules import Assessment, Ruleset
 from kb.statistics import add_stat, reference_stat, stored_stat
-from kb.tables import ImageRecord, NormalizationStat
+from kb.tables import NormalizationStat
 
 
 @dataclass(frozen=True)
@@ -66,14 +65,9 @@ def reference_image_loader(session: Session, sha256: str):
     """Reference images come from the KB's stored bytes, exactly as the ruleset version saw them."""
 
     def load() -> Image.Image:
-        record = session.get(ImageRecord, sha256)
+        record = stored_image(session, sha256)
         if record is None or record.data is None:
             raise LookupError(f"reference image {sha256[:12]} is not stored in the knowledge base")
-        if hashlib.sha256(record.data).hexdigest() != sha256:
-            raise DatabaseError(
-                f"reference image {sha256[:12]}: its stored bytes do not match its SHA-256 "
-                "(replaced behind the tool's back); run `kb audit verify`"
-            )
         with Image.open(io.BytesIO(record.data)) as image:
             return image.convert("RGB")
 

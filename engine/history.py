@@ -6,21 +6,20 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func
-from sqlmodel import Session, col, select
+from sqlmodel import Session
 
+from engine.session import VLKB
 from kb.audit import (
     GENESIS,
-    MODELS,
     ChainReport,
     append_feedback,
+    entry_record,
     feedback_of,
     get_qualification,
     head_entry,
@@ -28,24 +27,11 @@ from kb.audit import (
     verify_chain,
 )
 from kb.audit_key import audit_key
-from kb.config import Workspace
 from kb.db import damaged, integrity_problem
 from kb.errors import DatabaseError, VLKBError
-from kb.store import KnowledgeBase
-from kb.tables import Feedback, Qualification
+from kb.history import find_qualifications
+from kb.tables import Feedback
 from kb.vocabulary import VERDICTS
-
-
-@contextmanager
-def workspace_session(workspace: Workspace, write: bool = False) -> Iterator[Session]:
-    """One transaction on the workspace KB (a read unless `write`), closed afterwards so no
-    file handle lingers."""
-    kb = KnowledgeBase.open(workspace)
-    try:
-        with kb.transaction() if write else kb.reading() as session:
-            yield session
-    finally:
-        kb.close()
 
 
 def iso_utc(moment: datetime) -> str:
@@ -109,7 +95,7 @@ def stored_document(session: Session, qualification_id: int) -> dict[str, Any]:
 
 
 def list_qualifications(
-    workspace: Workspace,
+    vlkb: VLKB,
     limit: int = 50,
     since: str | datetime | None = None,
     verdict: str | None = None,
@@ -119,21 +105,13 @@ def list_qualifications(
 
     sample: only those whose sample path contains this text (any case; % and _ are literal).
     """
-    query = select(Qualification)
-    if since is not None:
-        moment = parse_since(since) if isinstance(since, str) else since
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=UTC)
-        query = query.where(col(Qualification.created_at) >= moment)
+    moment = parse_since(since) if isinstance(since, str) else since
     if verdict is not None:
-        query = query.where(Qualification.verdict == check_verdict(verdict))
-    if sample:
-        path = func.lower(col(Qualification.sample_path))
-        query = query.where(path.contains(sample.lower(), autoescape=True))
+        check_verdict(verdict)
     if limit < 1:
         raise VLKBError("--limit must be at least 1")
-    with workspace_session(workspace) as session:
-        rows = session.exec(query.order_by(col(Qualification.id).desc()).limit(limit)).all()
+    with vlkb.kb.reading() as session:
+        rows = find_qualifications(session, limit, moment, verdict, sample)
         feedback = feedback_by_qualification(session, [q.id for q in rows if q.id is not None])
         documents = {q.id: json.loads(q.result_json) for q in rows}
         return [
@@ -152,16 +130,16 @@ def list_qualifications(
         ]
 
 
-def load_qualification(workspace: Workspace, qualification_id: int) -> dict[str, Any]:
+def load_qualification(vlkb: VLKB, qualification_id: int) -> dict[str, Any]:
     """One stored qualification with its expert feedback; nothing is recomputed."""
-    with workspace_session(workspace) as session:
+    with vlkb.kb.reading() as session:
         document = stored_document(session, qualification_id)
         feedback = feedback_by_qualification(session, [qualification_id])[qualification_id]
         return {**document, "feedback": feedback, "report": None}
 
 
 def add_feedback(
-    workspace: Workspace,
+    vlkb: VLKB,
     qualification_id: int,
     node: str,
     verdict: str,
@@ -173,14 +151,14 @@ def add_feedback(
     expert must name a person: nothing here falls back to the account the process runs as
     (the CLI passes the user at the keyboard; the web, what the expert typed).
     """
-    with workspace_session(workspace, write=True) as session:
+    with vlkb.kb.transaction() as session:
         f = append_feedback(session, qualification_id, node, verdict, comment, expert or "")
         machine = next(n.verdict for n in node_verdicts(session, qualification_id) if n.key == node)
         return {**feedback_dict(f), "machine_verdict": machine, "record_hash": f.record_hash}
 
 
 def verify_audit_log(
-    workspace: Workspace, key_file: Path | None = None, expect_head: str | None = None
+    vlkb: VLKB, key_file: Path | None = None, expect_head: str | None = None
 ) -> ChainReport:
     """Walk the whole chain with the audit key (if any) and against an anchored head; a
     damaged file is reported as such, with what could still be checked."""
@@ -189,35 +167,30 @@ def verify_audit_log(
             f"--expect-head {expect_head!r} is not a record hash; give the 64 hex digits "
             "that `kb audit head` printed"
         )
-    key = audit_key(workspace, key_file)
-    kb = KnowledgeBase.open(workspace)
+    key = audit_key(vlkb.workspace, key_file)
+    kb = vlkb.kb
+    problem = integrity_problem(kb.engine) if kb.url.startswith("sqlite") else None
+    damage = damaged(kb.url, problem) if problem is not None else None
     try:
-        problem = integrity_problem(kb.engine) if kb.url.startswith("sqlite") else None
-        damage = damaged(kb.url, problem) if problem is not None else None
-        try:
-            with kb.reading() as session:
-                report = verify_chain(session, key, expect_head)
-        except DatabaseError:
-            if damage is None:
-                raise
-            return ChainReport(0, None, None, damage)
-    finally:
-        kb.close()
+        with kb.reading() as session:
+            report = verify_chain(session, key, expect_head)
+    except DatabaseError:
+        if damage is None:
+            raise
+        return ChainReport(0, None, None, damage)
     if damage is not None and report.ok:
         return replace(report, problem=damage)
     return report
 
 
-def chain_head(workspace: Workspace) -> dict[str, Any]:
+def chain_head(vlkb: VLKB) -> dict[str, Any]:
     """The newest entry of the chain, for an auditor to keep outside the database."""
-    with workspace_session(workspace) as session:
+    with vlkb.kb.reading() as session:
         entry = head_entry(session)
         if entry is None:
             return {"hash": GENESIS, "seq": 0, "kind": None, "id": None, "created_at": None,
                     "keyed": False}
-        record: Any = session.get(MODELS[entry.kind], entry.record_id) if (
-            entry.kind in MODELS) else None
-        moment = getattr(record, "created_at", None)
+        moment = getattr(entry_record(session, entry), "created_at", None)
         return {
             "hash": entry.record_hash,
             "seq": entry.seq,

@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
-from sqlmodel import Session, select
+from sqlmodel import Session
 
 from engine.assess import judge_assessment, measurement_evidence, not_a_phase_map
-from engine.calibrate import calibrated_thresholds, latest_calibration, with_threshold
+from engine.calibrate import calibrated_thresholds, with_threshold
 from engine.encoders.roles import ModelSet
 from engine.evidence import RoleEvidence, RolePlan, chunk_evidence, plan_roles
 from engine.metrology.quantities import NotASegmentationMap, measure_image
@@ -34,17 +34,20 @@ from engine.results import (
 )
 from engine.samples import Sample, load_sample, read_image_bytes
 from engine.scoring import population_stats, zscore
+from engine.session import VLKB
 from engine.sync import current_ruleset, prepare_embeddings
 from engine.tree import held_for_review, walk
 from kb.audit import NodeRecord, append_qualification, check_writable, is_blank, os_user
-from kb.config import ROLES, Workspace
+from kb.config import ROLES, Workspace, check_pixel_size_option
 from kb.embeddings import cached_embeddings, store_embeddings
 from kb.errors import AuditKeyError, DatabaseError, ImageError, VLKBError
+from kb.history import documents_under_ruleset
 from kb.image_store import store_image
 from kb.rules import Assessment, Decision, Ruleset
 from kb.rulesets import software_version
+from kb.statistics import latest_calibration
 from kb.store import KnowledgeBase
-from kb.tables import Qualification, RulesetVersion, utcnow
+from kb.tables import RulesetVersion, utcnow
 from kb.vocabulary import FUSIONS
 
 NORMALIZATIONS = ("batch", "calibrated")
@@ -71,6 +74,13 @@ class QualifyOptions:
     decision: DecisionOverride | None = None  # this request's fusion / threshold, not the rules'
 
     def __post_init__(self) -> None:
+        """Every option checked here, once, whoever built it (the CLI, the web, a script)."""
+        if self.normalize not in NORMALIZATIONS:
+            raise VLKBError(
+                f"unknown normalisation {self.normalize!r}; use one of {', '.join(NORMALIZATIONS)}"
+            )
+        if self.um_per_px is not None:
+            check_pixel_size_option(self.um_per_px)
         if self.operator_source not in OPERATOR_SOURCES:
             raise VLKBError(
                 f"unknown operator source {self.operator_source!r}; "
@@ -142,11 +152,9 @@ class QualifyOutcome:
 
 
 def qualify_paths(
-    workspace: Workspace,
+    vlkb: VLKB,
     paths: Sequence[Path],
     options: QualifyOptions | None = None,
-    kb: KnowledgeBase | None = None,
-    models: ModelSet | None = None,
     *,
     progress: Progress | None = None,
     on_result: Callable[[QualificationResult], None] | None = None,
@@ -161,14 +169,11 @@ def qualify_paths(
     upload lives in a temporary file; its record keeps the name it was uploaded under).
     """
     options = options or QualifyOptions()
-    if options.normalize not in NORMALIZATIONS:
-        raise VLKBError(f"unknown normalisation {options.normalize!r}; use one of {NORMALIZATIONS}")
+    workspace, kb, models = vlkb.workspace, vlkb.kb, vlkb.models
     if options.report:
         output_dir(workspace)  # refuse a bad output folder before anything is stored
-    report = progress or (lambda stage, done, total: None)
+    progress = progress or (lambda stage, done, total: None)
     outcome = QualifyOutcome()
-    kb = kb or KnowledgeBase.open(workspace)
-    models = models or ModelSet(workspace.config)
     um_per_px = workspace.config.pixel_size(options.um_per_px)
     operator, operator_source = options.who()
     models.encoders()  # load before taking the write lock: other writers need not wait for it
@@ -209,7 +214,7 @@ def qualify_paths(
 
     pending = _without_judged(paths, judged_before, outcome)
     if options.normalize == "batch":
-        pending = _batch_normalization(kb, ruleset, models, pending, setup, outcome, report)
+        pending = _batch_normalization(kb, ruleset, models, pending, setup, outcome, progress)
     needs_metrology = any(a.measurements for a in ruleset.assessments.values())
     done = 0
     for chunk in _chunks(pending):
@@ -224,7 +229,7 @@ def qualify_paths(
             if sample_names and sample.path in sample_names:
                 result.sample_path = sample_names[sample.path]
             done += 1
-            report("judging", done, len(pending))
+            progress("judging", done, len(pending))
             try:
                 _store(kb, row, result, sample)
             except AuditKeyError:
@@ -241,19 +246,17 @@ def qualify_paths(
             if on_result is not None:
                 on_result(result)
     if options.report:
-        _write_reports(workspace, outcome)
+        _write_reports(vlkb, outcome)
     return outcome
 
 
 def qualified_shas(session: Session, ruleset_id: int, run: QualificationResult) -> frozenset[str]:
     """Samples already judged under this ruleset, normalisation, calibration, models and scale."""
     wanted = _conditions(run.document())
-    rows = session.exec(
-        select(Qualification.sample_sha256, Qualification.result_json).where(
-            Qualification.ruleset_id == ruleset_id
-        )
-    ).all()
-    return frozenset(sha for sha, stored in rows if _conditions(json.loads(stored)) == wanted)
+    return frozenset(
+        sha for sha, stored in documents_under_ruleset(session, ruleset_id)
+        if _conditions(stored) == wanted
+    )
 
 
 def _conditions(document: dict) -> tuple:
@@ -368,7 +371,7 @@ def _batch_normalization(
     paths: Sequence[Path],
     setup: dict[tuple[str, str], RolePlan],
     outcome: QualifyOutcome,
-    report: Progress,
+    progress: Progress,
 ) -> list[Path]:
     """First pass of a batch run: every delta, for statistics over all images of the run.
 
@@ -385,7 +388,7 @@ def _batch_normalization(
             for key, evidence in chunk_evidence(session, ruleset, models, samples, setup).items():
                 deltas[key].append(evidence.deltas)
         done += len(chunk)
-        report("embedding", done, len(paths))
+        progress("embedding", done, len(paths))
     for key, parts in deltas.items():
         values = np.concatenate(parts) if parts else np.zeros(0)
         if setup[key].items is None:
@@ -446,9 +449,9 @@ def _judge(
     )
 
 
-def _write_reports(workspace: Workspace, outcome: QualifyOutcome) -> None:
+def _write_reports(vlkb: VLKB, outcome: QualifyOutcome) -> None:
     """Render every stored qualification from the KB, exactly as `kb report ID` would."""
-    written = write_run_reports(workspace, [r.id for r in outcome.results if r.id is not None])
+    written = write_run_reports(vlkb, [r.id for r in outcome.results if r.id is not None])
     for result in outcome.results:
         path = written.paths.get(result.id) if result.id is not None else None
         result.report = str(path) if path else None

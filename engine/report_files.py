@@ -17,10 +17,11 @@ from typing import Any
 from sqlmodel import Session
 
 import reports
-from engine.history import feedback_by_qualification, stored_document, workspace_session
+from engine.history import feedback_by_qualification, stored_document
+from engine.session import VLKB
 from kb.config import Workspace
 from kb.errors import DatabaseError, VLKBError
-from kb.tables import ImageRecord
+from kb.image_store import stored_image
 from reports.render import render_batch_index, render_qualification, write_report
 
 REPORTS_PACKAGE = Path(reports.__file__).resolve().parent
@@ -66,14 +67,9 @@ def report_images(session: Session, document: dict[str, Any]) -> dict[str, bytes
     sample = document.get("sample") or {}
     images = {}
     for sha in sorted(wanted):
-        record = session.get(ImageRecord, sha)
+        record = stored_image(session, sha)
         if record is None:
             continue
-        if record.data is not None and hashlib.sha256(record.data).hexdigest() != sha:
-            raise DatabaseError(
-                f"image {sha[:12]}: its stored bytes do not match its SHA-256 (replaced behind "
-                "the tool's back); run `kb audit verify`"
-            )
         recorded = sample.get("thumbnail_sha256") if sha == sample.get("sha256") else None
         if recorded and hashlib.sha256(record.thumbnail_png).hexdigest() != recorded:
             raise DatabaseError(
@@ -91,16 +87,16 @@ def render_stored(session: Session, qualification_id: int) -> tuple[dict[str, An
     return document, render_qualification(document, report_images(session, document), feedback)
 
 
-def render_stored_report(workspace: Workspace, qualification_id: int) -> str:
+def render_stored_report(vlkb: VLKB, qualification_id: int) -> str:
     """One qualification's report HTML, from the knowledge base alone."""
-    with workspace_session(workspace) as session:
+    with vlkb.kb.reading() as session:
         return render_stored(session, qualification_id)[1]
 
 
-def write_stored_report(workspace: Workspace, qualification_id: int) -> Path:
+def write_stored_report(vlkb: VLKB, qualification_id: int) -> Path:
     """`kb report ID`: re-render the stored record into its report file; returns the path."""
-    folder = output_dir(workspace)
-    with workspace_session(workspace) as session:
+    folder = output_dir(vlkb.workspace)
+    with vlkb.kb.reading() as session:
         document, html = render_stored(session, qualification_id)
     path = folder / report_name(qualification_id, document["sample"]["path"])
     try:
@@ -109,7 +105,7 @@ def write_stored_report(workspace: Workspace, qualification_id: int) -> Path:
         raise VLKBError(f"could not write the report to {path}: {_why(exc)}") from exc
 
 
-def write_run_reports(workspace: Workspace, qualification_ids: Sequence[int]) -> WrittenReports:
+def write_run_reports(vlkb: VLKB, qualification_ids: Sequence[int]) -> WrittenReports:
     """Reports of a run's stored qualifications, and an index.html when there are several.
 
     The index sits in run-<first ID>-<last ID>/ under the output folder and links to the
@@ -119,8 +115,8 @@ def write_run_reports(workspace: Workspace, qualification_ids: Sequence[int]) ->
     written = WrittenReports()
     if not qualification_ids:
         return written
-    folder = output_dir(workspace)
-    with workspace_session(workspace) as session:
+    folder = output_dir(vlkb.workspace)
+    with vlkb.kb.reading() as session:
         rendered = [render_stored(session, i) for i in qualification_ids]
     try:
         folder.mkdir(parents=True, exist_ok=True)

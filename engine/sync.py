@@ -13,6 +13,7 @@ from engine.encoders.roles import ModelSet
 from engine.evidence import ensure_reference_stats, evidence_set
 from engine.metrology.quantities import QUANTITIES
 from engine.results import ModelUse
+from engine.session import VLKB
 from kb.config import Workspace
 from kb.errors import RulesError
 from kb.rules import Ruleset, compile_rules
@@ -24,7 +25,6 @@ from kb.rulesets import (
     store_ruleset,
     verified_ruleset,
 )
-from kb.store import KnowledgeBase
 from kb.tables import RulesetVersion
 
 
@@ -114,13 +114,10 @@ def prepare_embeddings(
     return missing
 
 
-def sync_workspace(
-    workspace: Workspace, kb: KnowledgeBase | None = None, models: ModelSet | None = None
-) -> SyncResult:
+def sync_workspace(vlkb: VLKB) -> SyncResult:
     """All or nothing: on any error (rules, images, models, database) nothing is written."""
+    workspace, kb, models = vlkb.workspace, vlkb.kb, vlkb.models
     ruleset = compile_workspace(workspace)
-    models = models or ModelSet(workspace.config)
-    kb = kb or KnowledgeBase.open(workspace)
     with kb.transaction() as session:
         latest = latest_version(session)
         previous = verified_ruleset(session, latest) if latest is not None else None
@@ -143,10 +140,8 @@ def sync_workspace(
 
 
 def sync_or_undo(
-    workspace: Workspace,
+    vlkb: VLKB,
     created: list[Path],
-    kb: KnowledgeBase | None = None,
-    models: ModelSet | None = None,
     expect_references: str | None = None,
 ) -> SyncResult:
     """Sync after files were written into rules/; remove them again if the sync fails.
@@ -156,6 +151,7 @@ def sync_or_undo(
     """
     try:
         if expect_references is not None and created:
+            workspace = vlkb.workspace
             ruleset = compile_workspace(workspace)
             used = {r.path for r in ruleset.assessments[expect_references].references}
             for path in created:
@@ -165,7 +161,7 @@ def sync_or_undo(
                         f"rules/{rel} is not matched by the reference globs of "
                         f"{expect_references}; add its folder to [references] in the assessment"
                     )
-        return sync_workspace(workspace, kb, models)
+        return sync_workspace(vlkb)
     except BaseException:
         for path in created:
             path.unlink(missing_ok=True)

@@ -176,6 +176,12 @@ def head_entry(session: Session) -> AuditEntry | None:
     return session.exec(select(AuditEntry).order_by(col(AuditEntry.seq).desc()).limit(1)).first()
 
 
+def entry_record(session: Session, entry: AuditEntry) -> Any | None:
+    """The row a chain entry stands for, or None when its kind is unknown or the row is gone."""
+    model = MODELS.get(entry.kind)
+    return session.get(model, entry.record_id) if model is not None else None
+
+
 def last_hash(session: Session) -> str:
     """The hash the next record of any kind must follow."""
     row = head_entry(session)

@@ -8,7 +8,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kb.errors import VLKBError, WorkspaceError
+from kb.errors import OptionError, VLKBError, WorkspaceError
 
 CONFIG_FILE = "kb.toml"
 RULES_DIR = "rules"
@@ -30,18 +30,31 @@ DEFAULT_UM_PER_PX = 10.0
 UM_PER_PX_RANGE = (1e-3, 1e4)
 
 
-def check_um_per_px(
-    value: object, name: str, error: type[VLKBError] = VLKBError
-) -> float:
-    """The one check of a pixel size, for kb.toml, the CLI and the web API alike."""
+def um_per_px_problem(value: object) -> str | None:
+    """The one check of a pixel size, for kb.toml, the CLI and the web API alike: what is
+    wrong with it, or None."""
     low, high = UM_PER_PX_RANGE
     number = value if isinstance(value, int | float) and not isinstance(value, bool) else None
     if number is None or not math.isfinite(number) or not low <= number <= high:
-        raise error(
-            f"{name} must be a positive number of micrometres per pixel (finite, between "
-            f"{low:g} and {high:g}), got {value!r}"
-        )
-    return float(number)
+        return (f"must be a positive number of micrometres per pixel (finite, between "
+                f"{low:g} and {high:g}), got {value!r}")
+    return None
+
+
+def check_um_per_px(value: object, name: str, error: type[VLKBError] = VLKBError) -> float:
+    """The pixel size as a float, or `error` naming it as the file or form spells it."""
+    problem = um_per_px_problem(value)
+    if problem is not None:
+        raise error(f"{name} {problem}")
+    return float(value)  # type: ignore[arg-type]
+
+
+def check_pixel_size_option(value: object) -> float:
+    """The pixel size given for one run, or an OptionError each interface can name its way."""
+    problem = um_per_px_problem(value)
+    if problem is not None:
+        raise OptionError("um_per_px", problem)
+    return float(value)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -69,7 +82,7 @@ class WorkspaceConfig:
 
     def pixel_size(self, override: float | None = None) -> float:
         """The pixel size of one run: the override given for it, checked, else kb.toml's."""
-        return self.um_per_px if override is None else check_um_per_px(override, "um_per_px")
+        return self.um_per_px if override is None else check_pixel_size_option(override)
 
     def model_for_role(self, role: str) -> ModelSpec | None:
         """The model bound to a role, or None while the role is unbound."""

@@ -27,6 +27,16 @@ class ModelLoadError(VLKBError):
     """A configured model cannot be loaded; the message says how to provide it."""
 
 
+class OptionError(VLKBError):
+    """A value given for one run (a CLI flag, a web query field) is wrong. `option` is its
+    Python name; each interface shows it the way its users type it (--um-per-px, um_per_px)."""
+
+    def __init__(self, option: str, problem: str) -> None:
+        super().__init__(f"{option} {problem}")
+        self.option = option
+        self.problem = problem
+
+
 class NotFoundError(VLKBError):
     """An ID or key given on the command line does not exist."""
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 from pathlib import Path
 
 from PIL import Image
 from sqlmodel import Session
 
+from kb.errors import DatabaseError
 from kb.tables import ImageRecord
 
 THUMBNAIL_PX = 320
@@ -51,3 +53,16 @@ def store_image_file(session: Session, path: Path, sha256: str, keep_bytes: bool
         return store_image(
             session, sha256, image, image.format or "unknown", data if keep_bytes else None
         )
+
+
+def stored_image(session: Session, sha256: str) -> ImageRecord | None:
+    """The stored image with this SHA-256, if any, refusing bytes that no longer match it."""
+    record = session.get(ImageRecord, sha256)
+    if record is not None and record.data is not None and (
+        hashlib.sha256(record.data).hexdigest() != sha256
+    ):
+        raise DatabaseError(
+            f"image {sha256[:12]}: its stored bytes do not match its SHA-256 (replaced behind "
+            "the tool's back); run `kb audit verify`"
+        )
+    return record

@@ -9,10 +9,9 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-from kb.vocabulary import VERDICTS
-from reports.filters import file_name, parse_time
+from reports.filters import VERDICT_LABELS, file_name, parse_time
 
-VERDICT_ORDER = VERDICTS
+VERDICT_ORDER = tuple(VERDICT_LABELS)  # the order the labels table gives
 
 Record = Mapping[str, Any]
 

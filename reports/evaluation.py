@@ -16,8 +16,9 @@ matplotlib.use("Agg")  # files only: never open a window, never need a display
 
 import matplotlib.pyplot as plt  # noqa: E402
 
-from kb.vocabulary import DECISIVE  # noqa: E402
 from reports.render import environment, write_report  # noqa: E402
+
+AXIS = {"accept": 0, "reject": 1}  # confusion-matrix row and column of each label
 
 ACCEPT_COLOUR, REJECT_COLOUR = "#2e7d32", "#c62828"
 
@@ -53,8 +54,8 @@ def confusion_plot(confusion: Mapping[str, int], title: str, path: Path) -> None
         for column in range(2):
             axes.text(column, row, str(cells[row][column]), ha="center", va="center",
                       fontsize=13, color="black")
-    axes.set_xticks([0, 1], list(DECISIVE))
-    axes.set_yticks([0, 1], list(DECISIVE))
+    axes.set_xticks(list(AXIS.values()), list(AXIS))
+    axes.set_yticks(list(AXIS.values()), list(AXIS))
     axes.set_xlabel("verdict")
     axes.set_ylabel("expert label")
     axes.set_title(title, fontsize=10)
@@ -65,7 +66,7 @@ def confusion_plot(confusion: Mapping[str, int], title: str, path: Path) -> None
 
 def score_plot(samples: list[Mapping[str, Any]], key: str, mode: str, path: Path) -> None:
     """Histogram of the continuous score, split by expert label, with the threshold at 0."""
-    by_label: dict[str, list[float]] = {label: [] for label in DECISIVE}
+    by_label: dict[str, list[float]] = {label: [] for label in AXIS}
     for sample in samples:
         verdict = sample["verdicts"].get(key, {}).get(mode, {})
         if verdict.get("score") is not None:

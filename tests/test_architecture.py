@@ -90,3 +90,33 @@ def test_each_vocabulary_list_is_defined_once_in_kb_vocabulary():
             offenders += [f"{path.relative_to(ROOT)}:{line} {kind} as a {shape}"
                           for line, kind, shape in vocabulary_literals(path) if shape == "list"]
     assert not offenders, offenders
+
+
+QUERY_CALLS = {"exec", "execute", "scalar", "scalars", "query", "get", "add", "add_all", "delete",
+               "merge"}
+
+
+def query_building(path: Path) -> list[str]:
+    """What in a source file builds or runs a query: SQL constructors imported from SQLAlchemy
+    or SQLModel (a Session as a type hint is fine), or a session's query methods called."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in {
+            "sqlalchemy", "sqlmodel"
+        }:
+            found += [f"imports {a.name}" for a in node.names if a.name != "Session"]
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+              and isinstance(node.func.value, ast.Name) and node.func.value.id == "session"
+              and node.func.attr in QUERY_CALLS):
+            found.append(f"line {node.lineno}: session.{node.func.attr}()")
+    return found
+
+
+def test_no_module_outside_the_knowledge_base_builds_a_query():
+    offenders = {
+        str(path.relative_to(ROOT)): found
+        for package in ("engine", "cli", "reports")
+        for path in sorted((ROOT / package).rglob("*.py"))
+        if (found := query_building(path))
+    }
+    assert not offenders, offenders

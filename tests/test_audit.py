@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import reports
+from engine.session import VLKB
 from engine.sync import sync_workspace
 from tests.cli_runner import kb
 from tests.workspaces import micrograph, new_workspace, write_carbide_assessment
@@ -29,7 +30,7 @@ def synced(tmp_path_factory, tiny_clip_dir, tiny_flava_dir) -> Path:
     root = tmp_path_factory.mktemp("synced") / "ws"
     ws = new_workspace(root, tiny_clip_dir, tiny_flava_dir)
     write_carbide_assessment(ws)
-    sync_workspace(ws)
+    sync_workspace(VLKB(ws))
     return root
 
 

@@ -14,6 +14,7 @@ import pytest
 
 from engine.metrology.synthetic import write_dataset
 from engine.qualify import CHUNK, QualifyOptions, qualify_paths
+from engine.session import VLKB
 from engine.sync import sync_workspace
 from kb.config import Workspace
 from tests.cli_runner import kb
@@ -68,14 +69,14 @@ def test_streamed_run_keeps_nothing_and_batch_statistics_span_every_chunk(
 ) -> None:
     ws = new_workspace(tmp_path / "ws", tiny_clip_dir, tiny_flava_dir)
     write_carbide_assessment(ws)
-    sync_workspace(ws)
+    sync_workspace(VLKB(ws))
     n = CHUNK + 8
     paths = [micrograph(tmp_path / "m" / f"{i:03d}.png", seed=i, pink_share=0.02 + 0.01 * (i % 40))
              for i in range(n)]
     seen = []
     stages: set[str] = set()
     outcome = qualify_paths(
-        ws, paths, QualifyOptions(normalize="batch"),
+        VLKB(ws), paths, QualifyOptions(normalize="batch"),
         progress=lambda stage, done, total: stages.add(stage),
         on_result=seen.append, keep_results=False,
     )

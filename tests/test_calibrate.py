@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from engine.evaluation.metrics import balanced_accuracy_at
+from engine.session import VLKB
 from engine.sync import sync_workspace
 from kb.config import Workspace
 from tests.cli_runner import kb
@@ -20,7 +21,7 @@ from tests.workspaces import micrograph, new_workspace, write_carbide_assessment
 def workspace(tmp_path: Path, tiny_clip_dir: Path, tiny_flava_dir: Path) -> Workspace:
     ws = new_workspace(tmp_path / "ws", tiny_clip_dir, tiny_flava_dir)
     write_carbide_assessment(ws)
-    sync_workspace(ws)
+    sync_workspace(VLKB(ws))
     return ws
 
 

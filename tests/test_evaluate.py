@@ -20,6 +20,7 @@ from engine.evaluation.metrics import (
 from engine.inputs import image_files
 from engine.metrology.synthetic import criteria_of, write_dataset
 from engine.scoring import decide
+from engine.session import VLKB
 from engine.sync import compile_workspace, sync_workspace
 from kb.audit import get_qualification
 from kb.config import Workspace
@@ -142,7 +143,7 @@ def test_vision_language_modes_are_scored_from_the_fused_and_per_role_numbers(
 ) -> None:
     ws = new_workspace(tmp_path / "ws", tiny_clip_dir, tiny_flava_dir)
     write_carbide_assessment(ws)
-    sync_workspace(ws)
+    sync_workspace(VLKB(ws))
     data = tmp_path / "set"
     rows = []
     for i in range(8):

@@ -15,6 +15,7 @@ from engine.metrology.synthetic import criteria_of, label_sample, write_dataset
 from engine.qualify import QualifyOptions, qualify_paths
 from engine.results import MeasurementEvidence, VLREvidence
 from engine.samples import load_sample
+from engine.session import VLKB
 from engine.sync import compile_workspace
 from engine.training.example import EXAMPLE_CRITERIA
 from kb.config import Workspace
@@ -63,7 +64,7 @@ def test_committed_samples_get_their_labels_and_the_carbide_precondition_holds(
     example: Workspace,
 ) -> None:
     labels = read_labels(EXAMPLES / "labels.csv")
-    outcome = qualify_paths(example, sorted(EXAMPLES.glob("*.png")))
+    outcome = qualify_paths(VLKB(example), sorted(EXAMPLES.glob("*.png")))
     assert not outcome.failures
     got = verdicts_of(outcome.results)
     assert set(got) == set(labels)
@@ -86,7 +87,7 @@ def test_verdicts_on_a_fresh_generated_set_agree_with_its_labels(
     paths = write_dataset(tmp_path, n=80, seed=20261125,
                           criteria=criteria_of(compile_workspace(example)))
     labels = read_labels(tmp_path / "labels.csv")
-    outcome = qualify_paths(example, paths)
+    outcome = qualify_paths(VLKB(example), paths)
     assert not outcome.failures
     got = verdicts_of(outcome.results)
     for key in EXAMPLE_CRITERIA:
@@ -184,7 +185,7 @@ def test_unbound_roles_judge_on_measurements_and_say_how_to_bind(example: Worksp
     code, out, err = kb("models", "-w", example.root)
     assert code == 0
     assert "role 'text' is unbound" in err and 'set [roles] text = "clip"' in err
-    outcome = qualify_paths(example, [EXAMPLES / "sound-bead-a.png"], QualifyOptions())
+    outcome = qualify_paths(VLKB(example), [EXAMPLES / "sound-bead-a.png"], QualifyOptions())
     (result,) = outcome.results
     assert result.models == []
     ea1 = next(n for n in result.nodes if n.key == "EA-1")

@@ -23,6 +23,7 @@ from engine.inputs import expand_inputs
 from engine.metrology.measure import measure_paths
 from engine.qualify import QualifyOptions, qualify_paths
 from engine.samples import load_sample
+from engine.session import VLKB
 from kb.config import Workspace
 from kb.errors import ImageError, RulesError
 from tests.cli_runner import kb
@@ -136,7 +137,7 @@ def test_skip_existing_never_reads_a_fifo(tmp_path: Path) -> None:
     fifo = tmp_path / "in" / "pipe.png"
     os.mkfifo(fifo)
     options = QualifyOptions(normalize="calibrated", skip_existing=True)
-    outcome = finishes(60, lambda: qualify_paths(workspace, [good, fifo], options), fifo)
+    outcome = finishes(60, lambda: qualify_paths(VLKB(workspace), [good, fifo], options), fifo)
     assert outcome.stored == 1
     assert [f.path for f in outcome.failures] == [str(fifo)]
     assert str(fifo) in outcome.failures[0].error
@@ -202,7 +203,7 @@ def test_an_io_error_while_reading_names_the_file_and_the_batch_goes_on(tmp_path
     good = good_maps(tmp_path / "in")
     broken = tmp_path / "in" / "eio.png"
     broken.symlink_to("/proc/self/mem")  # a regular file whose read fails with EIO
-    outcome = qualify_paths(workspace, [good[0], broken, good[1]], QualifyOptions())
+    outcome = qualify_paths(VLKB(workspace), [good[0], broken, good[1]], QualifyOptions())
     assert outcome.stored == 2
     (failure,) = outcome.failures
     assert failure.path == str(broken) and str(broken) in failure.error
@@ -244,7 +245,7 @@ def test_a_locked_database_fails_the_one_sample_naming_it_and_the_batch_goes_on(
             holder["lock"].execute("ROLLBACK")
             holder["lock"].close()
 
-    outcome = qualify_paths(workspace, paths, QualifyOptions(), progress=progress)
+    outcome = qualify_paths(VLKB(workspace), paths, QualifyOptions(), progress=progress)
     assert outcome.stored == 2
     (failure,) = outcome.failures
     assert failure.path == str(paths[1])

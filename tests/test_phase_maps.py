@@ -17,6 +17,7 @@ from engine.metrology.quantities import NotASegmentationMap, measure_image
 from engine.metrology.synthetic import Degradation, write_dataset
 from engine.qualify import DecisionOverride, QualifyOptions, qualify_paths
 from engine.samples import load_sample
+from engine.session import VLKB
 from engine.sync import sync_workspace
 from kb.config import DEFAULT_LEGEND, Workspace
 from tests.cli_runner import kb
@@ -201,7 +202,7 @@ def vlr_workspace(tmp_path: Path, tiny_clip_dir: Path, tiny_flava_dir: Path):
                 + '\n[[measurements]]\nquantity = "carbide_fraction"\nop = ">="\n'
                 "limit = 0.05\nunit = \"fraction\"\n"
             )
-        sync_workspace(ws)
+        sync_workspace(VLKB(ws))
         return ws
 
     return make
@@ -214,7 +215,7 @@ def test_a_photo_goes_to_review_even_when_the_vision_language_evidence_accepts(
     (photo, _) = not_maps(tmp_path / "in")
     good = micrograph(tmp_path / "in" / "map.png", seed=3, pink_share=0.4)
     accept_all = QualifyOptions(decision=DecisionOverride(threshold=-1e9))
-    outcome = qualify_paths(ws, [photo, good], accept_all)
+    outcome = qualify_paths(VLKB(ws), [photo, good], accept_all)
     verdicts = {Path(r.sample_path).name: r for r in outcome.results}
     assert verdicts["map.png"].verdict == "accept"  # the override makes the VLR accept
     result = verdicts["photo.png"]
@@ -231,5 +232,5 @@ def test_a_workspace_without_measurement_rules_judges_a_photo_as_before(
     (photo, _) = not_maps(tmp_path / "in")
     for threshold, expected in ((-1e9, "accept"), (1e9, "reject")):
         options = QualifyOptions(decision=DecisionOverride(threshold=threshold))
-        (result,) = qualify_paths(ws, [photo], options).results
+        (result,) = qualify_paths(VLKB(ws), [photo], options).results
         assert result.verdict == expected

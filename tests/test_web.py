@@ -27,6 +27,7 @@ from cli.app import app as kb_app
 from cli.web import create_app, is_loopback, serve
 from cli.web_uploads import clean_name
 from engine.history import verify_audit_log
+from engine.session import VLKB
 from engine.sync import sync_workspace
 from kb.config import Workspace
 from kb.errors import VLKBError
@@ -47,7 +48,7 @@ def upload(*paths: Path) -> list[tuple[str, tuple[str, bytes, str]]]:
 
 def stored(ws: Workspace) -> int:
     """Qualifications and feedback in the audit chain, checked end to end."""
-    report = verify_audit_log(ws)
+    report = verify_audit_log(VLKB(ws))
     assert report.ok, report.problem
     counts = dict(report.counts)
     return counts["qualification"] + counts["feedback"]
@@ -72,7 +73,7 @@ def example(tmp_path: Path, uploads_dir: Path) -> Workspace:
     (root / "kb.toml").write_text(config, encoding="utf-8")
     shutil.copytree(REPO / "rules", root / "rules")
     ws = Workspace.open(root)
-    sync_workspace(ws)
+    sync_workspace(VLKB(ws))
     return ws
 
 
@@ -87,7 +88,7 @@ def vlr(tmp_path: Path, tiny_clip_dir: Path, tiny_flava_dir: Path, uploads_dir: 
     """Tiny real CLIP and FLAVA bound to the roles; EA-5 has prompts, references and a score."""
     ws = new_workspace(tmp_path / "vlr", tiny_clip_dir, tiny_flava_dir)
     write_carbide_assessment(ws)
-    sync_workspace(ws)
+    sync_workspace(VLKB(ws))
     return ws
 
 

@@ -24,6 +24,7 @@ from PIL import Image
 
 from cli.web import create_app
 from engine.history import list_qualifications, verify_audit_log
+from engine.session import VLKB
 from engine.sync import sync_workspace
 from kb.config import Workspace
 from tests.workspaces import example_copy, micrograph, new_workspace, write_carbide_assessment
@@ -54,7 +55,7 @@ def workspace(tmp_path: Path, tiny_clip_dir: Path, tiny_flava_dir: Path) -> Work
     """Tiny real CLIP and FLAVA bound to the roles, so EA-5 has a fused score to move."""
     ws = new_workspace(tmp_path / "ws", tiny_clip_dir, tiny_flava_dir)
     write_carbide_assessment(ws)
-    sync_workspace(ws)
+    sync_workspace(VLKB(ws))
     return ws
 
 
@@ -225,7 +226,7 @@ def test_qualify_move_a_verdict_report_and_feedback_in_chromium(
     assert problems == [], problems  # no script error, no blocked resource
     outside = [u for u in requests if not (u.startswith(server) or u.startswith("data:"))]
     assert outside == [], outside
-    assert verify_audit_log(workspace).ok
+    assert verify_audit_log(VLKB(workspace)).ok
 
 
 def test_sign_in_by_name_then_qualify_records_that_person_in_chromium(
@@ -246,7 +247,7 @@ def test_sign_in_by_name_then_qualify_records_that_person_in_chromium(
         assert page.locator("#qualify-form").count() == 1  # signed in: the qualify page
         page.set_input_files("#files", str(EXAMPLES / "sound-bead-a.png"))
         run_and_wait_any(page)
-        (row,) = list_qualifications(example)
+        (row,) = list_qualifications(VLKB(example))
         assert (row["operator"], row["operator_source"]) == ("Dr. Grace Hopper", "signed-in")
         page.goto(f"{base}/qualifications/{row['id']}")
         assert page.input_value("#expert") == "Dr. Grace Hopper"

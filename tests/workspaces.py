@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from engine.session import VLKB
 from kb.config import Workspace
 from kb.init import init_workspace
 
@@ -90,7 +91,7 @@ def example_copy(root: Path, unbind_roles: bool = True) -> Workspace:
     (root / "kb.toml").write_text(config, encoding="utf-8")
     shutil.copytree(REPO / "rules", root / "rules")
     workspace = Workspace.open(root)
-    sync_workspace(workspace)
+    sync_workspace(VLKB(workspace))
     return workspace
 
 

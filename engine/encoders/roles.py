@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from engine.encoders.backends import Encoder, load_encoder
+from typing import TYPE_CHECKING
+
 from engine.results import ModelUse
 from kb.config import ROLES, ModelSpec, WorkspaceConfig
+
+if TYPE_CHECKING:  # the backends import torch: only a command that embeds pays for it
+    from engine.encoders.backends import Encoder
 
 
 class ModelSet:
@@ -30,6 +34,8 @@ class ModelSet:
         if spec is None:
             raise KeyError(f"role {role!r} is not bound to a model")
         if spec.name not in self._loaded:
+            from engine.encoders.backends import load_encoder
+
             self._loaded[spec.name] = load_encoder(spec)
         return self._loaded[spec.name]
 

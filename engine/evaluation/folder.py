@@ -18,8 +18,8 @@ from engine.inputs import image_files
 from engine.qualify import QualifyOptions, qualify_paths
 from engine.results import MeasurementEvidence, NodeResult, QualificationResult, VLREvidence
 from engine.scoring import decide
+from engine.session import VLKB
 from engine.sync import compile_workspace
-from kb.config import Workspace
 from kb.errors import VLKBError
 from kb.vocabulary import strictest
 
@@ -55,7 +55,7 @@ class Evaluation:
 
 
 def evaluate_folder(
-    workspace: Workspace,
+    vlkb: VLKB,
     directory: Path,
     labels_path: Path,
     options: QualifyOptions | None = None,
@@ -63,12 +63,12 @@ def evaluate_folder(
 ) -> Evaluation:
     """Qualify every image of the folder and score the verdicts against the labels."""
     options = options or QualifyOptions()
-    ruleset = compile_workspace(workspace)
+    ruleset = compile_workspace(vlkb.workspace)
     images = image_files(directory)
     labels = read_labels(labels_path, list(ruleset.assessments), images)
     if not images:
         raise VLKBError(f"{directory}: no images to evaluate")
-    outcome = qualify_paths(workspace, images, options)
+    outcome = qualify_paths(vlkb, images, options)
     evaluation = score_results(outcome.results, labels, list(ruleset.assessments), top_k)
     evaluation.failures = [f.to_dict() for f in outcome.failures]
     return evaluation

@@ -31,7 +31,7 @@ from engine.metrology.quantities import (
     QUANTITIES,
     measure_labels,
 )
-from kb.config import DEFAULT_LEGEND, Workspace
+from kb.config import DEFAULT_LEGEND, Workspace, check_pixel_size_option
 from kb.rules import MeasurementRule, Ruleset, compile_rules
 from kb.vocabulary import meets
 
@@ -315,6 +315,7 @@ def write_workspace_dataset(
 ) -> list[Path]:
     """`kb synth`: maps in the workspace's legend, labelled by its measurement rules; outside
     a workspace, in the default legend with truth.csv only (there are no limits to label by)."""
+    check_pixel_size_option(um_per_px)
     if workspace is None:
         return write_dataset(outdir, n, seed, um_per_px, DEFAULT_LEGEND, degradation)
     criteria = criteria_of(compile_rules(workspace.rules_dir))

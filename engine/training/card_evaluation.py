@@ -19,6 +19,7 @@ from pathlib import Path
 
 from engine.evaluation.folder import evaluate_folder
 from engine.metrology.synthetic import criteria_of, write_dataset
+from engine.session import VLKB
 from engine.sync import sync_workspace
 from engine.training.paraphrases import HELD_OUT, PARAPHRASES
 from kb.config import Workspace
@@ -130,7 +131,7 @@ def evaluate_model(
     write_dataset(images, n, seed, criteria=criteria_of(compile_rules(Path(rules_dir))))
     labels = images / "labels.csv"
     result = ModelEvaluation(seed=seed, images=n)
-    shipped = evaluate_folder(scratch_workspace(workdir / "shipped", model_dir, rules_dir),
+    shipped = evaluate_folder(VLKB(scratch_workspace(workdir / "shipped", model_dir, rules_dir)),
                               images, labels)
     result.shipped = {
         key: {mode: _figures(block) for mode, block in modes.items()}
@@ -146,7 +147,7 @@ def evaluate_model(
     }
     for name, prompts in paraphrase_sets.items():
         workspace = scratch_workspace(workdir / name, model_dir, rules_dir, prompts)
-        paraphrased = evaluate_folder(workspace, images, labels)
+        paraphrased = evaluate_folder(VLKB(workspace), images, labels)
         result.paraphrased[name] = {
             key: _figures(modes["text"]) for key, modes in paraphrased.assessments.items()
             if "text" in modes
@@ -182,7 +183,7 @@ def scratch_workspace(
                 path.write_text(with_prompts(path.read_text(encoding="utf-8"), prompts[key]),
                                 encoding="utf-8")
     workspace = Workspace.open(root)
-    sync_workspace(workspace)
+    sync_workspace(VLKB(workspace))
     return workspace
 
 

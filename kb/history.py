@@ -1,0 +1,53 @@
+"""Queries that read qualifications back: the history list and what was judged before.
+
+Rows come out exactly as stored; turning them into documents (times as ISO text, feedback
+attached) is the engine's business, so nothing here knows the JSON contract.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import func
+from sqlmodel import Session, col, select
+
+from kb.tables import Qualification
+
+
+def find_qualifications(
+    session: Session,
+    limit: int,
+    since: datetime | None = None,
+    verdict: str | None = None,
+    sample: str | None = None,
+) -> list[Qualification]:
+    """The newest `limit` qualifications at or after `since` with this overall verdict.
+
+    sample: only those whose sample path contains this text (any case; % and _ are literal).
+    """
+    query = select(Qualification)
+    if since is not None:
+        moment = since if since.tzinfo is not None else since.replace(tzinfo=UTC)
+        query = query.where(col(Qualification.created_at) >= moment)
+    if verdict is not None:
+        query = query.where(Qualification.verdict == verdict)
+    if sample:
+        path = func.lower(col(Qualification.sample_path))
+        query = query.where(path.contains(sample.lower(), autoescape=True))
+    return list(session.exec(query.order_by(col(Qualification.id).desc()).limit(limit)).all())
+
+
+def documents_under_ruleset(
+    session: Session, ruleset_id: int
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(sample SHA-256, stored document) of every qualification made under this ruleset version."""
+    rows = session.exec(
+        select(Qualification.sample_sha256, Qualification.result_json).where(
+            Qualification.ruleset_id == ruleset_id
+        )
+    )
+    for sha, stored in rows:
+        yield sha, json.loads(stored)
