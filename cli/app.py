@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import functools
-import json
 import os
-import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
 from rich import box
-from rich.console import Console
 from rich.table import Table
 from rich.tree import Tree
 
+from cli.console import err, out, print_json, verdict_text
 from kb.config import Workspace
 from kb.errors import OptionError, VLKBError
 from kb.vocabulary import ExpertVerdict
@@ -33,8 +30,6 @@ app = typer.Typer(
 audit_app = typer.Typer(no_args_is_help=True, help="Check the audit log.")
 app.add_typer(audit_app, name="audit")
 
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 WorkspaceOption = Annotated[
     Path | None,
@@ -51,7 +46,6 @@ NormalizeOption = Annotated[str, typer.Option(help="z-score statistics: batch or
 PixelSizeOption = Annotated[
     float | None, typer.Option("--um-per-px", help="Pixel size for this run (um per pixel).")
 ]
-VERDICT_STYLE = {"accept": "green", "reject": "red", "review": "yellow", "not_assessed": "dim"}
 
 
 def reports_errors(command: F) -> F:
@@ -69,15 +63,6 @@ def reports_errors(command: F) -> F:
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
-
-
-def print_json(document: Any) -> None:
-    sys.stdout.write(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
-
-
-def verdict_text(verdict: str) -> str:
-    shown = "skipped" if verdict == "not_assessed" else verdict
-    return f"[{VERDICT_STYLE.get(verdict, '')}]{shown}[/]"
 
 
 # --- workspace and rules -----------------------------------------------------------------
@@ -277,7 +262,8 @@ def qualify(
     json_output: JsonOption = False,
 ) -> None:
     """Judge micrographs against the current ruleset and store them in the audit log."""
-    from cli.streams import JsonArray, progress_bar
+    from cli.qualify_output import output_for, print_counts, print_errors
+    from cli.streams import progress_bar
     from engine.inputs import expand_inputs
     from engine.qualify import QualifyOptions, qualify_paths
     from engine.session import VLKB
@@ -291,94 +277,22 @@ def qualify(
         decision=_decision_override(fusion, weight, threshold, review_margin),
     )
     paths, unmatched = expand_inputs(images)
-    stream = JsonArray(sys.stdout, "qualifications") if json_output and not report else None
-    summary = VerdictTable()
-
-    def on_result(result: Any) -> None:
-        if stream is not None:
-            stream.add(result.to_dict())
-        elif not json_output:
-            summary.add(result)
-
+    output = output_for(json_output, report)
     try:
         with progress_bar(err, len(paths)) as progress, VLKB.open(workspace) as vlkb:
             outcome = qualify_paths(
                 vlkb, paths, options,
-                progress=progress, on_result=on_result, keep_results=report,
+                progress=progress, on_result=output.add, keep_results=report,
             )
     except VLKBError as exc:
-        if stream is not None and stream.started:  # keep stdout one valid JSON document
-            stream.close({"error": str(exc)})
+        output.abort(str(exc))
         raise
     failures = unmatched + outcome.failures
-    for failure in failures:
-        err.print(f"error: {failure.error}", markup=False)
-    for problem in outcome.report_errors:
-        err.print(f"error: {problem}", markup=False)
-    extra: dict[str, Any] = {
-        "failures": [f.to_dict() for f in failures],
-        "skipped": outcome.skipped,
-    }
-    if stream is not None:
-        stream.close(extra)
-    elif json_output:
-        extra.update(index=outcome.index, report_errors=outcome.report_errors)
-        print_json({"qualifications": [r.to_dict() for r in outcome.results], **extra})
-    else:
-        summary.print()
-        for r in outcome.results:
-            if r.report:
-                out.print(f"Report {r.id}: {r.report}", markup=False)
-        if outcome.index:
-            out.print(f"Run index: {outcome.index}", markup=False)
-    if outcome.skipped:
-        err.print(f"{len(outcome.skipped)} file(s) skipped: already judged under the same "
-                  "ruleset, calibration and models.", markup=False)
-    if failures:
-        err.print(
-            f"{len(failures)} input(s) failed; {outcome.stored} qualified and stored.",
-            markup=False,
-        )
+    print_errors(outcome, failures)
+    output.finish(outcome, failures)
+    print_counts(outcome, failures)
     if failures or outcome.report_errors:
         raise typer.Exit(1)
-
-
-@dataclass
-class VerdictTable:
-    """The human summary of a qualify run, one compact row per stored sample."""
-
-    title: str = "Qualification"
-    keys: list[str] = field(default_factory=list)
-    rows: list[tuple[str, str, str, list[str]]] = field(default_factory=list)
-
-    def add(self, result: Any) -> None:
-        assessments = [n for n in result.nodes if n.kind == "assessment"]
-        if not self.rows:
-            self.keys = [n.key for n in assessments]
-            self.title = (
-                f"Qualification (ruleset v{result.ruleset_version}, "
-                f"{result.normalization} normalisation)"
-            )
-        verdicts = {n.key: n.verdict for n in assessments}
-        self.rows.append((str(result.id), Path(result.sample_path).name, result.verdict,
-                          [verdicts[k] for k in self.keys]))
-
-    def print(self) -> None:
-        if not self.rows:
-            return
-        table = Table(
-            title=self.title,
-            caption="skipped = not assessed: a precondition of its group did not hold",
-            box=box.SIMPLE_HEAD,
-            pad_edge=False,
-        )
-        table.add_column("ID", justify="right", no_wrap=True)
-        table.add_column("sample", overflow="ellipsis", min_width=12)
-        for header in ["verdict", *self.keys]:
-            table.add_column(header, no_wrap=True)
-        for ident, name, verdict, verdicts in self.rows:
-            table.add_row(ident, name, verdict_text(verdict), *map(verdict_text, verdicts))
-        out.print(table)
 
 
 @app.command()
