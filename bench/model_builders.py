@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 import tomllib
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import (
     CLIPConfig,
     CLIPImageProcessorPil,
@@ -30,10 +30,12 @@ from transformers import (
     FlavaConfig,
     FlavaImageProcessorPil,
     FlavaModel,
-    PreTrainedTokenizerFast,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # run as a script: the tests' tokenizer factory imports from the repo
+from tests.model_factory import save_tokenizer, train_tokenizer  # noqa: E402
+
 DEFAULT_MODELS_DIR = Path("/tmp/vlkb-bench-models")
 BUILD_VERSION = 1  # bump when the builders change, so old folders are rebuilt
 TOKENIZER_VOCAB = 2000
@@ -59,39 +61,14 @@ def corpus(rules_dir: Path = ROOT / "rules") -> list[str]:
     return texts
 
 
-def train_tokenizer(texts: list[str], special: list[str], bos: str, eos: str) -> Tokenizer:
-    """Lower-casing word-level BPE that wraps each text as `bos text eos`; specials get ids 0.."""
-    tokenizer = Tokenizer(models.BPE(unk_token=special[0]))
-    tokenizer.normalizer = normalizers.Sequence([normalizers.NFD(), normalizers.Lowercase()])
-    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    trainer = trainers.BpeTrainer(
-        vocab_size=TOKENIZER_VOCAB, special_tokens=special, show_progress=False
-    )
-    tokenizer.train_from_iterator(texts, trainer=trainer)
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single=f"{bos} $A {eos}",
-        pair=f"{bos} $A {eos} $B {eos}",
-        special_tokens=[(bos, tokenizer.token_to_id(bos)), (eos, tokenizer.token_to_id(eos))],
-    )
-    return tokenizer
-
-
-def _save_tokenizer(
-    tokenizer: Tokenizer, directory: Path, max_length: int, **tokens: str
-) -> None:
-    PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, model_max_length=max_length, **tokens
-    ).save_pretrained(directory)
-
-
 def build_clip_b32(directory: Path, texts: list[str]) -> Path:
     """CLIPConfig() defaults (ViT-B/32 at 224 px, 512-d projection), token ids of our tokenizer."""
     directory.mkdir(parents=True, exist_ok=True)
     special = ["<unk>", "<pad>", "<|startoftext|>", "<|endoftext|>"]
-    tokenizer = train_tokenizer(texts, special, bos=special[2], eos=special[3])
+    tokenizer = train_tokenizer(special, special[2], special[3], special[0], texts, TOKENIZER_VOCAB)
     config = CLIPConfig()
     text = config.text_config
-    _save_tokenizer(
+    save_tokenizer(
         tokenizer,
         directory,
         text.max_position_embeddings,
@@ -115,9 +92,9 @@ def build_flava_full(directory: Path, texts: list[str]) -> Path:
     """FlavaConfig() defaults (FLAVA-full sizes, 768-d projections), BERT-style specials."""
     directory.mkdir(parents=True, exist_ok=True)
     special = ["[UNK]", "[PAD]", "[CLS]", "[SEP]", "[MASK]"]
-    tokenizer = train_tokenizer(texts, special, bos="[CLS]", eos="[SEP]")
+    tokenizer = train_tokenizer(special, "[CLS]", "[SEP]", "[UNK]", texts, TOKENIZER_VOCAB)
     config = FlavaConfig(init_codebook=False)
-    _save_tokenizer(
+    save_tokenizer(
         tokenizer,
         directory,
         config.text_config.max_position_embeddings,

@@ -54,13 +54,19 @@ CORPUS = [
 ]
 
 
-def _train_tokenizer(special: list[str], bos: str, eos: str, unk: str) -> Tokenizer:
-    """A lower-casing BPE tokenizer trained on CORPUS that wraps every text in bos ... eos."""
+def train_tokenizer(
+    special: list[str], bos: str, eos: str, unk: str,
+    texts: list[str] = CORPUS, vocab_size: int = 300,
+) -> Tokenizer:
+    """A lower-casing BPE tokenizer trained on texts that wraps every text in bos ... eos
+    (the tests' tiny models and the bench's full-size ones alike)."""
     tokenizer = Tokenizer(models.BPE(unk_token=unk))
     tokenizer.normalizer = normalizers.Sequence([normalizers.NFD(), normalizers.Lowercase()])
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=special, show_progress=False)
-    tokenizer.train_from_iterator(CORPUS, trainer=trainer)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=special, show_progress=False
+    )
+    tokenizer.train_from_iterator(texts, trainer=trainer)
     tokenizer.post_processor = processors.TemplateProcessing(
         single=f"{bos} $A {eos}",
         pair=f"{bos} $A {eos} $B {eos}",
@@ -69,12 +75,12 @@ def _train_tokenizer(special: list[str], bos: str, eos: str, unk: str) -> Tokeni
     return tokenizer
 
 
-def _save_tokenizer(
-    tokenizer: Tokenizer, directory: Path, **tokens: str
+def save_tokenizer(
+    tokenizer: Tokenizer, directory: Path, max_length: int = MAX_TEXT_LENGTH, **tokens: str
 ) -> PreTrainedTokenizerFast:
     """Save in the layout AutoTokenizer.from_pretrained reads (tokenizer.json and its config)."""
     wrapped = PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, model_max_length=MAX_TEXT_LENGTH, **tokens
+        tokenizer_object=tokenizer, model_max_length=max_length, **tokens
     )
     wrapped.save_pretrained(directory)
     return wrapped
@@ -82,10 +88,10 @@ def _save_tokenizer(
 
 def _bert_tokenizer(directory: Path) -> Tokenizer:
     """A BERT-style [CLS] ... [SEP] tokenizer, trained and saved into directory."""
-    tokenizer = _train_tokenizer(
+    tokenizer = train_tokenizer(
         ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"], bos="[CLS]", eos="[SEP]", unk="[UNK]"
     )
-    _save_tokenizer(
+    save_tokenizer(
         tokenizer,
         directory,
         unk_token="[UNK]",
@@ -101,13 +107,13 @@ def build_tiny_clip(directory: Path) -> Path:
     """A 2-layer CLIP (32x32 images, 16-d embeddings) with its tokenizer and image processor."""
     directory.mkdir(parents=True, exist_ok=True)
     # eos id 3 (not the legacy 2): CLIP then pools the first eos token instead of argmax(ids).
-    tokenizer = _train_tokenizer(
+    tokenizer = train_tokenizer(
         ["<unk>", "<pad>", "<|startoftext|>", "<|endoftext|>"],
         bos="<|startoftext|>",
         eos="<|endoftext|>",
         unk="<unk>",
     )
-    _save_tokenizer(
+    save_tokenizer(
         tokenizer,
         directory,
         unk_token="<unk>",
