@@ -130,8 +130,14 @@ def add_assessment(
     positive: Annotated[list[str], typer.Option(help="A prompt describing an acceptable part.")],
     negative: Annotated[list[str], typer.Option(help="A prompt describing a rejectable part.")],
     parent: Annotated[str | None, typer.Option(help="Parent gate (default: the root).")] = None,
-    threshold: Annotated[float, typer.Option(help="Fused-score threshold.")] = 0.0,
-    review_margin: Annotated[float, typer.Option(help="Scores this close go to review.")] = 0.0,
+    threshold: Annotated[
+        float | None,
+        typer.Option(help="Fused-score threshold (default: chosen from the references)."),
+    ] = None,
+    review_margin: Annotated[
+        float | None,
+        typer.Option(help="Scores this close go to review (default: from the references)."),
+    ] = None,
     workspace: WorkspaceOption = None,
     json_output: JsonOption = False,
 ) -> None:
@@ -141,52 +147,86 @@ def add_assessment(
     from kb.editing import assessment_text, write_assessment
     from kb.rules import compile_rules
 
-    vlkb = VLKB.open(workspace)
-    ws = vlkb.workspace
-    parent = parent or compile_rules(ws.rules_dir).root
-    text = assessment_text(
-        key,
-        name,
-        criterion,
-        parent,
-        positive,
-        negative,
-        threshold=threshold,
-        review_margin=review_margin,
-    )
-    with vlkb:
+    with VLKB.open(workspace) as vlkb:
+        ws = vlkb.workspace
+        parent = parent or compile_rules(ws.rules_dir).root
+        text = assessment_text(
+            key,
+            name,
+            criterion,
+            parent,
+            positive,
+            negative,
+            threshold=threshold,
+            review_margin=review_margin,
+        )
         path = write_assessment(ws, key, text)
         _print_sync(sync_or_undo(vlkb, [path]), json_output)
 
 
-@app.command("add-reference")
+@app.command(
+    "add-reference",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+)
 @reports_errors
 def add_reference(
     key: Annotated[str, typer.Argument(help="Assessment key.")],
-    images: Annotated[list[Path], typer.Argument(help="Reference micrographs to copy.")],
-    positive: Annotated[
-        bool, typer.Option("--positive", help="Examples of acceptable parts.")
-    ] = False,
-    negative: Annotated[
-        bool, typer.Option("--negative", help="Examples of rejectable parts.")
-    ] = False,
+    images: Annotated[
+        list[str],
+        typer.Argument(
+            metavar="--positive IMAGE|DIR... --negative IMAGE|DIR...",
+            help="Reference micrographs (or folders of them) after the polarity they show.",
+        ),
+    ],
     workspace: WorkspaceOption = None,
     json_output: JsonOption = False,
 ) -> None:
-    """Copy reference images under rules/references/KEY/ and sync."""
+    """Copy reference images under rules/references/KEY/ and sync: one ruleset version for
+    both polarities (`--positive good/ --negative bad-1.png bad-2.png`)."""
+    from engine.inputs import expand_inputs
     from engine.session import VLKB
     from engine.sync import sync_or_undo
     from kb.editing import copy_references
 
-    if positive == negative:
-        raise VLKBError(
-            "say whether the images are --positive or --negative examples (one of them)"
-        )
+    by_polarity = {}
+    for polarity, items in polarity_groups(images).items():
+        paths, failures = expand_inputs(items)
+        if failures:
+            raise VLKBError(failures[0].error)
+        by_polarity[polarity] = paths
     with VLKB.open(workspace) as vlkb:
-        created = copy_references(
-            vlkb.workspace, key, images, "positive" if positive else "negative"
-        )
+        created = copy_references(vlkb.workspace, key, by_polarity)
         _print_sync(sync_or_undo(vlkb, created, expect_references=key), json_output)
+
+
+def polarity_groups(tokens: list[str]) -> dict[str, list[str]]:
+    """`--positive A B --negative C` as {"positive": [A, B], "negative": [C]}; `A B --positive`
+    (the flag after the images, the older spelling) gives every image that one polarity."""
+    flags = {"--positive": "positive", "--negative": "negative"}
+    groups: dict[str, list[str]] = {}
+    pending: list[str] = []
+    current = None
+    for token in tokens:
+        if token in flags:
+            current = flags[token]
+            groups.setdefault(current, [])
+        elif token.startswith("--"):
+            raise VLKBError(f"unknown option {token}")
+        elif current is None:
+            pending.append(token)
+        else:
+            groups[current].append(token)
+    if pending and len(groups) == 1 and not any(groups.values()):
+        groups[next(iter(groups))] = pending
+    elif pending or not groups:
+        raise VLKBError(
+            "say whether the images are --positive or --negative examples "
+            "(put the flag before them: --positive good/ --negative bad/)"
+        )
+    empty = [f"--{p}" for p, items in groups.items() if not items]
+    if empty:
+        raise VLKBError(f"{', '.join(empty)} names no image")
+    return groups
 
 
 @app.command()
@@ -395,7 +435,18 @@ def synth(
 @reports_errors
 def evaluate(
     directory: Annotated[Path, typer.Argument(help="Folder of labelled micrographs.")],
-    labels: Annotated[Path, typer.Option(help="CSV: image, one column per assessment.")],
+    labels: Annotated[
+        Path | None, typer.Option(help="CSV: image, one column per assessment.")
+    ] = None,
+    labels_from_folders: Annotated[
+        str | None,
+        typer.Option("--labels-from-folders", metavar="KEY",
+                     help="Label DIR/CLASS/* for this assessment by class subfolder."),
+    ] = None,
+    accept: Annotated[
+        list[str] | None,
+        typer.Option("--accept", metavar="CLASS", help="A class subfolder of good parts."),
+    ] = None,
     top_k: Annotated[int, typer.Option("--top-k", min=1, help="K of the top-k measure.")] = 5,
     normalize: NormalizeOption = "calibrated",
     um_per_px: PixelSizeOption = None,
@@ -406,14 +457,19 @@ def evaluate(
     json_output: JsonOption = False,
 ) -> None:
     """Qualify a labelled folder and measure agreement per assessment and kind of evidence."""
-    from engine.evaluation.folder import evaluate_folder
+    from engine.evaluation.folder import ClassFolders, evaluate_folder
     from engine.qualify import QualifyOptions
     from engine.session import VLKB
     from reports.evaluation import write_evaluation
 
     options = QualifyOptions(normalize=normalize, um_per_px=um_per_px)
     with VLKB.open(workspace) as vlkb:
-        evaluation = evaluate_folder(vlkb, directory, labels, options, top_k=top_k)
+        if accept and labels_from_folders is None:
+            raise VLKBError("--accept names class subfolders: use it with "
+                            "--labels-from-folders KEY")
+        classes = (ClassFolders(labels_from_folders, tuple(accept or ()))
+                   if labels_from_folders is not None else None)
+        evaluation = evaluate_folder(vlkb, directory, labels, options, top_k, classes)
     folder = out_dir or vlkb.workspace.config.output_dir / f"evaluation-{directory.resolve().name}"
     document = evaluation.to_dict()
     try:

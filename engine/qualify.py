@@ -23,6 +23,7 @@ from engine.assess import judge_assessment, measurement_evidence, not_a_phase_ma
 from engine.calibrate import calibrated_thresholds, with_threshold
 from engine.encoders.roles import ModelSet
 from engine.evidence import RoleEvidence, RolePlan, chunk_evidence, plan_roles
+from engine.few_shot import ReferenceThreshold, reference_thresholds
 from engine.metrology.quantities import NotASegmentationMap, measure_image
 from engine.report_files import output_dir, write_run_reports
 from engine.results import (
@@ -206,11 +207,18 @@ def qualify_paths(
             qualified_shas(session, row.id, base) if options.skip_existing else frozenset()
         )
         setup = plan_roles(session, row.id, ruleset, models, options.normalize)
-    thresholds = calibrated_thresholds(calibration)
-    ruleset = _with_thresholds(ruleset, thresholds)
+        thresholds = calibrated_thresholds(calibration)
+        from_references = {
+            key: choice
+            for key, choice in reference_thresholds(session, ruleset, models, setup).items()
+            if key not in thresholds
+        } if options.normalize == "calibrated" else {}
+    ruleset = _with_reference_thresholds(_with_thresholds(ruleset, thresholds), from_references)
     if options.decision is not None:
         ruleset = _with_decision(ruleset, options.decision)
-    sources = _threshold_sources(ruleset, thresholds, base.calibration, options.decision)
+    sources = _threshold_sources(
+        ruleset, thresholds, base.calibration, options.decision, from_references
+    )
 
     pending = _without_judged(paths, judged_before, outcome)
     if options.normalize == "batch":
@@ -331,6 +339,21 @@ def _with_thresholds(ruleset: Ruleset, thresholds: dict[str, float]) -> Ruleset:
     return replace(ruleset, assessments=assessments)
 
 
+def _with_reference_thresholds(
+    ruleset: Ruleset, chosen: Mapping[str, ReferenceThreshold]
+) -> Ruleset:
+    """Assessments whose rules leave the threshold (and band) to their references."""
+    if not chosen:
+        return ruleset
+    assessments = dict(ruleset.assessments)
+    for key, choice in chosen.items():
+        decision = replace(assessments[key].decision, threshold=choice.threshold)
+        if choice.review_margin is not None:
+            decision = replace(decision, review_margin=choice.review_margin)
+        assessments[key] = replace(assessments[key], decision=decision)
+    return replace(ruleset, assessments=assessments)
+
+
 def _with_decision(ruleset: Ruleset, override: DecisionOverride) -> Ruleset:
     assessments = {
         key: replace(a, decision=override.apply(a.decision))
@@ -344,14 +367,18 @@ def _threshold_sources(
     calibrated: Mapping[str, float],
     calibration: int | None,
     override: DecisionOverride | None,
+    from_references: Mapping[str, ReferenceThreshold],
 ) -> dict[str, str]:
-    """Where each assessment's threshold came from: the rules, a calibration, or this run."""
+    """Where each assessment's threshold came from: the rules, a calibration, the references'
+    leave-one-out scores, or this run."""
     sources = {}
     for key in ruleset.assessments:
         if override is not None and override.threshold is not None:
             sources[key] = "run override"
         elif key in calibrated:
             sources[key] = f"calibration {calibration}"
+        elif key in from_references:
+            sources[key] = from_references[key].source
         else:
             sources[key] = "rules"
     return sources

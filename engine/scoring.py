@@ -6,7 +6,7 @@ against a hand computation; nothing here knows about models, files or the databa
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,6 +51,17 @@ def leave_one_out_deltas(positives: np.ndarray, negatives: np.ndarray) -> np.nda
             d = net_similarity(own[i], own_centre, other_centre)[0]
             deltas.append(sign * d)
     return np.asarray(deltas, dtype=np.float64)
+
+
+def leave_one_out_shas(shas: Sequence[str], polarities: Sequence[str]) -> list[str]:
+    """The items leave_one_out_deltas scores, in its order: positives, then negatives, each
+    only when its polarity has at least two."""
+    order: list[str] = []
+    for polarity in ("positive", "negative"):
+        same = [s for s, p in zip(shas, polarities, strict=True) if p == polarity]
+        if len(same) >= 2:
+            order += same
+    return order
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ import os
 import re
 import shutil
 import stat
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
@@ -47,10 +47,17 @@ def assessment_text(
     parent: str,
     positive: Sequence[str],
     negative: Sequence[str],
-    threshold: float = 0.0,
-    review_margin: float = 0.0,
+    threshold: float | None = None,
+    review_margin: float | None = None,
     fusion: str = "zsum",
 ) -> str:
+    """The TOML of a new assessment; a threshold or band left None is left out, so it is
+    chosen from the references once there are enough (docs/rules.md)."""
+    chosen = "".join(
+        f"{name} = {value!r}\n" if value is not None
+        else f"# {name}: chosen from the references' leave-one-out scores (5+ a side)\n"
+        for name, value in (("threshold", threshold), ("review_margin", review_margin))
+    )
     return (
         f"key = {_toml_string(key)}\n"
         f"name = {_toml_string(name)}\n"
@@ -61,8 +68,7 @@ def assessment_text(
         f"negative = {_toml_list(negative)}\n"
         "\n[decision]\n"
         f"fusion = {_toml_string(fusion)}\n"
-        f"threshold = {threshold!r}\n"
-        f"review_margin = {review_margin!r}\n"
+        + chosen
     )
 
 
@@ -79,42 +85,59 @@ def write_assessment(workspace: Workspace, key: str, text: str) -> Path:
 
 
 def copy_references(
-    workspace: Workspace, key: str, images: Sequence[Path], polarity: str
+    workspace: Workspace, key: str, images_by_polarity: Mapping[str, Sequence[Path]]
 ) -> list[Path]:
     """Copy images under rules/references/KEY/POLARITY/; returns only the files it created.
 
-    Every image is checked before anything is copied, so a bad file leaves rules/ untouched.
+    Every image of every polarity is checked before anything is copied, so a bad file leaves
+    rules/ untouched, and both polarities land in one ruleset version.
     """
-    if polarity not in POLARITIES:
-        raise RulesError(f"polarity must be one of {POLARITIES}")
+    unknown = sorted(set(images_by_polarity) - set(POLARITIES))
+    if unknown:
+        raise RulesError(f"polarity must be one of {POLARITIES}, not {', '.join(unknown)}")
     if not (workspace.rules_dir / ASSESSMENTS_DIR / f"{check_key(key)}.toml").is_file():
         raise RulesError(f"no assessment {key!r} in rules/{ASSESSMENTS_DIR}/; add it first")
-    for image in images:
-        try:
-            if not stat.S_ISREG(os.stat(image).st_mode):  # a FIFO would block Image.open
-                raise RulesError(
-                    f"{image}: not a regular file (a folder, FIFO, socket or device); "
-                    "it was not read"
-                )
-            with Image.open(image) as opened:
-                opened.verify()
-        except FileNotFoundError:
-            raise RulesError(f"{image}: no such file") from None
-        except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
-            raise RulesError(f"{image}: not a readable image ({exc})") from None
-    target_dir = workspace.rules_dir / REFERENCES_DIR / key / polarity
-    target_dir.mkdir(parents=True, exist_ok=True)
+    for images in images_by_polarity.values():
+        for image in images:
+            _check_image(image)
     created = []
-    for image in images:
-        data = Path(image).read_bytes()
-        target = target_dir / Path(image).name
-        if target.exists():
-            if target.read_bytes() == data:
-                continue
-            digest = hashlib.sha256(data).hexdigest()[:10]
-            target = target_dir / f"{Path(image).stem}-{digest}{Path(image).suffix}"
-            if target.exists():
-                continue
-        shutil.copyfile(image, target)
-        created.append(target)
+    for polarity, images in images_by_polarity.items():
+        target_dir = workspace.rules_dir / REFERENCES_DIR / key / polarity
+        target_dir.mkdir(parents=True, exist_ok=True)
+        for image in images:
+            target = _free_target(target_dir, Path(image))
+            if target is not None:
+                shutil.copyfile(image, target)
+                created.append(target)
     return created
+
+
+def _check_image(image: Path) -> None:
+    """A regular file that PIL can verify as an image, or a RulesError naming it."""
+    try:
+        if not stat.S_ISREG(os.stat(image).st_mode):  # a FIFO would block Image.open
+            raise RulesError(
+                f"{image}: not a regular file (a folder, FIFO, socket or device); "
+                "it was not read"
+            )
+        with Image.open(image) as opened:
+            opened.verify()
+    except FileNotFoundError:
+        raise RulesError(f"{image}: no such file") from None
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
+        raise RulesError(f"{image}: not a readable image ({exc})") from None
+
+
+def _free_target(target_dir: Path, image: Path) -> Path | None:
+    """Where a reference goes: its own name, or name-DIGEST when another file has it; None
+    when the same bytes are already there."""
+    data = image.read_bytes()
+    target = target_dir / image.name
+    if target.exists():
+        if target.read_bytes() == data:
+            return None
+        digest = hashlib.sha256(data).hexdigest()[:10]
+        target = target_dir / f"{image.stem}-{digest}{image.suffix}"
+        if target.exists():
+            return None
+    return target

@@ -87,6 +87,9 @@ class Decision:
     weights: dict[str, float] = field(default_factory=lambda: {role: 1.0 for role in ROLES})
     threshold: float = 0.0
     review_margin: float = 0.0
+    # What the rules leave out ("threshold", "review_margin"): chosen from the references'
+    # leave-one-out scores when there are enough of them, else the value above.
+    from_references: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -160,7 +163,7 @@ class Ruleset:
                     "prompts": tuple(Prompt(**p) for p in a["prompts"]),
                     "references": tuple(Reference(**r) for r in a["references"]),
                     "measurements": tuple(MeasurementRule(**m) for m in a["measurements"]),
-                    "decision": Decision(**a["decision"]),
+                    "decision": _decision_of(a["decision"]),
                     "preconditions": _preconditions_from(a["preconditions"]),
                 }
             )
@@ -390,6 +393,11 @@ def _read_measurements(doc: _Table) -> tuple[MeasurementRule, ...]:
     return tuple(rules)
 
 
+def _decision_of(data: dict[str, Any]) -> Decision:
+    """A stored decision (JSON lists back into tuples; older snapshots lack newer fields)."""
+    return Decision(**{**data, "from_references": tuple(data.get("from_references", ()))})
+
+
 def _read_decision(doc: _Table) -> Decision:
     t = doc.table("decision")
     t.check_keys(set(), {"fusion", "weights", "threshold", "review_margin"})
@@ -406,7 +414,8 @@ def _read_decision(doc: _Table) -> Decision:
     margin = t.number("review_margin", 0.0)
     if margin < 0:
         raise t.fail("`review_margin` must not be negative")
-    return Decision(fusion, weights, t.number("threshold", 0.0), margin)
+    unset = tuple(name for name in ("threshold", "review_margin") if name not in t.data)
+    return Decision(fusion, weights, t.number("threshold", 0.0), margin, unset)
 
 
 def _read_assessment(path: Path, rules_dir: Path) -> Assessment:

@@ -150,7 +150,7 @@ def test_add_reference_refuses_a_fifo_without_reading_it(tmp_path: Path) -> None
     fifo = tmp_path / "ref.png"
     os.mkfifo(fifo)
     with pytest.raises(RulesError) as caught:
-        finishes(10, lambda: copy_references(workspace, "EA-5", [fifo], "positive"), fifo)
+        finishes(10, lambda: copy_references(workspace, "EA-5", {"positive": [fifo]}), fifo)
     assert str(fifo) in str(caught.value) and "FIFO" in str(caught.value)
 
 

@@ -199,7 +199,7 @@ def test_sync_is_idempotent_and_versions_changes(workspace):
 
 def test_qualify_refuses_unsynced_rules(workspace, tmp_path):
     path = workspace / "rules/assessments/EA-5.toml"
-    path.write_text(path.read_text().replace("threshold = 0.0", "threshold = 0.5"))
+    path.write_text(path.read_text().replace('fusion = "zsum"', 'fusion = "weighted"'))
     code, out, err = kb("qualify", *samples(tmp_path, 2), "-w", workspace)
     assert code == 1 and "run `kb sync`" in err and out == ""
 

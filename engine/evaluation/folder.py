@@ -8,11 +8,11 @@ tree's final verdict.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine.evaluation.labels import read_labels
+from engine.evaluation.labels import folder_labels, read_labels
 from engine.evaluation.metrics import agreement
 from engine.inputs import image_files
 from engine.qualify import QualifyOptions, qualify_paths
@@ -54,22 +54,45 @@ class Evaluation:
         }
 
 
+@dataclass(frozen=True)
+class ClassFolders:
+    """Labels from the dataset's layout: DIR/CLASS/image, accepted for `key` when CLASS is
+    one of `accept`."""
+
+    key: str
+    accept: tuple[str, ...]
+
+
 def evaluate_folder(
     vlkb: VLKB,
     directory: Path,
-    labels_path: Path,
+    labels_path: Path | None = None,
     options: QualifyOptions | None = None,
     top_k: int = 5,
+    classes: ClassFolders | None = None,
 ) -> Evaluation:
-    """Qualify every image of the folder and score the verdicts against the labels."""
+    """Qualify every image of the folder and score the verdicts against the labels: a CSV
+    (labels_path) or the class subfolders the images sit in (classes), one of the two."""
+    if (labels_path is None) == (classes is None):
+        raise VLKBError("give the labels either as a CSV (--labels FILE) or by class "
+                        "subfolder (--labels-from-folders KEY --accept NAME)")
     options = options or QualifyOptions()
     ruleset = compile_workspace(vlkb.workspace)
-    images = image_files(directory)
-    labels = read_labels(labels_path, list(ruleset.assessments), images)
+    keys = list(ruleset.assessments)
+    if classes is not None:
+        images, labels = folder_labels(directory, classes.key, classes.accept, keys)
+        keys = [classes.key]
+        names = {p: p.relative_to(directory).as_posix() for p in images}
+    else:
+        images = image_files(directory)
+        labels = read_labels(labels_path, keys, images)  # type: ignore[arg-type]
+        names = {p: p.name for p in images}
     if not images:
         raise VLKBError(f"{directory}: no images to evaluate")
     outcome = qualify_paths(vlkb, images, options)
-    evaluation = score_results(outcome.results, labels, list(ruleset.assessments), top_k)
+    by_path = {str(p): name for p, name in names.items()}
+    by_path.update({str(p.resolve()): name for p, name in names.items()})
+    evaluation = score_results(outcome.results, labels, keys, top_k, by_path)
     evaluation.failures = [f.to_dict() for f in outcome.failures]
     return evaluation
 
@@ -79,13 +102,19 @@ def score_results(
     labels: dict[str, dict[str, str]],
     keys: Sequence[str],
     top_k: int = 5,
+    names: Mapping[str, str] | None = None,
 ) -> Evaluation:
-    """Metrics from qualification results: the same verdicts the audit log holds."""
-    named = [(r, labels[Path(r.sample_path).name]) for r in results]
+    """Metrics from qualification results: the same verdicts the audit log holds.
+
+    names: the label key of each sample path (default: its file name).
+    """
+    def name_of(result: QualificationResult) -> str:
+        return (names or {}).get(result.sample_path) or Path(result.sample_path).name
+
+    named = [(r, labels[name_of(r)]) for r in results]
     per_assessment: dict[str, dict[str, dict[str, object]]] = {}
     samples = [
-        {"image": Path(r.sample_path).name, "qualification_id": r.id, "labels": row,
-         "verdicts": {}}
+        {"image": name_of(r), "qualification_id": r.id, "labels": row, "verdicts": {}}
         for r, row in named
     ]
     for key in keys:

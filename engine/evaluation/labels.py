@@ -6,8 +6,9 @@ import csv
 from collections.abc import Sequence
 from pathlib import Path
 
+from engine.inputs import image_files
 from kb.errors import VLKBError
-from kb.vocabulary import DECISIVE
+from kb.vocabulary import DECISIVE, Verdict
 
 
 class LabelsError(VLKBError):
@@ -56,6 +57,39 @@ def read_labels(
     if unlabelled:
         raise LabelsError(f"{path}: images without labels: {_listing(unlabelled)}")
     return labels
+
+
+def folder_labels(
+    directory: Path, key: str, accept: Sequence[str], keys: Sequence[str]
+) -> tuple[list[Path], dict[str, dict[str, str]]]:
+    """The images of DIR's class subfolders, each labelled for one assessment: accept when its
+    class is one of `accept`, reject otherwise (the layout of image datasets, no CSV).
+
+    Labels are keyed by the path relative to DIR, so good/001.png and hole/001.png differ.
+    """
+    if key not in keys:
+        raise LabelsError(f"--labels-from-folders {key}: no such assessment; "
+                          f"the rules have {', '.join(keys)}")
+    if not directory.is_dir():
+        raise LabelsError(f"{directory}: not a folder of class subfolders")
+    classes = sorted(p for p in directory.iterdir() if p.is_dir() and not p.name.startswith("."))
+    names = [c.name for c in classes]
+    unknown = [name for name in accept if name not in names]
+    if not accept or unknown:
+        raise LabelsError(
+            f"{directory}: --accept must name class subfolders; "
+            f"{'no such folder ' + ', '.join(unknown) if unknown else 'none given'} "
+            f"(the folder has {', '.join(names) or 'no subfolders'})"
+        )
+    images, labels = [], {}
+    for folder in classes:
+        verdict = Verdict.ACCEPT if folder.name in accept else Verdict.REJECT
+        for path in image_files(folder):
+            images.append(path)
+            labels[path.relative_to(directory).as_posix()] = {key: verdict.value}
+    if not images:
+        raise LabelsError(f"{directory}: its class subfolders hold no images")
+    return images, labels
 
 
 def _listing(items: Sequence[str], shown: int = 5) -> str:

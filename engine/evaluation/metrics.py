@@ -145,3 +145,17 @@ def best_threshold(
         (balanced_accuracy_at(scores, truth, c) or 0.0, -abs(c - current), c) for c in candidates
     ]
     return float(max(ranked)[2])
+
+
+def widest_best_threshold(scores: Sequence[float] | np.ndarray, truth: Sequence[str]) -> float:
+    """The threshold with the highest balanced accuracy, in the middle of the widest gap
+    between neighbouring scores that reaches it: with few examples, the one farthest from
+    every example generalises best."""
+    values = np.unique(np.asarray(scores, dtype=np.float64))
+    if len(values) < 2:
+        return float(values[0]) if len(values) else 0.0
+    mids = (values[:-1] + values[1:]) / 2.0
+    widths = values[1:] - values[:-1]
+    ranked = [(balanced_accuracy_at(scores, truth, m) or 0.0, w, m)
+              for m, w in zip(mids, widths, strict=True)]
+    return float(max(ranked)[2])
