@@ -259,7 +259,7 @@ def tree(workspace: WorkspaceOption = None, json_output: JsonOption = False) -> 
             add(parent_view.add(label), child)
 
     add(view, ruleset.root)
-    out.print(view)
+    out.print(view, soft_wrap=False)  # long prompts wrap at word breaks, never cut
 
 
 # --- qualification -------------------------------------------------------------------------

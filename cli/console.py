@@ -21,5 +21,5 @@ def print_json(document: Any) -> None:
 
 
 def verdict_text(verdict: str) -> str:
-    shown = "skipped" if verdict == "not_assessed" else verdict
+    shown = verdict.replace("_", " ")
     return f"[{VERDICT_STYLE.get(verdict, '')}]{shown}[/]"

@@ -97,7 +97,9 @@ class TableOutput:
 
 
 def print_errors(outcome: Any, failures: Sequence[Any]) -> None:
-    """One line per input that failed and per report not written, on stderr in every mode."""
+    """One line per warning, input that failed and report not written, on stderr."""
+    for warning in outcome.warnings:
+        err.print(f"warning: {warning}", markup=False)
     for failure in failures:
         err.print(f"error: {failure.error}", markup=False)
     for problem in outcome.report_errors:
@@ -123,6 +125,7 @@ class VerdictTable:
     title: str = "Qualification"
     keys: list[str] = field(default_factory=list)
     rows: list[tuple[str, str, str, list[str]]] = field(default_factory=list)
+    reasons: dict[str, set[str]] = field(default_factory=dict)  # why a column is not assessed
 
     def add(self, result: Any) -> None:
         assessments = [n for n in result.nodes if n.kind == "assessment"]
@@ -133,6 +136,9 @@ class VerdictTable:
                 f"{result.normalization} normalisation)"
             )
         verdicts = {n.key: n.verdict for n in assessments}
+        for n in assessments:
+            if n.verdict == "not_assessed" and n.reason:
+                self.reasons.setdefault(n.key, set()).add(n.reason)
         self.rows.append((str(result.id), Path(result.sample_path).name, result.verdict,
                           [verdicts[k] for k in self.keys]))
 
@@ -141,7 +147,7 @@ class VerdictTable:
             return
         table = Table(
             title=self.title,
-            caption="skipped = not assessed: a precondition of its group did not hold",
+            caption=self.caption(),
             box=box.SIMPLE_HEAD,
             pad_edge=False,
         )
@@ -153,4 +159,8 @@ class VerdictTable:
             table.add_row(ident, name, verdict_text(verdict), *map(verdict_text, verdicts))
         out.print(table)
 
-
+    def caption(self) -> str | None:
+        """Why each not-assessed column was not assessed, in the engine's words."""
+        lines = [f"{key} not assessed: {'; '.join(sorted(reasons))}"
+                 for key, reasons in sorted(self.reasons.items())]
+        return "\n".join(lines) or None

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from engine.decision_rule import assessment_rule
+from engine.metrology.names import quantity_name
 from engine.results import MeasurementEvidence, NodeResult, VLREvidence
 from engine.scoring import decide, fuse, judge_measurement
 from kb.rules import Assessment, Decision
@@ -127,11 +128,11 @@ def format_quantity(value: float, unit: str) -> str:
         return f"{value:.0f}"
     if unit == "ratio":
         return f"{value:.3g}"
-    return f"{value:.4g} {unit.replace('um', 'µm').replace('mm2', 'mm²')}"
+    return f"{value:.3g} {unit.replace('um', 'µm').replace('mm2', 'mm²')}"
 
 
 def _measurement_sentence(m: MeasurementEvidence) -> str:
-    what = m.quantity.replace("_", " ")
+    what = quantity_name(m.quantity)
     bound = f"{COMPARISON_WORDS[m.op]} {format_quantity(m.limit, m.unit)}"
     if m.value is None:
         return f"The {what} must be {bound} but {m.note}; a person should check it."

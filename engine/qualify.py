@@ -56,6 +56,7 @@ NORMALIZATIONS = ("batch", "calibrated")
 # a person who named themselves from the account a process happened to run as.
 OPERATOR_SOURCES = ("cli-option", "request", "signed-in", "os-user")
 CHUNK = 32  # files decoded and embedded together; memory stays flat however many there are
+MIN_BATCH = 10  # fewer images than this give batch z-scores no one should rely on
 
 
 class Progress(Protocol):
@@ -150,6 +151,7 @@ class QualifyOutcome:
     stored: int = 0
     index: str | None = None  # the run's index.html, for a reported run of 2+ samples
     report_errors: list[str] = field(default_factory=list)  # reports that could not be written
+    warnings: list[str] = field(default_factory=list)  # judged, but a person should know why
 
 
 def qualify_paths(
@@ -221,6 +223,7 @@ def qualify_paths(
     )
 
     pending = _without_judged(paths, judged_before, outcome)
+    outcome.warnings += _warnings(setup, options.normalize, len(pending))
     if options.normalize == "batch":
         pending = _batch_normalization(kb, ruleset, models, pending, setup, outcome, progress)
     needs_metrology = any(a.measurements for a in ruleset.assessments.values())
@@ -328,6 +331,24 @@ def _load(paths: Sequence[Path], outcome: QualifyOutcome) -> list[Sample]:
         except VLKBError as exc:
             outcome.failures.append(SampleFailure(str(path), str(exc)))
     return samples
+
+
+def _warnings(
+    setup: Mapping[tuple[str, str], RolePlan], normalize: str, images: int
+) -> list[str]:
+    """What will make this run's vision-language evidence missing or shaky, said up front."""
+    warnings = [
+        f"{key} {role} evidence is not assessed: {plan.note}"
+        for (key, role), plan in sorted(setup.items())
+        if plan.note is not None
+    ]
+    if normalize == "batch" and 0 < images < MIN_BATCH:
+        warnings.append(
+            f"--normalize batch standardises each score by this run's own {images} image(s); "
+            f"fewer than {MIN_BATCH} give unstable z-scores: use calibrated normalisation "
+            "(references or `kb calibrate`) for small runs"
+        )
+    return warnings
 
 
 def _with_thresholds(ruleset: Ruleset, thresholds: dict[str, float]) -> Ruleset:

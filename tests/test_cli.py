@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.cli_runner import kb
+from tests.workspaces import REPO
 
 
 def test_init_then_tree_and_models(tmp_path):
@@ -153,3 +154,17 @@ def test_console_script_is_installed(tmp_path):
     kb_script = Path(sys.executable).parent / "kb"
     done = subprocess.run([str(kb_script), "--help"], capture_output=True, text=True, check=False)
     assert done.returncode == 0 and "qualify" in done.stdout
+
+
+def test_kb_tree_wraps_long_prompts_at_word_breaks_and_never_cuts_them():
+    import re
+    import tomllib
+
+    code, out, err = kb("tree", "-w", REPO)
+    assert code == 0, err
+    lines = (re.sub(r"^[\s│├└─]*", "", line) for line in out.splitlines())
+    flowing = " ".join(" ".join(lines).split())
+    prompts = tomllib.loads((REPO / "rules/assessments/EA-1.toml").read_text())["prompts"]
+    longest = max(prompts["positive"] + prompts["negative"], key=len)
+    assert len(longest) > 80  # wider than the console: it must wrap
+    assert longest in flowing

@@ -194,7 +194,10 @@ def test_unbound_roles_judge_on_measurements_and_say_how_to_bind(example: Worksp
     assert [m.quantity for m in ea1.evidence if isinstance(m, MeasurementEvidence)] == [
         "dilution_fraction"
     ]
-    assert "Measured dilution fraction 1.4 % (must be at most 5 %)" in ea1.rationale
+    assert "Measured dilution 1.4 % (must be at most 5 %)" in ea1.rationale
+    ea2 = next(n for n in result.nodes if n.key == "EA-2")
+    depth = ea2.measurements["haz_depth_mm"]
+    assert f"Measured HAZ depth {depth:.3g} mm (must be at most 1 mm)" in ea2.rationale
 
 
 def test_init_example_copies_the_workspace_and_refuses_unknown_names(tmp_path: Path) -> None:

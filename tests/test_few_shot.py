@@ -123,3 +123,28 @@ def test_a_labelled_calibration_overrides_the_references_threshold(
     assert code == 0, err
     node = ea5(ws, micrograph(tmp_path / "s.png", seed=99, pink_share=0.2))
     assert node["decision_rule"]["threshold_source"] == "calibration 1"
+
+
+def test_too_few_references_are_named_in_a_warning_and_in_the_table_footnote(
+    tmp_path: Path, tiny_flava_dir: Path
+):
+    ws = few_shot_workspace(tmp_path / "ws", tiny_flava_dir, 1, 1)
+    sample = micrograph(tmp_path / "s.png", seed=99, pink_share=0.2)
+    code, out, err = kb("qualify", str(sample), "-w", str(ws.root))
+    assert code == 0, err
+    assert "warning: EA-5 image evidence is not assessed: no calibration statistics" in err
+    assert "EA-5 not assessed:" in out and "too few reference images" in out
+    assert "precondition" not in out
+
+
+def test_batch_normalisation_over_a_handful_of_images_is_warned_about(
+    tmp_path: Path, tiny_flava_dir: Path
+):
+    ws = few_shot_workspace(tmp_path / "ws", tiny_flava_dir, 3, 3)
+    samples = [micrograph(tmp_path / f"s{i}.png", seed=90 + i, pink_share=0.1 * i)
+               for i in range(3)]
+    code, _, err = kb("qualify", *map(str, samples), "--normalize", "batch", "-w", str(ws.root))
+    assert code == 0, err
+    assert "standardises each score by this run's own 3 image(s)" in err
+    code, _, err = kb("qualify", *map(str, samples), "-w", str(ws.root))
+    assert "warning" not in err

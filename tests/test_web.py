@@ -307,7 +307,7 @@ def test_the_page_fragment_shows_badges_rationale_and_report_links(client: TestC
     assert re.search(r'data-node="overall" data-verdict="reject"', html)
     assert re.search(r'data-node="EA-1" data-verdict="reject"', html)
     assert 'class="badge reject"' in html and 'class="badge accept"' in html
-    assert "Measured dilution fraction" in html  # the rationale
+    assert "Measured dilution" in html  # the rationale
     assert "threshold 0.5" in html  # the override is said
     ids = re.findall(r'<tr data-id="(\d+)">', html)
     assert len(ids) == 2
