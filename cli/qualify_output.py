@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from rich import box
 from rich.table import Table
+from rich.text import Text
 
 from cli.console import err, out, print_json, verdict_text
 from cli.streams import JsonArray
@@ -147,7 +148,7 @@ class VerdictTable:
             return
         table = Table(
             title=self.title,
-            caption=self.caption(),
+            caption=Text(caption) if (caption := self.caption()) else None,  # not markup
             box=box.SIMPLE_HEAD,
             pad_edge=False,
         )

@@ -520,8 +520,7 @@ def _sample_evidence(
             role,
             None,
             None,
-            note=f"role {role!r} is not bound to a model in "
-            "kb.toml ([roles]); `kb models` shows how to bind one",
+            note=_unbound_note(role),
         )
     fingerprint = models.encoder(role).fingerprint
     ev = evidence[(key, role)]
@@ -549,6 +548,16 @@ def _sample_evidence(
         normalization=ev.norm.source,
         items=items,
     )
+
+
+def _unbound_note(role: str) -> str:
+    """Why a role gave no evidence: a text role needs a vision-language model."""
+    if role == "text":
+        return ("text prompts need a vision-language model (such as CLIP, from a local folder "
+                "or the Hugging Face cache) and role 'text' is not bound to one in kb.toml "
+                "[roles]; `kb models` shows how to bind one")
+    return (f"role {role!r} is not bound to a model in kb.toml [roles]; "
+            "`kb models` shows how to bind one")
 
 
 def _measure(

@@ -13,6 +13,8 @@ from kb.errors import OptionError, VLKBError, WorkspaceError
 CONFIG_FILE = "kb.toml"
 RULES_DIR = "rules"
 ROLES = ("text", "image")
+# Backends that embed images only (engine/encoders/cnn.py): they cannot play the `text` role.
+IMAGE_ONLY_BACKENDS = ("cnn",)
 
 RGB = tuple[int, int, int]
 
@@ -247,6 +249,13 @@ def _roles(section: dict, models: dict, path: Path) -> dict[str, str | None]:
         if name is not None and name not in models:
             raise WorkspaceError(
                 f"{path}: role {role!r} is bound to model {name!r}, which has no [models.{name}]"
+            )
+        backend = models[name].get("backend") if name is not None else None
+        if role == "text" and backend in IMAGE_ONLY_BACKENDS:
+            raise WorkspaceError(
+                f"{path}: role 'text' is bound to model {name!r}, whose backend {backend!r} "
+                "embeds images only; bind text to a vision-language model (clip, flava, dual) "
+                'or leave it unbound (text = "")'
             )
         roles[role] = name
     return roles

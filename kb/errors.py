@@ -27,6 +27,10 @@ class ModelLoadError(VLKBError):
     """A configured model cannot be loaded; the message says how to provide it."""
 
 
+class ModelInstallError(VLKBError):
+    """`kb models install` cannot fetch, check or convert a model; nothing was written."""
+
+
 class OptionError(VLKBError):
     """A value given for one run (a CLI flag, a web query field) is wrong. `option` is its
     Python name; each interface shows it the way its users type it (--um-per-px, um_per_px)."""

@@ -11,9 +11,40 @@ from kb.rules import ASSESSMENTS_DIR, TREE_FILE
 
 HUB_CLIP = "openai/clip-vit-base-patch32"
 HUB_FLAVA = "facebook/flava-full"
+# The generic image encoder `make install` converts (engine/encoders/cnn_install.py).
+GENERIC_IMAGE_MODEL = "efficientnet-lite0"
 
 
-def config_text(clip_source: str = HUB_CLIP, flava_source: str = HUB_FLAVA) -> str:
+def config_text(clip_source: str | None = None, flava_source: str | None = None) -> str:
+    """kb.toml of a new workspace: reference images on the generic CNN (or FLAVA when given),
+    text prompts on CLIP when given, else unbound with a note saying what they need."""
+    if clip_source is None:
+        text_models = f"""# Text prompts need a vision-language model: until one is bound, prompt
+# evidence is not assessed (reference images and measurements still judge). To bind CLIP,
+# make it load offline (a local folder, or the Hugging Face cache), uncomment these lines and set
+# [roles] text = "clip":
+# [models.clip]
+# backend = "clip"
+# source = "{HUB_CLIP}"   # or a local directory
+"""
+        text_role = 'text = ""       # unbound: text prompts are not assessed (see [models] above)'
+    else:
+        text_models = f"""[models.clip]
+backend = "clip"
+source = "{clip_source}"
+"""
+        text_role = 'text = "clip"    # image <-> prompt similarity (vision-language)'
+    flava_model = "" if flava_source is None else f"""
+[models.flava]
+backend = "flava"
+source = "{flava_source}"
+"""
+    image_name = GENERIC_IMAGE_MODEL if flava_source is None else "flava"
+    image_role = f'image = "{image_name}"'
+    return _config_text(text_models, flava_model, text_role, image_role)
+
+
+def _config_text(text_models: str, flava_model: str, text_role: str, image_role: str) -> str:
     legend = "\n".join(f"{name} = [{r}, {g}, {b}]" for name, (r, g, b) in DEFAULT_LEGEND.items())
     return f"""# VLKB workspace configuration.
 
@@ -33,20 +64,19 @@ dir = "out"
 # Phase colours of the segmented micrographs (R, G, B).
 {legend}
 
-# Models: a hub id or a local directory (config.json, weights, tokenizer, preprocessor).
-# With HF_HUB_OFFLINE=1 hub ids are read from the local Hugging Face cache only.
-[models.clip]
-backend = "clip"
-source = "{clip_source}"
-
-[models.flava]
-backend = "flava"
-source = "{flava_source}"
-
+# Models: `source` is a local directory (config.json, weights, ...), a hub id (with
+# HF_HUB_OFFLINE=1 read from the local Hugging Face cache only) or vlkb:NAME, a model that
+# `kb models install NAME` (run by `make install`) converted into this installation.
+# The generic image encoder: an ImageNet-pretrained CNN, offline, for any material.
+[models.{GENERIC_IMAGE_MODEL}]
+backend = "cnn"
+source = "vlkb:{GENERIC_IMAGE_MODEL}"
+{flava_model}
+{text_models}
 # Assessments name roles, never models: rebinding a role is this one edit.
 [roles]
-text = "clip"    # image <-> prompt similarity (vision-language)
-image = "flava"  # image <-> reference-image similarity (vision-vision)
+{text_role}
+{image_role}  # image <-> reference-image similarity (vision-vision)
 """
 
 
@@ -93,7 +123,7 @@ def init_example(directory: Path, name: str) -> Workspace:
 
 
 def init_workspace(
-    directory: Path, clip_source: str = HUB_CLIP, flava_source: str = HUB_FLAVA
+    directory: Path, clip_source: str | None = None, flava_source: str | None = None
 ) -> Workspace:
     """Create the workspace files; refuses to overwrite an existing kb.toml or rules/."""
     directory = directory.expanduser().resolve()

@@ -2,7 +2,9 @@
 
 Backends: CLIP, FLAVA and `dual`, transformers' VisionTextDualEncoderModel (any vision encoder,
 any text encoder, two projections), which also loads VLKB's own trained checkpoint: its text
-tower is not in the checkpoint but a pinned, hash-checked package (engine/encoders/text_tower.py).
+tower is not in the checkpoint but a pinned, hash-checked package (engine/encoders/text_tower.py);
+and `cnn`, an ImageNet-pretrained CNN that embeds images only (engine/encoders/cnn.py), whose
+folder `kb models install` writes (engine/encoders/cnn_install.py, spelled `vlkb:NAME`).
 
 Every model is loaded by the real transformers code (`from_pretrained`) from a local directory:
 either the workspace's own folder or the Hugging Face cache snapshot of a hub id. The
@@ -36,17 +38,18 @@ from transformers import (
 )
 from transformers.utils import logging as transformers_logging
 
-from engine.encoders import text_tower
+from engine.encoders import model_store, text_tower
 from engine.scoring import l2_normalize
 from kb.config import ModelSpec
 from kb.errors import ModelLoadError
 
-BACKENDS: tuple[str, ...] = ("clip", "flava", "dual")
+BACKENDS: tuple[str, ...] = ("clip", "flava", "dual", "cnn")
 # config.json's model_type of each backend's checkpoints
 MODEL_TYPES: dict[str, str] = {
     "clip": "clip",
     "flava": "flava",
     "dual": "vision-text-dual-encoder",
+    "cnn": "vlkb-cnn",
 }
 
 # Files that never change what the PyTorch model computes: docs and other frameworks' weights.
@@ -257,9 +260,18 @@ _ENCODERS: dict[str, type[Encoder]] = {
 }
 
 
+def _encoder_class(backend: str) -> type[Encoder] | None:
+    """The class of a backend; cnn's module imports this one's Encoder, so it comes late."""
+    if backend == "cnn":
+        from engine.encoders.cnn import CnnEncoder
+
+        return CnnEncoder
+    return _ENCODERS.get(backend)
+
+
 def load_encoder(spec: ModelSpec) -> Encoder:
     """Load spec's model from its local directory or cached snapshot; ModelLoadError otherwise."""
-    encoder_class = _ENCODERS.get(spec.backend)
+    encoder_class = _encoder_class(spec.backend)
     if encoder_class is None:
         raise _load_error(spec, *_unknown_backend(spec))
     try:
@@ -279,7 +291,14 @@ def load_encoder(spec: ModelSpec) -> Encoder:
 
 
 def resolve_model_dir(source: str) -> Path:
-    """A local directory as is; a hub id as its Hugging Face cache snapshot (no network)."""
+    """A local directory as is; `vlkb:NAME` as the installed model NAME; a hub id as its
+    Hugging Face cache snapshot (no network)."""
+    installed = model_store.installed_name(source)
+    if installed is not None:
+        folder = model_store.installed_dir(installed)
+        if not folder.is_dir():
+            raise ModelLoadError(f"{source} is not installed (no {folder})")
+        return folder.resolve()
     path = Path(source).expanduser()
     if path.is_dir():
         return path.resolve()
@@ -305,6 +324,8 @@ def _local_or_downloaded(source: str) -> Path:
         return resolve_model_dir(source)
     except ModelLoadError:
         if _hub_offline() or _looks_like_path(source) or Path(source).expanduser().exists():
+            raise
+        if model_store.installed_name(source) is not None:
             raise
     try:
         snapshot = Path(huggingface_hub.snapshot_download(source, allow_patterns=_DOWNLOADS))
@@ -353,7 +374,7 @@ def offline_status(spec: ModelSpec) -> tuple[bool, str]:
 
     Only looks at files: it neither loads the model nor touches the network.
     """
-    if spec.backend not in _ENCODERS:
+    if spec.backend not in BACKENDS:
         return False, "; ".join(_unknown_backend(spec))
     try:
         model_dir = resolve_model_dir(spec.source)
@@ -369,7 +390,11 @@ def offline_status(spec: ModelSpec) -> tuple[bool, str]:
             text_tower.text_tower_dir(tower)
     except ModelLoadError as exc:
         return False, str(exc)
-    lacking = _missing_files(model_dir, tokenizer=tower is None)
+    if spec.backend == "cnn":
+        lacking = [name for name in ("config.json", "model.safetensors")
+                   if not (model_dir / name).is_file()]
+    else:
+        lacking = _missing_files(model_dir, tokenizer=tower is None)
     if lacking:
         return False, f"{model_dir} has no {', no '.join(lacking)}; {_how_to_provide(spec.source)}"
     return True, str(model_dir)
@@ -419,6 +444,9 @@ def _load_error(spec: ModelSpec, reason: str, how: str | None = None) -> ModelLo
 
 
 def _how_to_provide(source: str) -> str:
+    installed = model_store.installed_name(source)
+    if installed is not None:
+        return f"to provide it, run `kb models install {installed}` (or `make install`)"
     local = (
         "set `source` in kb.toml to a local directory with config.json, weights, tokenizer and "
         "preprocessor files (as save_pretrained writes them)"

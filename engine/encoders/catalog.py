@@ -52,3 +52,20 @@ def model_statuses(workspace: Workspace) -> list[ModelStatus]:
             )
         )
     return statuses
+
+
+def unbound_role_notes(unbound: list[str]) -> list[str]:
+    """What an unbound role costs and how to bind it, one line per role."""
+    notes = {
+        "text": (
+            "role 'text' is unbound, so text-prompt evidence is not assessed: prompts need a "
+            "vision-language model such as CLIP, loaded from a local folder or the Hugging Face "
+            'cache; to add it, make one load offline and set [roles] text = "clip" in kb.toml'
+        ),
+        "image": (
+            "role 'image' is unbound, so reference images are not used; to add them, run "
+            '`kb models install efficientnet-lite0` and set [roles] image = "NAME" of a '
+            '[models.NAME] with backend = "cnn" and source = "vlkb:efficientnet-lite0"'
+        ),
+    }
+    return [notes.get(role, f"role {role!r} is unbound") for role in unbound]
