@@ -71,12 +71,17 @@ def _lite0_state(data: bytes) -> StateDict:
     return {name: tensor.contiguous() for name, tensor in state.items()}
 
 
+try:  # numpy 2 moved its core; pickles written by numpy 1 name the old module
+    from numpy._core.multiarray import _reconstruct
+except ImportError:  # numpy 1.26
+    from numpy.core.multiarray import _reconstruct
+
 # The only callables a weight pickle may name: numpy's own array reconstruction.
 _NUMPY_GLOBALS: dict[tuple[str, str], object] = {
     ("numpy", "ndarray"): np.ndarray,
     ("numpy", "dtype"): np.dtype,
-    ("numpy.core.multiarray", "_reconstruct"): np._core.multiarray._reconstruct,
-    ("numpy._core.multiarray", "_reconstruct"): np._core.multiarray._reconstruct,
+    ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
 }
 
 
