@@ -49,9 +49,8 @@ from kb.rulesets import software_version
 from kb.statistics import latest_calibration
 from kb.store import KnowledgeBase
 from kb.tables import RulesetVersion, utcnow
-from kb.vocabulary import FUSIONS
+from kb.vocabulary import FUSIONS, NORMALIZATIONS
 
-NORMALIZATIONS = ("batch", "calibrated")
 # Where a qualification's operator name came from: recorded beside it, so an auditor can tell
 # a person who named themselves from the account a process happened to run as.
 OPERATOR_SOURCES = ("cli-option", "request", "signed-in", "os-user")

@@ -45,6 +45,9 @@ def strictest(verdicts: Iterable[str]) -> str:
     return min(judged, key=STRICTEST_FIRST.index)
 
 
+NORMALIZATIONS: tuple[str, ...] = ("batch", "calibrated")
+"""Where z-score statistics come from: the run's own images, or references and calibrations."""
+
 FUSIONS: tuple[str, ...] = ("zsum", "weighted")
 """How per-role z-scores become one score: their sum (the article) or their weighted mean."""
 

@@ -168,3 +168,18 @@ def test_kb_tree_wraps_long_prompts_at_word_breaks_and_never_cuts_them():
     longest = max(prompts["positive"] + prompts["negative"], key=len)
     assert len(longest) > 80  # wider than the console: it must wrap
     assert longest in flowing
+
+
+def test_kb_version_and_a_workspace_given_before_the_command(tmp_path):
+    from cli.app import after_the_command
+
+    assert after_the_command(["-w", "ws", "qualify", "a.png"]) == ["qualify", "-w", "ws", "a.png"]
+    assert after_the_command(["-w", "ws", "audit", "head"]) == ["audit", "head", "-w", "ws"]
+    assert after_the_command(["qualify", "-w", "ws"]) == ["qualify", "-w", "ws"]
+    run = [sys.executable, "-c", "from cli.app import main; main()"]
+    done = subprocess.run([*run, "--version"], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0 and done.stdout.startswith("kb (VLKB) ")
+    done = subprocess.run([*run, "-w", str(REPO), "tree", "--json"], capture_output=True,
+                          text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["root"]
