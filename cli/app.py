@@ -178,10 +178,13 @@ def add_assessment(
     name: Annotated[str, typer.Option(help="Short name.", metavar="TEXT")],
     criterion: Annotated[str, typer.Option(help="The acceptance criterion in the expert's words.",
         metavar="TEXT")],
-    positive: Annotated[list[str], typer.Option(help="A prompt describing an acceptable part.",
-        metavar="TEXT")],
-    negative: Annotated[list[str], typer.Option(help="A prompt describing a rejectable part.",
-        metavar="TEXT")],
+    positive: Annotated[list[str] | None, typer.Option(
+        help="A prompt describing an acceptable part (repeatable).", metavar="TEXT")] = None,
+    negative: Annotated[list[str] | None, typer.Option(
+        help="A prompt describing a rejectable part (repeatable).", metavar="TEXT")] = None,
+    measurement: Annotated[list[str] | None, typer.Option(
+        help='A limit on a measured quantity (repeatable): "porosity_fraction <= 0.02 +- 0.002".',
+        metavar="RULE")] = None,
     parent: Annotated[str | None, typer.Option(help="Parent gate (default: the root).",
         metavar="TEXT")] = None,
     threshold: Annotated[
@@ -200,12 +203,15 @@ def add_assessment(
     """Write rules/assessments/KEY.toml and sync.
 
     Example: kb add-assessment EA-7 --name Porosity --criterion "At most 2 % pores"
-    --positive "dense bead" --negative "porous bead" -w my-ws
+    --positive "dense bead" --negative "porous bead" --measurement "porosity_fraction <= 0.02"
     """
+    from engine.metrology.quantities import QUANTITIES
     from engine.session import VLKB
     from engine.sync import sync_or_undo
-    from kb.editing import assessment_text, write_assessment
+    from kb.editing import assessment_text, parse_measurement, write_assessment
     from kb.rules import compile_rules
+
+    rules = [parse_measurement(text, QUANTITIES) for text in measurement or []]
 
     with VLKB.open(workspace) as vlkb:
         ws = vlkb.workspace
@@ -215,10 +221,11 @@ def add_assessment(
             name,
             criterion,
             parent,
-            positive,
-            negative,
+            positive or [],
+            negative or [],
             threshold=threshold,
             review_margin=review_margin,
+            measurements=rules,
         )
         path = write_assessment(ws, key, text)
         _print_sync(sync_or_undo(vlkb, [path]), json_output)
