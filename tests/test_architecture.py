@@ -59,6 +59,8 @@ WORD_LISTS = {
     "verdicts": {"accept", "reject", "review", "not_assessed"},
     "fusions": {"zsum", "weighted"},
     "comparisons": {"<=", "<", ">=", ">"},
+    "combinations": {"strictest", "measurement-led"},
+    "deciders": {"measurement", "vision-language", "disagreement"},
 }
 
 
