@@ -207,6 +207,15 @@ def operator_source(source: Any) -> str:
     return OPERATOR_SOURCES.get(str(source), str(source))
 
 
+DECIDED_BY = {
+    "measurement": "the measurement rules",
+    "vision-language": "the vision-language evidence",
+    "strictest": "the strictest of the vision-language evidence and the measurements",
+    "disagreement": "review: confident, applicable vision-language evidence contradicts "
+    "the measurements",
+}
+
+
 def decision_rule(node: Any) -> list[str]:
     """An assessment's stored decision rule as phrases; empty for a record from before."""
     rule = node.get("decision_rule")
@@ -233,7 +242,19 @@ def decision_rule(node: Any) -> list[str]:
         phrases.append(f"measurement rule: {text}")
     combined = rule.get("combined")
     used = f" of {', '.join(combined)}" if combined else ""
-    phrases.append(f"evidence combined: {rule.get('combination', 'strictest')}{used}")
+    mode = rule.get("combination", "strictest")
+    how_combined = f"evidence combined: {mode}{used}"
+    if mode == "measurement-led" and not is_missing(rule.get("confidence_margin")):
+        how_combined += (
+            f" (vision-language evidence overrules the measurements to review only when"
+            f" |score - threshold| >= {float(rule['confidence_margin']):g} and applicable)"
+        )
+    phrases.append(how_combined)
+    decided = rule.get("decided_by")
+    if not is_missing(decided):
+        phrases.append(f"decided by: {DECIDED_BY.get(str(decided), str(decided))}")
+    if rule.get("advisory"):
+        phrases.append("vision-language evidence disagreed: advisory only")
     for p in rule.get("preconditions") or []:
         phrases.append(f"judged only if {p.get('node')} is {' or '.join(p.get('verdicts', []))}")
     return phrases

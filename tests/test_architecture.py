@@ -60,6 +60,8 @@ WORD_LISTS = {
     "fusions": {"zsum", "weighted"},
     "normalizations": {"batch", "calibrated"},
     "comparisons": {"<=", "<", ">=", ">"},
+    "combinations": {"strictest", "measurement-led"},
+    "deciders": {"measurement", "vision-language", "disagreement"},
 }
 
 
