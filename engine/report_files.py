@@ -19,6 +19,7 @@ from sqlmodel import Session
 import reports
 from engine.history import feedback_by_qualification, stored_document
 from engine.session import VLKB
+from kb.audit import QUALIFICATION, entry_of
 from kb.config import Workspace
 from kb.errors import DatabaseError, VLKBError
 from kb.image_store import stored_image
@@ -84,7 +85,10 @@ def render_stored(session: Session, qualification_id: int) -> tuple[dict[str, An
     """The stored document of one qualification and its report HTML."""
     document = stored_document(session, qualification_id)
     feedback = feedback_by_qualification(session, [qualification_id])[qualification_id]
-    return document, render_qualification(document, report_images(session, document), feedback)
+    entry = entry_of(session, QUALIFICATION, qualification_id)
+    chain = {"hash": entry.record_hash, "seq": entry.seq} if entry is not None else None
+    html = render_qualification(document, report_images(session, document), feedback, chain)
+    return document, html
 
 
 def render_stored_report(vlkb: VLKB, qualification_id: int) -> str:

@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from engine.metrology.names import quantity_name
+
 
 @dataclass(frozen=True)
 class ItemSimilarity:
@@ -126,6 +128,7 @@ class MeasurementEvidence:
         return {
             "role": "measurement",
             "quantity": self.quantity,
+            "name": quantity_name(self.quantity),
             "value": self.value,
             "op": self.op,
             "limit": self.limit,

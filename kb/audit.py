@@ -273,11 +273,16 @@ def describe(kind: str, record: Any) -> str:
     return f"{kind} {record.id}"
 
 
+def entry_of(session: Session, kind: str, record_id: int | None) -> AuditEntry | None:
+    """The chain entry of one record (its hash and position), if it has one."""
+    return session.exec(
+        select(AuditEntry).where(AuditEntry.kind == kind, AuditEntry.record_id == record_id)
+    ).first()
+
+
 def check_recorded(session: Session, kind: str, record: Any) -> None:
     """Refuse to use a record whose content no longer matches its audit-chain entry."""
-    entry = session.exec(
-        select(AuditEntry).where(AuditEntry.kind == kind, AuditEntry.record_id == record.id)
-    ).first()
+    entry = entry_of(session, kind, record.id)
     name = describe(kind, record)
     if entry is None:
         raise DatabaseError(

@@ -95,6 +95,17 @@ def quantity(value: Any, unit: Any) -> str:
     return f"{number:.4g} {unit_label(name)}".rstrip()
 
 
+def headline_quantity(value: Any, unit: Any) -> str:
+    """A value as a sentence quotes it: fractions as % only, 3 significant digits."""
+    if is_missing(value):
+        return MISSING
+    if str(unit) in _FRACTION_UNITS:
+        return f"{float(value) * 100:.3g} %"
+    if str(unit) in ("count", "ratio"):
+        return f"{float(value):.3g}" if str(unit) == "ratio" else f"{float(value):.0f}"
+    return f"{float(value):.3g} {unit_label(unit)}".rstrip()
+
+
 def op_symbol(op: Any) -> str:
     """The comparison as a mathematical sign."""
     if is_missing(op):
