@@ -28,11 +28,10 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cli.web.responses import DOCS_PATHS, error_response, is_api, render
-from cli.web.uploads import human_bytes
+from cli.web.uploads import MB, human_bytes
 from kb.audit import is_blank
 from kb.errors import VLKBError
 
-MB = 1_000_000
 MAX_BODY_BYTES = 1 * MB  # any request but an upload: a feedback form, a login
 MIN_TOKEN_LENGTH = 16
 MIN_TOKEN_DISTINCT = 8  # a long token of few symbols (abab..., 1234512345...) is guessable

@@ -13,13 +13,12 @@ from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request
 
-from cli.web.uploads import MAX_FIELD_BYTES
+from cli.web.uploads import MAX_FIELD_BYTES, MB
 from engine.encoders.catalog import ModelStatus, model_statuses
 from engine.encoders.roles import ModelSet
 from engine.session import VLKB
 from kb.config import ROLES, Workspace
 
-MB = 1_000_000
 DEFAULT_MAX_FILE_BYTES = 50 * MB
 DEFAULT_MAX_FILES = 64
 DEFAULT_SESSION_HOURS = 12.0
