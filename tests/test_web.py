@@ -25,7 +25,7 @@ from typer.testing import CliRunner
 
 from cli.app import app as kb_app
 from cli.web import create_app, is_loopback, serve
-from cli.web_uploads import clean_name
+from cli.web.uploads import clean_name
 from engine.history import verify_audit_log
 from engine.session import VLKB
 from engine.sync import sync_workspace
