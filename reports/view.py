@@ -211,15 +211,15 @@ def qualification_view(
 
 
 FAILED = {"<=": "exceeds", "<": "is not below", ">=": "is below", ">": "is not above"}
-REASON_ORDER = ("reject", "review", "not_assessed")
+RANK = {"reject": 0, "review": 1, "not_assessed": 2}  # which reasons a reader needs first
 
 
 def reasons(sections: Sequence[AssessmentSection]) -> list[str]:
     """One phrase per assessment that did not accept, strictest first, saying what failed:
     "EA-4 Porosity: porosity 4.8 % exceeds 2 %; largest pore diameter 232 µm exceeds 150 µm"."""
     ranked = sorted(
-        (s for s in sections if s.node.get("verdict") in REASON_ORDER),
-        key=lambda s: REASON_ORDER.index(str(s.node.get("verdict"))),
+        (s for s in sections if s.node.get("verdict") in RANK),
+        key=lambda s: RANK[str(s.node.get("verdict"))],
     )
     return [f"{s.node.get('key')} {s.node.get('name') or ''}: {_why(s)}".replace(" :", ":")
             for s in ranked]
@@ -233,7 +233,7 @@ def _why(section: AssessmentSection) -> str:
     parts = [_measurement_phrase(m) for m in section.measurements
              if m.get("verdict") == verdict]
     decided = node.get("decided_by")
-    if (not parts or decided in ("vision-language", "strictest", "disagreement")) and (
+    if (not parts or decided != "measurement") and (
         _finite(node.get("score")) and _finite(node.get("threshold"))
     ):
         score, threshold = float(node["score"]), float(node["threshold"])
