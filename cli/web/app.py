@@ -76,6 +76,7 @@ def create_app(
         summary="Qualify micrographs against expert criteria; the JSON API mirrors `kb`.",
         version="1",
         lifespan=lifespan,
+        docs_url=None,  # served by pages.py from the installed Swagger UI: no CDN, works offline
         redoc_url=None,
     )
     attach(app, state)

@@ -9,12 +9,14 @@ document: that describes the API only.
 from __future__ import annotations
 
 import hmac
+import importlib.resources
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, Query, Request
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from cli.web.guard import MAX_NAME_LENGTH, SESSION_COOKIE, session_value, signed_in
@@ -35,6 +37,10 @@ STATIC = Path(__file__).resolve().parent / "static"
 # Files the pages load from the app itself (so the policy needs no inline script). A request
 # names one of these keys; no path is ever built from it.
 STATIC_FILES = {"qualify.js": ("qualify.js", "text/javascript; charset=utf-8")}
+# Swagger UI 5 (it reads OpenAPI 3.1, which FastAPI writes), as fastapi-offline ships it.
+SWAGGER_DIR = importlib.resources.files("fastapi_offline") / "static"
+SWAGGER_FILES = {"swagger-ui-bundle.js": "text/javascript; charset=utf-8",
+                 "swagger-ui.css": "text/css; charset=utf-8"}
 ICON = (  # browsers ask for /favicon.ico on every page; a small inline drawing answers
     '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16">'
     '<rect width="16" height="16" rx="3" fill="#24466e"/>'
@@ -186,6 +192,27 @@ def static_file(name: str) -> Response:
         raise NotFoundError(f"no static file {name!r}")
     file_name, media_type = known
     return Response((STATIC / file_name).read_bytes(), media_type=media_type)
+
+
+@router.get("/docs")
+def api_docs() -> HTMLResponse:
+    """Swagger UI for the JSON API, with its assets from this app (it works offline)."""
+    return get_swagger_ui_html(
+        openapi_url="/openapi.json",
+        title="VLKB API",
+        swagger_js_url="/static/swagger/swagger-ui-bundle.js",
+        swagger_css_url="/static/swagger/swagger-ui.css",
+        swagger_favicon_url="/favicon.ico",
+    )
+
+
+@router.get("/static/swagger/{name}")
+def swagger_asset(name: str) -> Response:
+    """The two Swagger UI files /docs loads, from the pinned fastapi-offline package."""
+    media_type = SWAGGER_FILES.get(name)
+    if media_type is None:
+        raise NotFoundError(f"no static file {name!r}")
+    return Response((SWAGGER_DIR / name).read_bytes(), media_type=media_type)
 
 
 @router.get("/login")

@@ -23,7 +23,9 @@ from kb.errors import (
 )
 from reports.render import environment
 
-DOCS_PATHS = ("/docs", "/openapi.json")  # Swagger UI loads its script from a CDN: no CSP there
+# Swagger UI's page starts itself with an inline script, so it gets no page policy; its script
+# and style come from this app (pages.py), never from elsewhere.
+DOCS_PATHS = ("/docs", "/openapi.json")
 ERROR_STATUS: tuple[tuple[type[VLKBError], int], ...] = (
     (NotFoundError, 404),
     (ImageError, 422),
