@@ -49,7 +49,8 @@ async def qualify_request(
         shutil.rmtree(folder, ignore_errors=True)
     failures = upload_failures(uploads, outcome.failures if outcome else [])
     document: dict[str, Any] = {
-        "qualifications": [r.to_dict() for r in outcome.results] if outcome else [],
+        "qualifications": [{**r.to_dict(), "links": links(r.id)} for r in outcome.results]
+        if outcome else [],
         "failures": failures,
         "skipped": outcome.skipped if outcome else [],
     }
@@ -63,6 +64,14 @@ async def qualify_request(
     database = outcome is not None and any(f.cause == "database" for f in outcome.failures)
     status = 503 if database else 415 if unsupported else 422
     return status, {"error": f"nothing stored: {first}", **document}
+
+
+def links(qualification_id: int | None) -> dict[str, str] | None:
+    """Where a stored qualification can be read back: its page, its report, its JSON."""
+    if qualification_id is None:
+        return None
+    page = f"/qualifications/{qualification_id}"
+    return {"page": page, "report": f"{page}/report", "json": f"/api{page}"}
 
 
 def qualify_locked(state: WebState, uploads: list[Upload], options: QualifyOptions) -> Any:
