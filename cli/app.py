@@ -697,14 +697,21 @@ def _workspace_or_none(workspace: Path | None) -> Workspace | None:
 
 @app.command()
 @reports_errors
-def models(workspace: WorkspaceOption = None, json_output: JsonOption = False) -> None:
+def models(
+    verify: Annotated[
+        bool, typer.Option("--verify", help="Rehash every weight file (slow) instead of "
+                           "trusting the fingerprint kept beside the model.")
+    ] = False,
+    workspace: WorkspaceOption = None,
+    json_output: JsonOption = False,
+) -> None:
     """Configured models, where their weights come from and whether they load offline.
 
-    Example: kb models -w my-ws
+    Example: kb models --verify -w my-ws
     """
     from engine.encoders.catalog import model_statuses
 
-    statuses = model_statuses(Workspace.open(workspace))
+    statuses = model_statuses(Workspace.open(workspace), verify)
     if json_output:
         print_json({"models": [s.to_dict() for s in statuses]})
         return

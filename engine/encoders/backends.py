@@ -13,7 +13,6 @@ model that cannot be loaded is a ModelLoadError saying how to provide it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from abc import ABC, abstractmethod
@@ -37,6 +36,7 @@ from transformers import (
 from transformers.utils import logging as transformers_logging
 
 from engine.encoders import text_tower
+from engine.encoders.fingerprint import model_fingerprint
 from engine.scoring import l2_normalize
 from kb.config import ModelSpec
 from kb.errors import ModelLoadError
@@ -49,8 +49,6 @@ MODEL_TYPES: dict[str, str] = {
     "dual": "vision-text-dual-encoder",
 }
 
-# Files that never change what the PyTorch model computes: docs and other frameworks' weights.
-_IGNORED_SUFFIXES = (".md", ".h5", ".msgpack", ".onnx", ".ot", ".tflite", ".gguf")
 _WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin")
 # What from_pretrained reads; not the other frameworks' weights nor the duplicate pickled ones.
 _DOWNLOADS = ["*.json", "*.txt", "*.model", "*.safetensors"]
@@ -357,28 +355,6 @@ def _hub_offline() -> bool:
     return hub_constants.is_offline_mode() or any(
         flag.strip().upper() in {"1", "ON", "YES", "TRUE"} for flag in flags
     )
-
-
-def model_fingerprint(model_dir: Path) -> str:
-    """sha256 over (relative name, content hash) of every file that shapes the embeddings.
-
-    Symlinks are followed (cache snapshots link to blobs); docs, dotfiles, dot-folders and
-    other frameworks' weights are skipped, so the same files anywhere give the same fingerprint.
-    """
-    root = Path(model_dir)
-    files = []
-    for path in root.rglob("*"):
-        relative = path.relative_to(root)
-        if any(part.startswith(".") for part in relative.parts):
-            continue
-        if path.is_file() and not path.name.lower().endswith(_IGNORED_SUFFIXES):
-            files.append((relative.as_posix(), path))
-    digest = hashlib.sha256()
-    for name, path in sorted(files):
-        with path.open("rb") as handle:
-            content = hashlib.file_digest(handle, "sha256").hexdigest()
-        digest.update(f"{name}\0{content}\n".encode())
-    return digest.hexdigest()
 
 
 def offline_status(spec: ModelSpec) -> tuple[bool, str]:
