@@ -8,8 +8,10 @@ import csv
 import json
 import multiprocessing
 import shutil
+import threading
 from pathlib import Path
 
+import psycopg
 import pytest
 import sqlalchemy
 from fastapi.testclient import TestClient
@@ -20,6 +22,7 @@ from engine.history import verify_audit_log
 from engine.session import VLKB
 from kb.audit import (
     CALIBRATION,
+    CHAIN_LOCK,
     MODELS,
     NORMALIZATION,
     ChainReport,
@@ -27,7 +30,8 @@ from kb.audit import (
     verify_chain,
 )
 from kb.config import Workspace
-from kb.db import APPEND_ONLY_TABLES, driver_url
+from kb.db import APPEND_ONLY_TABLES, BEGIN_ATTEMPTS, driver_url
+from kb.errors import DatabaseError
 from kb.tables import Calibration, NormalizationStat
 from tests import chain_writers
 from tests.cli_runner import kb
@@ -235,6 +239,50 @@ def test_three_writer_processes_extend_one_intact_chain(database_url):
     assert report.checked == 1 + 2 * each * len(names)
     operators = raw(database_url, "SELECT operator FROM qualification ORDER BY id")
     assert {o for (o,) in operators} == {f"{n}-{i}" for n in names for i in range(each)}
+
+
+def holding_the_chain_lock(url: str) -> psycopg.Connection:
+    """Another client of the server holding the audit chain's advisory lock."""
+    holder = psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://"),
+                             autocommit=True)
+    holder.execute("SELECT pg_advisory_lock(%s)", (CHAIN_LOCK,))
+    return holder
+
+
+def test_a_writer_kept_waiting_for_the_chain_stores_nothing_and_says_why(postgres: Server):
+    url = postgres.new_database()
+    chain_writers.seed(url)
+    holder = holding_the_chain_lock(url)
+    store = chain_writers.open_kb(url, timeout=0.2)
+    try:
+        with pytest.raises(DatabaseError) as caught:
+            chain_writers.add_qualification(store, "late")
+    finally:
+        store.close()
+        holder.close()
+    message = str(caught.value)
+    assert "lock timeout" in message and "run it again" in message
+    assert len(message.splitlines()) == 1
+    assert raw(url, "SELECT count(*) FROM qualification") == [(0,)]
+    assert chain_report(url).ok
+
+
+def test_a_writer_takes_the_chain_lock_again_after_a_timeout(postgres: Server):
+    url = postgres.new_database()
+    chain_writers.seed(url)
+    holder = holding_the_chain_lock(url)
+    timeout_s = 0.5
+    assert BEGIN_ATTEMPTS >= 3  # released during the second or third attempt, not the first
+    release = threading.Timer(2 * timeout_s, holder.close)
+    release.start()
+    store = chain_writers.open_kb(url, timeout=timeout_s)
+    try:
+        chain_writers.add_qualification(store, "patient")
+    finally:
+        store.close()
+        release.join()
+    assert raw(url, "SELECT operator FROM qualification") == [("patient",)]
+    assert chain_report(url).ok
 
 
 def test_processes_opening_a_new_database_at_once_create_it_once(database_url):
