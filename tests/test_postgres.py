@@ -11,6 +11,7 @@ import shutil
 import threading
 from pathlib import Path
 
+import numpy as np
 import psycopg
 import pytest
 import sqlalchemy
@@ -31,6 +32,7 @@ from kb.audit import (
 )
 from kb.config import Workspace
 from kb.db import APPEND_ONLY_TABLES, BEGIN_ATTEMPTS, driver_url
+from kb.embeddings import cached_embeddings, store_embeddings
 from kb.errors import DatabaseError
 from kb.tables import Calibration, NormalizationStat
 from tests import chain_writers
@@ -365,3 +367,36 @@ def test_migrate_copies_nothing_from_a_broken_chain(sqlite_workspace: Path, post
     assert "does not verify before copying" in err and "qualification 1" in err
     assert raw(target, "SELECT count(*) FROM qualification") == [(0,)]
     assert raw(target, "SELECT count(*) FROM audit_chain") == [(0,)]
+
+
+def test_migrate_keeps_a_keyed_chain_keyed(
+    tmp_path: Path, postgres: Server, monkeypatch: pytest.MonkeyPatch
+):
+    source = tmp_path / "source"
+    example_copy(source)
+    monkeypatch.setenv("KB_AUDIT_KEY", "the auditor keeps this secret")
+    code, out, err = kb("qualify", *micrographs()[:2], "--json", "-w", source)
+    assert code == 0, err
+    target = postgres.new_database()
+    assert kb("migrate", "--to", target, "-w", source)[0] == 0
+    moved = tmp_path / "moved"
+    shutil.copytree(source, moved)
+    use_database(moved, target)
+    assert verified(moved)["macs"]["checked"] == 2
+    monkeypatch.setenv("KB_AUDIT_KEY", "not the auditor's key at all")
+    code, _, err = kb("audit", "verify", "-w", moved)
+    assert code == 1 and "MAC" in err
+
+
+def test_embedding_cache_round_trip_is_exact_float32(database_url):
+    store = chain_writers.open_kb(database_url)
+    vector = np.random.default_rng(0).normal(size=16).astype(np.float32)
+    try:
+        with store.transaction() as s:
+            store_embeddings(s, "fp", "image", {"s1": vector})
+            store_embeddings(s, "fp", "image", {"s1": vector})  # the second store is a no-op
+        with store.reading() as s:
+            found = cached_embeddings(s, "fp", "image", ["s1", "s2"])
+    finally:
+        store.close()
+    assert list(found) == ["s1"] and np.array_equal(found["s1"], vector)
