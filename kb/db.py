@@ -97,6 +97,15 @@ def writer(engine: Engine) -> Engine:
     return engine.execution_options(**{IMMEDIATE: True})
 
 
+def reader(engine: Engine) -> Engine:
+    """The engine for reading transactions: on PostgreSQL REPEATABLE READ, so a reader (say
+    `kb audit verify` beside running writers) sees one snapshot from its first statement to
+    its last, as an SQLite read transaction does; a read-only transaction never fails there."""
+    if is_postgres(engine):
+        return engine.execution_options(isolation_level="REPEATABLE READ")
+    return engine
+
+
 def is_postgres(engine: Engine) -> bool:
     return engine.dialect.name == "postgresql"
 

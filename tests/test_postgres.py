@@ -231,9 +231,19 @@ def test_three_writer_processes_extend_one_intact_chain(database_url):
     ]
     for worker in workers:
         worker.start()
+    # An auditor verifying while they write sees one consistent chain each time.
+    store = chain_writers.open_kb(database_url)
+    during = []
+    try:
+        while any(w.is_alive() for w in workers):
+            with store.reading() as session:
+                during.append(verify_chain(session))
+    finally:
+        store.close()
     for worker in workers:
         worker.join(timeout=300)
     assert [w.exitcode for w in workers] == [0] * len(names)
+    assert [r.problem for r in during if not r.ok] == []
     report = chain_report(database_url)
     assert report.ok, report.problem
     counts = dict(report.counts)
