@@ -1026,6 +1026,42 @@ def audit_head(workspace: WorkspaceOption = None, json_output: JsonOption = Fals
     )
 
 
+@app.command()
+@reports_errors
+def migrate(
+    to: Annotated[
+        str, typer.Option("--to", help="URL of the empty target knowledge base.", metavar="URL")
+    ],
+    workspace: WorkspaceOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Copy this workspace's knowledge base into an empty one (e.g. PostgreSQL), verifying
+    the audit chain before and after; all or nothing. Then point database.url at it.
+
+    Example: kb migrate --to postgresql+psycopg://vlkb@db-host:5432/vlkb -w my-ws
+    """
+    from kb.migrate import migrate as copy_into
+    from kb.store import KnowledgeBase
+
+    ws = Workspace.open(workspace)
+    source = KnowledgeBase.open(ws)
+    try:
+        done = copy_into(source, to, ws.config.busy_timeout_s)
+    finally:
+        source.close()
+    if json_output:
+        print_json({"source": done.source, "target": done.target, "rows": dict(done.rows),
+                    "records": done.records, "head": done.head})
+        return
+    rows = sum(count for _, count in done.rows)
+    out.print(
+        f"Migrated {rows} row(s) from {done.source} to {done.target}; audit chain of "
+        f"{done.records} record(s) verified on both, head {done.head[:16]}. "
+        f'Point [database] url in kb.toml at it to use it.',
+        markup=False,
+    )
+
+
 # --- web interface -------------------------------------------------------------------------
 
 

@@ -18,7 +18,8 @@ def config_text(clip_source: str = HUB_CLIP, flava_source: str = HUB_FLAVA) -> s
     return f"""# VLKB workspace configuration.
 
 [database]
-# Any SQLAlchemy URL; a relative SQLite path is relative to this folder.
+# SQLite (sqlite:///FILE, relative to this folder) or a shared PostgreSQL database
+# (postgresql+psycopg://USER@HOST:PORT/DB; kb migrate --to URL copies this one there).
 url = "sqlite:///kb.sqlite"
 
 [metrology]
