@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -16,7 +17,7 @@ from rich.tree import Tree
 from cli.console import err, out, print_json, verdict_text
 from kb.config import Workspace
 from kb.errors import OptionError, VLKBError
-from kb.vocabulary import ExpertVerdict
+from kb.vocabulary import FUSIONS, NORMALIZATIONS, VERDICTS, ExpertVerdict
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -25,7 +26,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     rich_markup_mode=None,
-    help="VLKB: qualify additively manufactured micrographs against expert criteria.",
+    help="VLKB: qualify additively manufactured micrographs against expert criteria.\n\n"
+    "-w DIR (--workspace DIR) may also come before the command: kb -w my-ws qualify s.png",
 )
 audit_app = typer.Typer(no_args_is_help=True, help="Check the audit log.")
 app.add_typer(audit_app, name="audit")
@@ -36,6 +38,38 @@ models_app = typer.Typer(
 app.add_typer(models_app, name="models")
 
 
+def _print_version(wanted: bool) -> None:
+    if wanted:
+        from kb.rulesets import software_version
+
+        out.print(f"kb (VLKB) {software_version()}", markup=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def before_command(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                           help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Options that come before any command."""
+
+
+def after_the_command(args: list[str]) -> list[str]:
+    """`kb -w DIR COMMAND ...` as `kb COMMAND -w DIR ...`: the workspace is an option of each
+    command, so one given before the command moves behind the command's name(s)."""
+    if len(args) < 2 or args[0] not in ("-w", "--workspace"):
+        return args
+    option, rest = args[:2], args[2:]
+    group: Any = typer.main.get_command(app)
+    names = 0
+    while names < len(rest) and hasattr(group, "commands") and rest[names] in group.commands:
+        group = group.commands[rest[names]]
+        names += 1
+    return rest[:names] + option + rest[names:]
+
+
 WorkspaceOption = Annotated[
     Path | None,
     typer.Option(
@@ -43,13 +77,22 @@ WorkspaceOption = Annotated[
         "-w",
         envvar="KB_WORKSPACE",
         show_envvar=True,
-        help="Workspace folder (default: current directory).",
-    ),
+        help="Workspace folder (default: current directory).", metavar="PATH"),
 ]
+def choices(words: tuple[str, ...]) -> str:
+    """The words an option takes, as its help shows them; the engine checks the value."""
+    return "[" + "|".join(words) + "]"
+
+
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document only.")]
-NormalizeOption = Annotated[str, typer.Option(help="z-score statistics: batch or calibrated.")]
+NormalizeOption = Annotated[
+    str,
+    typer.Option(help="z-score statistics: from references and calibrations, or this batch.",
+                 metavar=choices(NORMALIZATIONS)),
+]
 PixelSizeOption = Annotated[
-    float | None, typer.Option("--um-per-px", help="Pixel size for this run (um per pixel).")
+    float | None, typer.Option("--um-per-px", help="Pixel size for this run (um per pixel).",
+        metavar="NUMBER")
 ]
 
 
@@ -76,22 +119,26 @@ def reports_errors(command: F) -> F:
 @app.command()
 @reports_errors
 def init(
-    directory: Annotated[Path, typer.Argument(help="Folder for the new workspace.")],
+    directory: Annotated[Path, typer.Argument(help="Folder for the new workspace.", metavar="DIR")],
     clip: Annotated[
         str | None,
-        typer.Option(help="Bind text prompts to CLIP from this source (hub id or dir)."),
+        typer.Option(help="Bind text prompts to CLIP from this source (hub id or dir).",
+                     metavar="TEXT"),
     ] = None,
     flava: Annotated[
         str | None,
         typer.Option(help="Bind reference images to FLAVA from this source instead of the "
-                     "generic image encoder."),
+                     "generic image encoder.", metavar="TEXT"),
     ] = None,
     example: Annotated[
-        str | None, typer.Option(help="Start from an example workspace: ni-wc-ded.")
+        str | None, typer.Option(help="Start from an example workspace: ni-wc-ded.", metavar="TEXT")
     ] = None,
     json_output: JsonOption = False,
 ) -> None:
-    """Create a workspace: kb.toml and rules/ with a root gate, or a copy of an example."""
+    """Create a workspace: kb.toml and rules/ with a root gate, or a copy of an example.
+
+    Example: kb init my-ws    (or: kb init my-ws --example ni-wc-ded)
+    """
     from kb.init import init_example, init_workspace
 
     if example is not None:
@@ -123,7 +170,10 @@ def _print_sync(result: Any, json_output: bool) -> None:
 @app.command()
 @reports_errors
 def sync(workspace: WorkspaceOption = None, json_output: JsonOption = False) -> None:
-    """Compile rules/ into a new ruleset version if it changed; embed prompts and references."""
+    """Compile rules/ into a new ruleset version if it changed; embed prompts and references.
+
+    Example: kb sync -w my-ws
+    """
     from engine.session import VLKB
     from engine.sync import sync_workspace
 
@@ -134,28 +184,44 @@ def sync(workspace: WorkspaceOption = None, json_output: JsonOption = False) -> 
 @app.command("add-assessment")
 @reports_errors
 def add_assessment(
-    key: Annotated[str, typer.Argument(help="Assessment key, e.g. EA-7.")],
-    name: Annotated[str, typer.Option(help="Short name.")],
-    criterion: Annotated[str, typer.Option(help="The acceptance criterion in the expert's words.")],
-    positive: Annotated[list[str], typer.Option(help="A prompt describing an acceptable part.")],
-    negative: Annotated[list[str], typer.Option(help="A prompt describing a rejectable part.")],
-    parent: Annotated[str | None, typer.Option(help="Parent gate (default: the root).")] = None,
+    key: Annotated[str, typer.Argument(help="Assessment key, e.g. EA-7.", metavar="KEY")],
+    name: Annotated[str, typer.Option(help="Short name.", metavar="TEXT")],
+    criterion: Annotated[str, typer.Option(help="The acceptance criterion in the expert's words.",
+        metavar="TEXT")],
+    positive: Annotated[list[str] | None, typer.Option(
+        help="A prompt describing an acceptable part (repeatable).", metavar="TEXT")] = None,
+    negative: Annotated[list[str] | None, typer.Option(
+        help="A prompt describing a rejectable part (repeatable).", metavar="TEXT")] = None,
+    measurement: Annotated[list[str] | None, typer.Option(
+        help='A limit on a measured quantity (repeatable): "porosity_fraction <= 0.02 +- 0.002".',
+        metavar="RULE")] = None,
+    parent: Annotated[str | None, typer.Option(help="Parent gate (default: the root).",
+        metavar="TEXT")] = None,
     threshold: Annotated[
         float | None,
-        typer.Option(help="Fused-score threshold (default: chosen from the references)."),
+        typer.Option(help="Fused-score threshold (default: chosen from the references).",
+            metavar="NUMBER"),
     ] = None,
     review_margin: Annotated[
         float | None,
-        typer.Option(help="Scores this close go to review (default: from the references)."),
+        typer.Option(help="Scores this close go to review (default: from the references).",
+            metavar="NUMBER"),
     ] = None,
     workspace: WorkspaceOption = None,
     json_output: JsonOption = False,
 ) -> None:
-    """Write rules/assessments/KEY.toml and sync."""
+    """Write rules/assessments/KEY.toml and sync.
+
+    Example: kb add-assessment EA-7 --name Porosity --criterion "At most 2 % pores"
+    --positive "dense bead" --negative "porous bead" --measurement "porosity_fraction <= 0.02"
+    """
+    from engine.metrology.quantities import QUANTITIES
     from engine.session import VLKB
     from engine.sync import sync_or_undo
-    from kb.editing import assessment_text, write_assessment
+    from kb.editing import assessment_text, parse_measurement, write_assessment
     from kb.rules import compile_rules
+
+    rules = [parse_measurement(text, QUANTITIES) for text in measurement or []]
 
     with VLKB.open(workspace) as vlkb:
         ws = vlkb.workspace
@@ -165,10 +231,11 @@ def add_assessment(
             name,
             criterion,
             parent,
-            positive,
-            negative,
+            positive or [],
+            negative or [],
             threshold=threshold,
             review_margin=review_margin,
+            measurements=rules,
         )
         path = write_assessment(ws, key, text)
         _print_sync(sync_or_undo(vlkb, [path]), json_output)
@@ -180,7 +247,7 @@ def add_assessment(
 )
 @reports_errors
 def add_reference(
-    key: Annotated[str, typer.Argument(help="Assessment key.")],
+    key: Annotated[str, typer.Argument(help="Assessment key.", metavar="KEY")],
     images: Annotated[
         list[str],
         typer.Argument(
@@ -192,7 +259,10 @@ def add_reference(
     json_output: JsonOption = False,
 ) -> None:
     """Copy reference images under rules/references/KEY/ and sync: one ruleset version for
-    both polarities (`--positive good/ --negative bad-1.png bad-2.png`)."""
+    both polarities.
+
+    Example: kb add-reference EA-5 --positive good/ --negative bad-1.png bad-2.png -w my-ws
+    """
     from engine.inputs import expand_inputs
     from engine.session import VLKB
     from engine.sync import sync_or_undo
@@ -242,7 +312,10 @@ def polarity_groups(tokens: list[str]) -> dict[str, list[str]]:
 @app.command()
 @reports_errors
 def tree(workspace: WorkspaceOption = None, json_output: JsonOption = False) -> None:
-    """Show the detection tree of the rules as they are now."""
+    """Show the detection tree of the rules as they are now.
+
+    Example: kb tree -w my-ws
+    """
     from engine.sync import compile_workspace
     from engine.tree import build_tree, tree_document
 
@@ -279,12 +352,13 @@ def tree(workspace: WorkspaceOption = None, json_output: JsonOption = False) -> 
 @reports_errors
 def qualify(
     images: Annotated[
-        list[str], typer.Argument(help="Micrographs, folders of them, or glob patterns.")
+        list[str], typer.Argument(help="Micrographs, folders of them, or glob patterns.",
+            metavar="IMAGE...")
     ],
     normalize: NormalizeOption = "calibrated",
     um_per_px: PixelSizeOption = None,
     operator: Annotated[
-        str | None, typer.Option(help="Who runs this (default: user name).")
+        str | None, typer.Option(help="Who runs this (default: user name).", metavar="TEXT")
     ] = None,
     report: Annotated[
         bool, typer.Option("--report", help="Write an HTML report per sample (and a run index).")
@@ -297,21 +371,27 @@ def qualify(
         ),
     ] = False,
     fusion: Annotated[
-        str | None, typer.Option(help="This run only: zsum or weighted (rules unchanged).")
+        str | None, typer.Option(help="This run only: how roles fuse (rules unchanged).",
+                                 metavar=choices(FUSIONS))
     ] = None,
     weight: Annotated[
-        list[str] | None, typer.Option(help="This run only: ROLE=WEIGHT, e.g. image=2.")
+        list[str] | None, typer.Option(help="This run only: ROLE=WEIGHT, e.g. image=2.",
+            metavar="TEXT")
     ] = None,
     threshold: Annotated[
-        float | None, typer.Option(help="This run only: fused-score threshold.")
+        float | None, typer.Option(help="This run only: fused-score threshold.", metavar="NUMBER")
     ] = None,
     review_margin: Annotated[
-        float | None, typer.Option("--review-margin", help="This run only: review band.")
+        float | None, typer.Option("--review-margin", help="This run only: review band.",
+            metavar="NUMBER")
     ] = None,
     workspace: WorkspaceOption = None,
     json_output: JsonOption = False,
 ) -> None:
-    """Judge micrographs against the current ruleset and store them in the audit log."""
+    """Judge micrographs against the current ruleset and store them in the audit log.
+
+    Example: kb qualify samples/ --report -w my-ws
+    """
     from cli.qualify_output import output_for, print_counts, print_errors
     from cli.streams import progress_bar
     from engine.inputs import expand_inputs
@@ -349,13 +429,17 @@ def qualify(
 @reports_errors
 def measure(
     images: Annotated[
-        list[str], typer.Argument(help="Phase maps, folders of them, or glob patterns.")
+        list[str], typer.Argument(help="Phase maps, folders of them, or glob patterns.",
+            metavar="IMAGE...")
     ],
     um_per_px: PixelSizeOption = None,
     workspace: WorkspaceOption = None,
     json_output: JsonOption = False,
 ) -> None:
-    """Metrology quantities (areas, heights, fractions, pores, carbides) of phase maps."""
+    """Metrology quantities (areas, heights, fractions, pores, carbides) of phase maps.
+
+    Example: kb measure examples/porous-bead.png --um-per-px 10
+    """
     from engine.inputs import expand_inputs
     from engine.metrology.measure import measure_paths
     from engine.metrology.quantities import QUANTITIES
@@ -395,16 +479,22 @@ def measure(
 @app.command()
 @reports_errors
 def synth(
-    outdir: Annotated[Path, typer.Argument(help="Folder for the images, truth.csv, labels.csv.")],
-    n: Annotated[int, typer.Option("--n", min=1, help="Number of micrographs.")] = 20,
-    seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same files.")] = 0,
-    um_per_px: Annotated[float, typer.Option("--um-per-px", help="Pixel size.")] = 10.0,
+    outdir: Annotated[Path, typer.Argument(help="Folder for the images, truth.csv, labels.csv.",
+        metavar="DIR")],
+    n: Annotated[int, typer.Option("--n", min=1, help="Number of micrographs.", metavar="N")] = 20,
+    seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same files.",
+        metavar="N")] = 0,
+    um_per_px: Annotated[float, typer.Option("--um-per-px", help="Pixel size.",
+        metavar="NUMBER")] = 10.0,
     noise: Annotated[
-        float, typer.Option(min=0, help="Gaussian noise, grey levels per channel.")
+        float, typer.Option(min=0, help="Gaussian noise, grey levels per channel.",
+            metavar="NUMBER")
     ] = 0.0,
-    blur: Annotated[float, typer.Option(min=0, help="Gaussian blur radius, pixels.")] = 0.0,
+    blur: Annotated[float, typer.Option(min=0, help="Gaussian blur radius, pixels.",
+        metavar="NUMBER")] = 0.0,
     jpeg: Annotated[
-        int | None, typer.Option(min=1, max=95, help="Write JPEG at this quality, not PNG.")
+        int | None, typer.Option(min=1, max=95, help="Write JPEG at this quality, not PNG.",
+            metavar="N")
     ] = None,
     workspace: WorkspaceOption = None,
     json_output: JsonOption = False,
@@ -444,9 +534,10 @@ def synth(
 @app.command()
 @reports_errors
 def evaluate(
-    directory: Annotated[Path, typer.Argument(help="Folder of labelled micrographs.")],
+    directory: Annotated[Path, typer.Argument(help="Folder of labelled micrographs.",
+        metavar="DIR")],
     labels: Annotated[
-        Path | None, typer.Option(help="CSV: image, one column per assessment.")
+        Path | None, typer.Option(help="CSV: image, one column per assessment.", metavar="PATH")
     ] = None,
     labels_from_folders: Annotated[
         str | None,
@@ -457,16 +548,21 @@ def evaluate(
         list[str] | None,
         typer.Option("--accept", metavar="CLASS", help="A class subfolder of good parts."),
     ] = None,
-    top_k: Annotated[int, typer.Option("--top-k", min=1, help="K of the top-k measure.")] = 5,
+    top_k: Annotated[int, typer.Option("--top-k", min=1, help="K of the top-k measure.",
+        metavar="N")] = 5,
     normalize: NormalizeOption = "calibrated",
     um_per_px: PixelSizeOption = None,
     out_dir: Annotated[
-        Path | None, typer.Option("--out", help="Folder for evaluation.html and plots.")
+        Path | None, typer.Option("--out", help="Folder for evaluation.html and plots.",
+            metavar="PATH")
     ] = None,
     workspace: WorkspaceOption = None,
     json_output: JsonOption = False,
 ) -> None:
-    """Qualify a labelled folder and measure agreement per assessment and kind of evidence."""
+    """Qualify a labelled folder and measure agreement per assessment and kind of evidence.
+
+    Example: kb evaluate data/ --labels-from-folders EA-5 --accept good -w my-ws
+    """
     from engine.evaluation.folder import ClassFolders, evaluate_folder
     from engine.qualify import QualifyOptions
     from engine.session import VLKB
@@ -500,14 +596,18 @@ def evaluate(
 @app.command()
 @reports_errors
 def calibrate(
-    directory: Annotated[Path, typer.Argument(help="Folder of calibration micrographs.")],
+    directory: Annotated[Path, typer.Argument(help="Folder of calibration micrographs.",
+        metavar="DIR")],
     labels: Annotated[
-        Path | None, typer.Option(help="Expert labels: also choose each threshold.")
+        Path | None, typer.Option(help="Expert labels: also choose each threshold.", metavar="PATH")
     ] = None,
     workspace: WorkspaceOption = None,
     json_output: JsonOption = False,
 ) -> None:
-    """Store mu and sigma per assessment and role from your images (thresholds with labels)."""
+    """Store mu and sigma per assessment and role from your images (thresholds with labels).
+
+    Example: kb calibrate cal/ --labels cal/labels.csv -w my-ws
+    """
     from engine.calibrate import calibrate_folder
     from engine.session import VLKB
 
@@ -608,14 +708,23 @@ def _workspace_or_none(workspace: Path | None) -> Workspace | None:
 @models_app.callback()
 @reports_errors
 def models(
-    ctx: typer.Context, workspace: WorkspaceOption = None, json_output: JsonOption = False
+    ctx: typer.Context,
+    verify: Annotated[
+        bool, typer.Option("--verify", help="Rehash every weight file (slow) instead of "
+                           "trusting the fingerprint kept beside the model.")
+    ] = False,
+    workspace: WorkspaceOption = None,
+    json_output: JsonOption = False,
 ) -> None:
-    """Configured models, where their weights come from and whether they load offline."""
+    """Configured models, where their weights come from and whether they load offline.
+
+    Example: kb models --verify -w my-ws
+    """
     if ctx.invoked_subcommand is not None:
         return
     from engine.encoders.catalog import model_statuses, unbound_role_notes
 
-    statuses = model_statuses(Workspace.open(workspace))
+    statuses = model_statuses(Workspace.open(workspace), verify)
     if json_output:
         print_json({"models": [s.to_dict() for s in statuses]})
         return
@@ -701,24 +810,36 @@ def models_install(
 @app.command()
 @reports_errors
 def history(
-    limit: Annotated[int, typer.Option(help="Newest N qualifications.")] = 50,
+    limit: Annotated[int, typer.Option(help="Newest N qualifications.", metavar="N")] = 50,
     since: Annotated[
         str | None,
         typer.Option(help="Only from this day (YYYY-MM-DD, UTC) or ISO time on.", metavar="DATE"),
     ] = None,
-    verdict: Annotated[
+    until: Annotated[
         str | None,
-        typer.Option(help="Only this overall verdict: accept, reject, review, not_assessed."),
+        typer.Option(help="Only up to this day (whole day, UTC) or ISO time.", metavar="DATE"),
+    ] = None,
+    verdict: Annotated[
+        str | None, typer.Option(help="Only this overall verdict.", metavar=choices(VERDICTS))
+    ] = None,
+    sample: Annotated[
+        str | None,
+        typer.Option(help="Only samples whose path contains this text (any case).",
+                     metavar="TEXT"),
     ] = None,
     workspace: WorkspaceOption = None,
     json_output: JsonOption = False,
 ) -> None:
-    """The audit log, newest first, with expert feedback."""
+    """The audit log, newest first, with expert feedback.
+
+    Example: kb history --since 2026-12-01 --verdict reject --sample bead-7
+    """
     from engine.history import list_qualifications
     from engine.session import VLKB
 
     with VLKB.open(workspace) as vlkb:
-        rows = list_qualifications(vlkb, limit=limit, since=since, verdict=verdict)
+        rows = list_qualifications(vlkb, limit=limit, since=since, verdict=verdict,
+                                   sample=sample, until=until)
     if json_output:
         print_json({"qualifications": rows})
         return
@@ -756,7 +877,10 @@ def show(
     workspace: WorkspaceOption = None,
     json_output: JsonOption = False,
 ) -> None:
-    """One qualification as stored, with every node's rationale and the expert feedback."""
+    """One qualification as stored, with every node's rationale and the expert feedback.
+
+    Example: kb show 42 -w my-ws
+    """
     from engine.history import load_qualification
     from engine.session import VLKB
 
@@ -796,32 +920,44 @@ def report(
     workspace: WorkspaceOption = None,
     json_output: JsonOption = False,
 ) -> None:
-    """Re-render a stored qualification's HTML report (with its feedback); nothing is recomputed."""
+    """Re-render a stored qualification's HTML report (with its feedback); nothing is recomputed.
+
+    Example: kb report 42 -w my-ws
+    """
     from engine.report_files import write_stored_report
     from engine.session import VLKB
 
     with VLKB.open(workspace) as vlkb:
-        path = write_stored_report(vlkb, qualification_id)
+        written = write_stored_report(vlkb, qualification_id)
     if json_output:
-        print_json({"id": qualification_id, "report": str(path)})
-    else:
-        out.print(f"Report {qualification_id}: {path}", markup=False)
+        earlier = {"earlier": str(written.earlier)} if written.earlier else {}
+        print_json({"id": qualification_id, "report": str(written.path), **earlier})
+        return
+    out.print(f"Report {qualification_id}: {written.path}", markup=False)
+    if written.earlier is not None:
+        err.print(f"note: the earlier report had other content; it is kept as {written.earlier}",
+                  markup=False)
 
 
 @app.command()
 @reports_errors
 def feedback(
     qualification_id: Annotated[int, typer.Argument(metavar="ID")],
-    node: Annotated[str, typer.Argument(help="Node key, e.g. EA-5 or the root gate.")],
+    node: Annotated[str, typer.Argument(help="Node key, e.g. EA-5 or the root gate.",
+        metavar="NODE")],
     verdict: Annotated[
         ExpertVerdict, typer.Option(help="The expert's verdict on that node.", show_choices=True)
     ],
-    comment: Annotated[str, typer.Option(help="Why, in the expert's words.")],
-    expert: Annotated[str | None, typer.Option(help="Who says so (default: user name).")] = None,
+    comment: Annotated[str, typer.Option(help="Why, in the expert's words.", metavar="TEXT")],
+    expert: Annotated[str | None, typer.Option(help="Who says so (default: user name).",
+        metavar="TEXT")] = None,
     workspace: WorkspaceOption = None,
     json_output: JsonOption = False,
 ) -> None:
-    """Record an expert's verdict on one node, beside the machine verdict, in the audit log."""
+    """Record an expert's verdict on one node, beside the machine verdict, in the audit log.
+
+    Example: kb feedback 42 EA-4 --verdict reject --comment "pore at the toe" --expert "A. Expert"
+    """
     from engine.history import add_feedback
     from engine.session import VLKB
     from kb.audit import os_user
@@ -858,14 +994,19 @@ def audit_verify(
     json_output: JsonOption = False,
     key_file: Annotated[
         Path | None,
-        typer.Option("--key-file", help="The audit key (else KB_AUDIT_KEY, else kb.toml)."),
+        typer.Option("--key-file", help="The audit key (else KB_AUDIT_KEY, else kb.toml).",
+            metavar="PATH"),
     ] = None,
     expect_head: Annotated[
         str | None,
-        typer.Option("--expect-head", help="A head hash kept elsewhere; the chain must extend it."),
+        typer.Option("--expect-head", help="A head hash kept elsewhere; the chain must extend it.",
+            metavar="TEXT"),
     ] = None,
 ) -> None:
-    """Recompute the hash chain of the audit log; exit 1 at the first record that differs."""
+    """Recompute the hash chain of the audit log; exit 1 at the first record that differs.
+
+    Example: kb audit verify --expect-head HASH -w my-ws
+    """
     from engine.history import verify_audit_log
     from engine.session import VLKB
 
@@ -927,7 +1068,10 @@ def audit_verify(
 @audit_app.command("head")
 @reports_errors
 def audit_head(workspace: WorkspaceOption = None, json_output: JsonOption = False) -> None:
-    """Print the chain head (hash, position, time): keep it outside the database."""
+    """Print the chain head (hash, position, time): keep it outside the database.
+
+    Example: kb audit head -w my-ws
+    """
     from engine.history import chain_head
     from engine.session import VLKB
 
@@ -947,6 +1091,42 @@ def audit_head(workspace: WorkspaceOption = None, json_output: JsonOption = Fals
     )
 
 
+@app.command()
+@reports_errors
+def migrate(
+    to: Annotated[
+        str, typer.Option("--to", help="URL of the empty target knowledge base.", metavar="URL")
+    ],
+    workspace: WorkspaceOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Copy this workspace's knowledge base into an empty one (e.g. PostgreSQL), verifying
+    the audit chain before and after; all or nothing. Then point database.url at it.
+
+    Example: kb migrate --to postgresql+psycopg://vlkb@db-host:5432/vlkb -w my-ws
+    """
+    from kb.migrate import migrate as copy_into
+    from kb.store import KnowledgeBase
+
+    ws = Workspace.open(workspace)
+    source = KnowledgeBase.open(ws)
+    try:
+        done = copy_into(source, to, ws.config.busy_timeout_s)
+    finally:
+        source.close()
+    if json_output:
+        print_json({"source": done.source, "target": done.target, "rows": dict(done.rows),
+                    "records": done.records, "head": done.head})
+        return
+    rows = sum(count for _, count in done.rows)
+    out.print(
+        f"Migrated {rows} row(s) from {done.source} to {done.target}; audit chain of "
+        f"{done.records} record(s) verified on both, head {done.head[:16]}. "
+        f'Point [database] url in kb.toml at it to use it.',
+        markup=False,
+    )
+
+
 # --- web interface -------------------------------------------------------------------------
 
 
@@ -954,18 +1134,24 @@ def audit_head(workspace: WorkspaceOption = None, json_output: JsonOption = Fals
 @reports_errors
 def serve(
     host: Annotated[
-        str, typer.Option(help="Address to listen on; beyond loopback needs KB_TOKEN.")
+        str, typer.Option(help="Address to listen on; beyond loopback needs KB_TOKEN.",
+            metavar="TEXT")
     ] = "127.0.0.1",
-    port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = 8000,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.", metavar="N")] = 8000,
     max_upload_mb: Annotated[
-        float, typer.Option("--max-upload-mb", min=0.001, help="Largest micrograph upload (MB).")
+        float, typer.Option("--max-upload-mb", min=0.001, help="Largest micrograph upload (MB).",
+            metavar="NUMBER")
     ] = 50.0,
     session_hours: Annotated[
-        float, typer.Option("--session-hours", help="How long a browser sign-in lasts (hours).")
+        float, typer.Option("--session-hours", help="How long a browser sign-in lasts (hours).",
+            metavar="NUMBER")
     ] = 12.0,
     workspace: WorkspaceOption = None,
 ) -> None:
-    """Serve the web pages and the JSON API (OpenAPI docs at /docs) until interrupted."""
+    """Serve the web pages and the JSON API (OpenAPI docs at /docs) until interrupted.
+
+    Example: KB_TOKEN=... kb serve --host 0.0.0.0 --port 8000 -w my-ws
+    """
     from cli.web import check_session_hours
     from cli.web import serve as run_server
 
@@ -980,21 +1166,25 @@ def serve(
 @app.command("train-vlr")
 @reports_errors
 def train_vlr(
-    outdir: Annotated[Path, typer.Argument(help="New folder for the checkpoint and its card.")],
-    seed: Annotated[int, typer.Option(help="Seed of the generated data and the training.")] = 0,
+    outdir: Annotated[Path, typer.Argument(help="New folder for the checkpoint and its card.",
+        metavar="DIR")],
+    seed: Annotated[int, typer.Option(help="Seed of the generated data and the training.",
+        metavar="N")] = 0,
     n_images: Annotated[
-        int | None, typer.Option("--n-images", min=8, help="Generated training micrographs.")
+        int | None, typer.Option("--n-images", min=8, help="Generated training micrographs.",
+            metavar="N")
     ] = None,
     epochs: Annotated[
-        int | None, typer.Option(min=1, help="Passes over the training micrographs.")
+        int | None, typer.Option(min=1, help="Passes over the training micrographs.", metavar="N")
     ] = None,
     eval_images: Annotated[
-        int, typer.Option("--eval-images", min=0, help="Fresh micrographs for the model card.")
+        int, typer.Option("--eval-images", min=0, help="Fresh micrographs for the model card.",
+            metavar="N")
     ] = 200,
     eval_seed: Annotated[
         int | None,
         typer.Option("--eval-seed", help="Seed of the evaluation set [default: the model "
-                     "card's, 5151, used for nothing else]."),
+                     "card's, 5151, used for nothing else].", metavar="N"),
     ] = None,
     workspace: WorkspaceOption = None,
 ) -> None:
@@ -1031,13 +1221,17 @@ def train_vlr(
 @app.command("model-card")
 @reports_errors
 def model_card(
-    outdir: Annotated[Path, typer.Argument(help="A checkpoint written by kb train-vlr.")],
+    outdir: Annotated[Path, typer.Argument(help="A checkpoint written by kb train-vlr.",
+        metavar="DIR")],
     rules: Annotated[
-        Path, typer.Option(help="The rules/ folder whose prompts and references judge it.")
+        Path, typer.Option(help="The rules/ folder whose prompts and references judge it.",
+            metavar="PATH")
     ] = Path("rules"),
-    n: Annotated[int, typer.Option("--n", min=1, help="Fresh generated micrographs.")] = 200,
+    n: Annotated[int, typer.Option("--n", min=1, help="Fresh generated micrographs.",
+        metavar="N")] = 200,
     seed: Annotated[
-        int | None, typer.Option(help="Seed of the fresh set [default: the card's, 5151].")
+        int | None, typer.Option(help="Seed of the fresh set [default: the card's, 5151].",
+            metavar="N")
     ] = None,
 ) -> None:
     """Re-evaluate a trained dual encoder on a fresh set and rewrite its MODEL_CARD.md.
@@ -1051,5 +1245,6 @@ def model_card(
     out.print(evaluation.markdown(), markup=False)
 
 
-def main() -> None:
-    app()
+def main(args: list[str] | None = None) -> None:
+    """The `kb` console script."""
+    app(args=after_the_command(list(sys.argv[1:] if args is None else args)), prog_name="kb")

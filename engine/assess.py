@@ -11,7 +11,7 @@ from engine.metrology.names import quantity_name
 from engine.results import MeasurementEvidence, NodeResult, VLREvidence
 from engine.scoring import decide, fuse, judge_measurement
 from kb.rules import Assessment, Decision
-from kb.vocabulary import COMPARISON_WORDS, strictest
+from kb.vocabulary import COMPARISON_WORDS, DECISIVE, strictest
 
 
 def measurement_evidence(
@@ -51,7 +51,13 @@ def judge_assessment(
     measurements: Sequence[MeasurementEvidence],
     decision: Decision | None = None,
 ) -> NodeResult:
-    """The assessment's verdict: every kind of evidence must accept; the strictest one wins."""
+    """The assessment's verdict from its evidence, combined as its decision says.
+
+    `strictest`: every kind of evidence must accept; the strictest verdict wins.
+    `measurement-led`: with measurement rules, they decide; vision-language evidence that
+    contradicts them (accept against reject) sends the assessment to review only when it is
+    confident and applicable, and is otherwise advisory. Without them it decides alone.
+    """
     decision = decision or assessment.decision
     usable = [e for e in vlr if e.usable]
     score = None
@@ -59,17 +65,26 @@ def judge_assessment(
     if usable:
         score = fuse({e.role: float(e.z) for e in usable}, decision.fusion, decision.weights)
         vlr_verdict = decide(score, decision.threshold, decision.review_margin)
-    verdicts = ([vlr_verdict] if vlr_verdict else []) + [m.verdict for m in measurements]
     combined = (["vision-language"] if vlr_verdict else []) + (
         ["measurement"] if measurements else []
     )
-    verdict = strictest(verdicts)
+    measured = strictest(m.verdict for m in measurements) if measurements else None
+    if decision.combine == "measurement-led" and measured is not None:
+        verdict, decided_by, advice, advisory = _measurement_led(
+            measured, vlr_verdict, score, usable, decision
+        )
+    else:
+        verdicts = ([vlr_verdict] if vlr_verdict else []) + [m.verdict for m in measurements]
+        verdict, advice, advisory = strictest(verdicts), None, False
+        decided_by = _decider(vlr_verdict, measured)
     sentences = [f"{assessment.name}: {verdict}."]
     sentences += [_measurement_sentence(m) for m in measurements]
     if usable:
         sentences.append(_fusion_sentence(usable, score, vlr_verdict, decision))
+    if advice:
+        sentences.append(advice)
     sentences += [_vlr_sentence(e) for e in vlr]
-    if not verdicts:
+    if decided_by is None:
         sentences.append("No evidence could be used, so nothing was judged.")
     return NodeResult(
         key=assessment.key,
@@ -85,8 +100,67 @@ def judge_assessment(
         criterion=assessment.criterion,
         evidence=(*vlr, *measurements),
         measurements={m.quantity: m.value for m in measurements if m.value is not None},
-        decision_rule=assessment_rule(assessment, decision, combined),
+        decision_rule=assessment_rule(
+            assessment, decision, combined, decided_by, advisory=advisory
+        ),
+        combine=decision.combine,
+        decided_by=decided_by,
     )
+
+
+def _decider(vlr_verdict: str | None, measured: str | None) -> str | None:
+    """Which kinds decided a strictest combination (or measurement-led without measurements)."""
+    if vlr_verdict and measured:
+        return "strictest"
+    if measured:
+        return "measurement"
+    return "vision-language" if vlr_verdict else None
+
+
+def _measurement_led(
+    measured: str,
+    vlr_verdict: str | None,
+    score: float | None,
+    usable: Sequence[VLREvidence],
+    decision: Decision,
+) -> tuple[str, str, str | None, bool]:
+    """(verdict, what decided it, a sentence saying so, whether vision-language evidence
+    disagreed but was only advisory) when the measurements lead."""
+    contradicts = {measured, vlr_verdict} == set(DECISIVE)  # accept against reject
+    if not contradicts or score is None:
+        if vlr_verdict is None:
+            return measured, "measurement", None, False
+        agrees = "agrees" if vlr_verdict == measured else "does not contradict them"
+        return measured, "measurement", (
+            f"The measurements decide (measurement-led); the vision-language evidence "
+            f"({vlr_verdict}) {agrees}."
+        ), False
+    distance = abs(score - decision.threshold)
+    confident = distance >= decision.confidence_margin
+    # Evidence outside the range of the references is not usable at all; what is left but not
+    # applicable is evidence whose range could not be measured (too few references).
+    strangers = [e.role for e in usable if not e.applicable]
+    if confident and not strangers:
+        return "review", "disagreement", (
+            f"The vision-language evidence says {vlr_verdict} against the measurements' "
+            f"{measured}, confidently (|score - threshold| = {distance:.2f}, at least "
+            f"{decision.confidence_margin:g}) and on images like its references, so a person "
+            "must decide."
+        ), False
+    why = []
+    if not confident:
+        why.append(
+            f"not confident (|score - threshold| = {distance:.2f} < {decision.confidence_margin:g})"
+        )
+    if strangers:
+        why.append(
+            f"not shown applicable (no range of the references measured for "
+            f"{' or '.join(strangers)})"
+        )
+    return measured, "measurement", (
+        f"The vision-language evidence disagrees ({vlr_verdict}) but is {' and '.join(why)}: "
+        "advisory only; the measurements decide."
+    ), True
 
 
 def not_a_phase_map(
@@ -117,6 +191,7 @@ def not_a_phase_map(
         criterion=assessment.criterion,
         evidence=(*vlr, *measurements),
         reason=reason,
+        combine=assessment.decision.combine,
     )
 
 

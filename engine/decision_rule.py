@@ -10,10 +10,6 @@ from typing import Any
 
 from kb.rules import Assessment, Decision, Gate, Precondition
 
-# How an assessment combines its kinds of evidence. Today there is one mode: every kind must
-# accept and the strictest verdict wins. It is a field so that another mode can be recorded.
-COMBINATION = "strictest"
-
 
 def _preconditions(preconditions: Sequence[Precondition]) -> list[dict[str, Any]]:
     return [
@@ -22,11 +18,17 @@ def _preconditions(preconditions: Sequence[Precondition]) -> list[dict[str, Any]
 
 
 def assessment_rule(
-    assessment: Assessment, decision: Decision, combined: Sequence[str] = ()
+    assessment: Assessment,
+    decision: Decision,
+    combined: Sequence[str] = (),
+    decided_by: str | None = None,
+    advisory: bool = False,
 ) -> dict[str, Any]:
     """The rule an assessment was judged by (after any calibration or run override).
 
-    combined: the kinds of evidence that took part ("vision-language", "measurement").
+    combined: the kinds of evidence that took part ("vision-language", "measurement");
+    decided_by: what decided (kb.vocabulary.DECIDERS), None when nothing was judged;
+    advisory: vision-language evidence disagreed with the measurements but did not count.
     """
     margin = float(decision.review_margin)
     threshold = float(decision.threshold)
@@ -36,8 +38,11 @@ def assessment_rule(
         "threshold": threshold,
         "review_margin": margin,
         "review_band": [threshold - margin, threshold + margin],
-        "combination": COMBINATION,
+        "combination": decision.combine,
+        "confidence_margin": float(decision.confidence_margin),
         "combined": list(combined),
+        "decided_by": decided_by,
+        "advisory": advisory,
         "measurement_rules": [
             {
                 "quantity": m.quantity,

@@ -15,6 +15,7 @@ from sqlmodel import Session
 from engine.encoders.backends import Encoder
 from engine.encoders.cache import embed_images, embed_prompts
 from engine.encoders.roles import ModelSet
+from engine.results import Applicability
 from engine.samples import Sample
 from engine.scoring import (
     Normalization,
@@ -164,6 +165,72 @@ def stored_normalization(
     return Normalization(chosen.mu, chosen.sigma, source, chosen.count)
 
 
+# A sample is outside the range of the references when its appearance lies farther from the
+# nearest reference than this many times the references' largest leave-one-out
+# nearest-neighbour distance. Chosen on the shipped model (docs/rules.md, "Applicability"):
+# fresh `kb synth` maps reach 3.4 and the example micrographs 0.5, while a photograph, a
+# uniform grey image and a Voronoi grain map in other colours lie at 30 or more.
+APPLICABILITY_LIMIT = 10.0
+OUTSIDE = "outside the range of the references"
+
+
+@dataclass(frozen=True)
+class ReferenceRange:
+    """The appearance of the workspace's reference images under one model.
+
+    Each assessment has a handful of references, some nearly alike, so their own spread is
+    no measure of what the model has seen; the references of every assessment together are.
+    """
+
+    labels: tuple[str, ...]  # one path per distinct reference image
+    vectors: np.ndarray  # (references, channels), unit rows
+    spread: float  # largest leave-one-out nearest-neighbour cosine distance
+
+    def applicability(self, samples: np.ndarray) -> list[Applicability]:
+        """How far each sample row lies from its nearest reference, against the spread."""
+        distances = 1.0 - np.atleast_2d(samples) @ self.vectors.T
+        nearest = distances.argmin(axis=1)
+        return [
+            Applicability(
+                distance=float(distances[i, j]),
+                nearest=self.labels[j],
+                spread=self.spread,
+                ratio=float(distances[i, j] / self.spread),
+                limit=APPLICABILITY_LIMIT,
+                references=len(self.labels),
+            )
+            for i, j in enumerate(nearest)
+        ]
+
+
+def reference_range(
+    session: Session, ruleset: Ruleset, encoder: Encoder
+) -> ReferenceRange | None:
+    """The references' appearance under this model; None with fewer than 2 distinct ones (or
+    all identical): then applicability is not measured and says so."""
+    by_sha: dict[str, str] = {}
+    for a in ruleset.assessments.values():
+        for r in a.references:
+            by_sha.setdefault(r.sha256, r.path)
+    if len(by_sha) < 2:
+        return None
+    loaders = {sha: reference_image_loader(session, sha) for sha in by_sha}
+    found = embed_images(session, encoder, loaders, modality="appearance")
+    shas = sorted(by_sha, key=by_sha.__getitem__)
+    vectors = np.stack([found[sha] for sha in shas]).astype(np.float64)
+    spread = float(leave_one_out_nearest(vectors).max())
+    if spread <= 0:
+        return None
+    return ReferenceRange(tuple(by_sha[sha] for sha in shas), vectors, spread)
+
+
+def leave_one_out_nearest(vectors: np.ndarray) -> np.ndarray:
+    """Cosine distance of each unit row to its nearest other row."""
+    distances = 1.0 - vectors @ vectors.T
+    np.fill_diagonal(distances, np.inf)
+    return np.clip(distances.min(axis=1), 0.0, None)
+
+
 @dataclass
 class RolePlan:
     """What one assessment and one role need for a whole run: its items and normalisation."""
@@ -171,6 +238,7 @@ class RolePlan:
     items: EvidenceSet | None
     norm: Normalization | None
     note: str | None
+    range: ReferenceRange | None = None  # what the role's model was calibrated on
 
 
 @dataclass
@@ -182,6 +250,7 @@ class RoleEvidence:
     similarities: np.ndarray
     norm: Normalization | None
     note: str | None
+    applicability: list[Applicability] | None = None  # per sample; None: not measured
 
 
 def plan_roles(
@@ -191,6 +260,7 @@ def plan_roles(
     setup: dict[tuple[str, str], RolePlan] = {}
     for role in models.bound_roles():
         encoder = models.encoder(role)
+        ranges = reference_range(session, ruleset, encoder)
         for a in ruleset.assessments.values():
             if not a.items_of(role):
                 continue
@@ -198,14 +268,14 @@ def plan_roles(
             if items is None:
                 setup[(a.key, role)] = RolePlan(None, None, a.one_sided(role))
             elif normalize == "batch":
-                setup[(a.key, role)] = RolePlan(items, None, None)  # known after pass one
+                setup[(a.key, role)] = RolePlan(items, None, None, ranges)  # after pass one
             else:
                 norm = stored_normalization(session, ruleset_id, a.key, role, encoder.fingerprint)
                 note = None if norm is not None else (
                     "no calibration statistics for this model (too few reference images);"
                     " run `kb calibrate` or use --normalize batch"
                 )
-                setup[(a.key, role)] = RolePlan(items, norm, note)
+                setup[(a.key, role)] = RolePlan(items, norm, note, ranges)
     return setup
 
 
@@ -222,8 +292,10 @@ def chunk_evidence(
         return found
     for role in models.bound_roles():
         encoder = models.encoder(role)
-        vectors = embed_images(session, encoder, {s.sha256: (lambda s=s: s.image) for s in samples})
+        loaders = {s.sha256: (lambda s=s: s.image) for s in samples}
+        vectors = embed_images(session, encoder, loaders)
         matrix = np.stack([vectors[s.sha256] for s in samples]).astype(np.float64)
+        looks: dict[int, list[Applicability]] = {}  # per reference range (one per model)
         for a in ruleset.assessments.values():
             if (a.key, role) not in setup:
                 continue
@@ -232,11 +304,16 @@ def chunk_evidence(
                 empty = np.zeros(0)
                 found[(a.key, role)] = RoleEvidence(None, empty, empty, None, plan.note)
                 continue
+            if plan.range is not None and id(plan.range) not in looks:
+                appearance = embed_images(session, encoder, loaders, modality="appearance")
+                rows = np.stack([appearance[s.sha256] for s in samples]).astype(np.float64)
+                looks[id(plan.range)] = plan.range.applicability(rows)
             found[(a.key, role)] = RoleEvidence(
                 plan.items,
                 plan.items.deltas(matrix),
                 plan.items.similarities(matrix),
                 plan.norm,
                 plan.note,
+                looks.get(id(plan.range)) if plan.range is not None else None,
             )
     return found

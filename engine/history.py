@@ -8,7 +8,7 @@ import json
 import re
 from collections.abc import Sequence
 from dataclasses import replace
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,7 @@ def iso_utc(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat()
 
 
-def parse_since(text: str) -> datetime:
+def parse_since(text: str, option: str = "--since") -> datetime:
     """`--since`: a day (YYYY-MM-DD, from midnight UTC) or an ISO time (UTC unless it says)."""
     try:
         if len(text.strip()) == 10:
@@ -50,10 +50,18 @@ def parse_since(text: str) -> datetime:
         moment = datetime.fromisoformat(text.strip())
     except ValueError:
         raise VLKBError(
-            f"--since {text!r} is not a date; use YYYY-MM-DD or an ISO time such as "
+            f"{option} {text!r} is not a date; use YYYY-MM-DD or an ISO time such as "
             "2026-11-25T14:30:00+01:00"
         ) from None
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def parse_until(text: str) -> datetime:
+    """`--until`: the first moment after it (a day: the next midnight UTC; a time: 1 µs on)."""
+    moment = parse_since(text, "--until")
+    if len(text.strip()) == 10:
+        return moment + timedelta(days=1)
+    return moment + timedelta(microseconds=1)
 
 
 def check_verdict(verdict: str) -> str:
@@ -100,18 +108,22 @@ def list_qualifications(
     since: str | datetime | None = None,
     verdict: str | None = None,
     sample: str | None = None,
+    until: str | datetime | None = None,
 ) -> list[dict[str, Any]]:
-    """The newest `limit` qualifications at or after `since` with this overall verdict.
+    """The newest `limit` qualifications from `since` up to `until` with this overall verdict.
 
     sample: only those whose sample path contains this text (any case; % and _ are literal).
+    until: a day includes the whole day; a time includes that moment.
     """
     moment = parse_since(since) if isinstance(since, str) else since
+    before = parse_until(until) if isinstance(until, str) else (
+        until + timedelta(microseconds=1) if until is not None else None)
     if verdict is not None:
         check_verdict(verdict)
     if limit < 1:
         raise VLKBError("--limit must be at least 1")
     with vlkb.kb.reading() as session:
-        rows = find_qualifications(session, limit, moment, verdict, sample)
+        rows = find_qualifications(session, limit, moment, verdict, sample, before)
         feedback = feedback_by_qualification(session, [q.id for q in rows if q.id is not None])
         documents = {q.id: json.loads(q.result_json) for q in rows}
         return [

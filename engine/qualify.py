@@ -22,11 +22,12 @@ from sqlmodel import Session
 from engine.assess import judge_assessment, measurement_evidence, not_a_phase_map
 from engine.calibrate import calibrated_thresholds, with_threshold
 from engine.encoders.roles import ModelSet
-from engine.evidence import RoleEvidence, RolePlan, chunk_evidence, plan_roles
+from engine.evidence import OUTSIDE, RoleEvidence, RolePlan, chunk_evidence, plan_roles
 from engine.few_shot import ReferenceThreshold, reference_thresholds
 from engine.metrology.quantities import NotASegmentationMap, measure_image
 from engine.report_files import output_dir, write_run_reports
 from engine.results import (
+    Applicability,
     ItemSimilarity,
     NodeResult,
     QualificationResult,
@@ -49,9 +50,8 @@ from kb.rulesets import software_version
 from kb.statistics import latest_calibration
 from kb.store import KnowledgeBase
 from kb.tables import RulesetVersion, utcnow
-from kb.vocabulary import FUSIONS
+from kb.vocabulary import FUSIONS, NORMALIZATIONS
 
-NORMALIZATIONS = ("batch", "calibrated")
 # Where a qualification's operator name came from: recorded beside it, so an auditor can tell
 # a person who named themselves from the account a process happened to run as.
 OPERATOR_SOURCES = ("cli-option", "request", "signed-in", "os-user")
@@ -231,7 +231,7 @@ def qualify_paths(
     for chunk in _chunks(pending):
         samples = _load(chunk, outcome)
         done += len(chunk) - len(samples)  # files that failed to load are done too
-        _embed_unlocked(kb, models, samples)
+        _embed_unlocked(kb, models, samples, _modalities(setup))
         with kb.transaction() as session:
             evidence = chunk_evidence(session, ruleset, models, samples, setup)
         for index, sample in enumerate(samples):
@@ -298,24 +298,33 @@ def _without_judged(
     return pending
 
 
-def _embed_unlocked(kb: KnowledgeBase, models: ModelSet, samples: Sequence[Sample]) -> None:
+def _modalities(setup: Mapping[tuple[str, str], RolePlan]) -> tuple[str, ...]:
+    """What a chunk's images need: embeddings, and appearance when a range is measured."""
+    return ("image", "appearance") if any(p.range for p in setup.values()) else ("image",)
+
+
+def _embed_unlocked(
+    kb: KnowledgeBase, models: ModelSet, samples: Sequence[Sample], modalities: Sequence[str]
+) -> None:
     """Fill the embedding cache for a chunk with no lock held while the model runs, so a long
     chunk never keeps another writer (a server beside this run) waiting; only the insert
     takes the write lock. Same batches as embed_images, so the same vectors."""
     by_sha = {s.sha256: s for s in samples}
     for encoder in models.encoders():
-        with kb.reading() as session:
-            cached = cached_embeddings(session, encoder.fingerprint, "image", by_sha)
-        missing = [sha for sha in by_sha if sha not in cached]
-        if not missing:
-            continue
-        vectors: dict[str, np.ndarray] = {}
-        for start in range(0, len(missing), encoder.spec.batch_size):
-            batch = missing[start : start + encoder.spec.batch_size]
-            fresh = encoder.embed_images([by_sha[sha].image for sha in batch])
-            vectors.update(zip(batch, fresh, strict=True))
-        with kb.transaction() as session:
-            store_embeddings(session, encoder.fingerprint, "image", vectors)
+        for modality in modalities:
+            embed = encoder.appearance if modality == "appearance" else encoder.embed_images
+            with kb.reading() as session:
+                cached = cached_embeddings(session, encoder.fingerprint, modality, by_sha)
+            missing = [sha for sha in by_sha if sha not in cached]
+            if not missing:
+                continue
+            vectors: dict[str, np.ndarray] = {}
+            for start in range(0, len(missing), encoder.spec.batch_size):
+                batch = missing[start : start + encoder.spec.batch_size]
+                fresh = embed([by_sha[sha].image for sha in batch])
+                vectors.update(zip(batch, fresh, strict=True))
+            with kb.transaction() as session:
+                store_embeddings(session, encoder.fingerprint, modality, vectors)
 
 
 def _chunks(paths: Sequence[Path]) -> Iterator[Sequence[Path]]:
@@ -431,7 +440,7 @@ def _batch_normalization(
     for chunk in _chunks(paths):
         samples = _load(chunk, outcome)
         readable.extend(s.path for s in samples)
-        _embed_unlocked(kb, models, samples)
+        _embed_unlocked(kb, models, samples, _modalities(setup))
         with kb.transaction() as session:
             for key, evidence in chunk_evidence(session, ruleset, models, samples, setup).items():
                 deltas[key].append(evidence.deltas)
@@ -534,19 +543,30 @@ def _sample_evidence(
             set_.polarities, set_.labels, set_.shas, ev.similarities[index], strict=True
         )
     )
+    looks = ev.applicability[index] if ev.applicability is not None else None
     if ev.norm is None:
-        return VLREvidence(role, spec.name, fingerprint, delta=delta, items=items, note=ev.note)
-    z = float(zscore(delta, ev.norm))
+        return VLREvidence(role, spec.name, fingerprint, delta=delta, items=items, note=ev.note,
+                           applicability=looks)
+    outside = looks is not None and not looks.within
     return VLREvidence(
         role,
         spec.name,
         fingerprint,
         delta=delta,
-        z=z,
+        z=None if outside else float(zscore(delta, ev.norm)),  # outside: not assessed
         mu=ev.norm.mu,
         sigma=ev.norm.sigma,
         normalization=ev.norm.source,
         items=items,
+        note=_outside_note(looks) if outside else None,
+        applicability=looks,
+    )
+
+
+def _outside_note(looks: Applicability) -> str:
+    return (
+        f"{OUTSIDE}: the sample lies {looks.ratio:.1f} times the references' spread from the "
+        f"nearest one ({looks.nearest}), beyond the limit of {looks.limit:g}"
     )
 
 

@@ -19,6 +19,7 @@ from sqlmodel import Session
 import reports
 from engine.history import feedback_by_qualification, stored_document
 from engine.session import VLKB
+from kb.audit import QUALIFICATION, entry_of
 from kb.config import Workspace
 from kb.errors import DatabaseError, VLKBError
 from kb.image_store import stored_image
@@ -84,7 +85,10 @@ def render_stored(session: Session, qualification_id: int) -> tuple[dict[str, An
     """The stored document of one qualification and its report HTML."""
     document = stored_document(session, qualification_id)
     feedback = feedback_by_qualification(session, [qualification_id])[qualification_id]
-    return document, render_qualification(document, report_images(session, document), feedback)
+    entry = entry_of(session, QUALIFICATION, qualification_id)
+    chain = {"hash": entry.record_hash, "seq": entry.seq} if entry is not None else None
+    html = render_qualification(document, report_images(session, document), feedback, chain)
+    return document, html
 
 
 def render_stored_report(vlkb: VLKB, qualification_id: int) -> str:
@@ -93,14 +97,31 @@ def render_stored_report(vlkb: VLKB, qualification_id: int) -> str:
         return render_stored(session, qualification_id)[1]
 
 
-def write_stored_report(vlkb: VLKB, qualification_id: int) -> Path:
-    """`kb report ID`: re-render the stored record into its report file; returns the path."""
+@dataclass(frozen=True)
+class RewrittenReport:
+    """Where `kb report ID` wrote, and where the earlier, different report went (if any)."""
+
+    path: Path
+    earlier: Path | None = None
+
+
+def write_stored_report(vlkb: VLKB, qualification_id: int) -> RewrittenReport:
+    """`kb report ID`: re-render the stored record into its report file. The file name stays
+    the same, so links keep working; an earlier report there with other content (feedback
+    added since, a newer template) is never lost: it is kept beside it as NAME.earlier-N.html."""
     folder = output_dir(vlkb.workspace)
     with vlkb.kb.reading() as session:
         document, html = render_stored(session, qualification_id)
     path = folder / report_name(qualification_id, document["sample"]["path"])
+    earlier = None
     try:
-        return write_report(path, html)
+        if path.is_file() and path.read_text(encoding="utf-8", errors="replace") != html:
+            number = 1
+            while (earlier := path.with_name(f"{path.stem}.earlier-{number}{path.suffix}")
+                   ).exists():
+                number += 1
+            path.rename(earlier)
+        return RewrittenReport(write_report(path, html), earlier)
     except OSError as exc:
         raise VLKBError(f"could not write the report to {path}: {_why(exc)}") from exc
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from engine.metrology.names import quantity_name
+
 
 @dataclass(frozen=True)
 class ItemSimilarity:
@@ -28,6 +30,39 @@ class ItemSimilarity:
 
 
 @dataclass(frozen=True)
+class Applicability:
+    """How far the sample looks from the reference images a role's evidence was calibrated on.
+
+    Distances are cosine distances between appearance features (engine/evidence.py): the
+    sample's to its nearest reference, against the largest distance of a reference to its own
+    nearest neighbour (leave-one-out). Beyond `limit` times that spread the model is judging
+    something it was never shown like, and its evidence is not used.
+    """
+
+    distance: float  # sample to its nearest reference
+    nearest: str  # that reference's path under rules/
+    spread: float  # largest leave-one-out nearest-neighbour distance among the references
+    ratio: float  # distance / spread
+    limit: float  # the ratio beyond which the sample is outside the range of the references
+    references: int  # distinct reference images the range was measured on
+
+    @property
+    def within(self) -> bool:
+        return self.ratio <= self.limit
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "distance": self.distance,
+            "nearest": self.nearest,
+            "spread": self.spread,
+            "ratio": self.ratio,
+            "limit": self.limit,
+            "references": self.references,
+            "within": self.within,
+        }
+
+
+@dataclass(frozen=True)
 class VLREvidence:
     """Net similarity of the sample for one role, and how it was standardised."""
 
@@ -41,10 +76,16 @@ class VLREvidence:
     normalization: str | None = None
     items: tuple[ItemSimilarity, ...] = ()
     note: str | None = None  # why the evidence could not be used, when it could not
+    applicability: Applicability | None = None  # None: not measured (fewer than 2 references)
 
     @property
     def usable(self) -> bool:
         return self.z is not None
+
+    @property
+    def applicable(self) -> bool:
+        """Shown to be like the references (not merely not shown to be unlike them)."""
+        return self.applicability is not None and self.applicability.within
 
     def closest(self, polarity: str) -> ItemSimilarity | None:
         same = [i for i in self.items if i.polarity == polarity]
@@ -62,6 +103,8 @@ class VLREvidence:
             "sigma": self.sigma,
             "normalization": self.normalization,
             "note": self.note,
+            "status": "used" if self.usable else "not_assessed",
+            "applicability": self.applicability.to_dict() if self.applicability else None,
             "closest_positive": closest["positive"].to_dict() if closest["positive"] else None,
             "closest_negative": closest["negative"].to_dict() if closest["negative"] else None,
             "items": [i.to_dict() for i in self.items],
@@ -85,6 +128,7 @@ class MeasurementEvidence:
         return {
             "role": "measurement",
             "quantity": self.quantity,
+            "name": quantity_name(self.quantity),
             "value": self.value,
             "op": self.op,
             "limit": self.limit,
@@ -120,6 +164,8 @@ class NodeResult:
     k: int | None = None  # accepting children a k_of_n gate needs
     quorum: float | None = None  # share of children a consensus gate needs
     decision_rule: dict[str, Any] | None = None  # the rule that produced the verdict
+    combine: str | None = None  # an assessment's combination mode (kb.vocabulary.COMBINATIONS)
+    decided_by: str | None = None  # what decided it (kb.vocabulary.DECIDERS); None: nothing
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -141,6 +187,8 @@ class NodeResult:
             "evidence": [e.to_dict() for e in self.evidence],
             "measurements": dict(self.measurements),
             "decision_rule": self.decision_rule,
+            "combine": self.combine,
+            "decided_by": self.decided_by,
         }
 
 

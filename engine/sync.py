@@ -15,7 +15,7 @@ from engine.metrology.quantities import QUANTITIES
 from engine.results import ModelUse
 from engine.session import VLKB
 from kb.config import Workspace
-from kb.errors import RulesError
+from kb.errors import ModelLoadError, RulesError
 from kb.rules import Ruleset, compile_rules
 from kb.rulesets import (
     RulesetDiff,
@@ -144,7 +144,8 @@ def sync_or_undo(
     created: list[Path],
     expect_references: str | None = None,
 ) -> SyncResult:
-    """Sync after files were written into rules/; remove them again if the sync fails.
+    """Sync after files were written into rules/; remove them again if the sync fails, except
+    when only a model could not load: the rules compiled, so the files are kept.
 
     With `expect_references` (an assessment key) the new files must also end up among that
     assessment's references, so a custom glob cannot silently ignore them.
@@ -162,6 +163,12 @@ def sync_or_undo(
                         f"{expect_references}; add its folder to [references] in the assessment"
                     )
         return sync_workspace(vlkb)
+    except ModelLoadError as exc:  # the files are sound: keep them, say what to do next
+        written = ", ".join(p.relative_to(vlkb.workspace.root).as_posix() for p in created)
+        raise ModelLoadError(
+            f"{written or 'rules/'} written and kept, but not synced: {exc}. Bind a model "
+            "that loads (see `kb models`), then run `kb sync`"
+        ) from exc
     except BaseException:
         for path in created:
             path.unlink(missing_ok=True)

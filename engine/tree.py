@@ -121,6 +121,7 @@ def walk(ruleset: Ruleset, judge: Callable[[Assessment], NodeResult]) -> list[No
                 else replace(
                     _skipped(key, "assessment", a.parent, a.name, reason, a.criterion),
                     decision_rule=assessment_rule(a, a.decision),
+                    combine=a.decision.combine,
                 )
             )
         else:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func
+from sqlalchemy import func, text
 from sqlmodel import Session, SQLModel, col, select
 
 from kb.errors import AuditKeyError, DatabaseError, NotFoundError, VLKBError
@@ -52,6 +52,9 @@ MODELS: dict[str, type[SQLModel]] = {
 }
 LEGACY, CURRENT = 1, 2  # audit_chain.format: before schema 3 / kind and ID in the hash
 AUDIT_KEY = "vlkb_audit_key"  # session.info entry: the key writers MAC new entries with
+# PostgreSQL advisory lock key of the chain head: the first 8 bytes of SHA-256("vlkb audit
+# chain") as a signed 64-bit integer, so it cannot collide by accident with another program's.
+CHAIN_LOCK = int.from_bytes(hashlib.sha256(b"vlkb audit chain").digest()[:8], "big", signed=True)
 
 __all__ = ["AuditEntry", "GENESIS", "MODELS"]
 
@@ -188,8 +191,17 @@ def last_hash(session: Session) -> str:
     return row.record_hash if row else GENESIS
 
 
+def lock_chain(session: Session) -> None:
+    """Serialise appends on the chain head across processes and machines (PostgreSQL): a
+    transaction-scoped advisory lock, released by the commit or rollback; taking it again in
+    the same transaction is harmless. SQLite's writers hold its file lock (BEGIN IMMEDIATE)."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.exec(text("SELECT pg_advisory_xact_lock(:key)").bindparams(key=CHAIN_LOCK))  # type: ignore[call-overload]
+
+
 def _writable_head(session: Session) -> str:
     """The head to extend, refusing a keyed chain without its key or with another key."""
+    lock_chain(session)
     head = head_entry(session)
     if head is None:
         return GENESIS
@@ -273,11 +285,16 @@ def describe(kind: str, record: Any) -> str:
     return f"{kind} {record.id}"
 
 
+def entry_of(session: Session, kind: str, record_id: int | None) -> AuditEntry | None:
+    """The chain entry of one record (its hash and position), if it has one."""
+    return session.exec(
+        select(AuditEntry).where(AuditEntry.kind == kind, AuditEntry.record_id == record_id)
+    ).first()
+
+
 def check_recorded(session: Session, kind: str, record: Any) -> None:
     """Refuse to use a record whose content no longer matches its audit-chain entry."""
-    entry = session.exec(
-        select(AuditEntry).where(AuditEntry.kind == kind, AuditEntry.record_id == record.id)
-    ).first()
+    entry = entry_of(session, kind, record.id)
     name = describe(kind, record)
     if entry is None:
         raise DatabaseError(

@@ -6,14 +6,14 @@ import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from sqlalchemy import event, text
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy import event, inspect, text
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 from sqlalchemy.exc import DatabaseError as SADatabaseError
-from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, SQLModel, create_engine
 
 from kb import tables
-from kb.audit import chain_unchained_records
+from kb.audit import chain_unchained_records, lock_chain
 from kb.errors import DatabaseError
 
 # 2: expert feedback and the cross-kind audit chain (migrated from 1)
@@ -46,6 +46,25 @@ CHAIN_COLUMNS = (  # added to audit_chain by the migration to schema 3
 )
 IMMEDIATE = "vlkb_immediate"  # execution option: this transaction writes, take the lock first
 BEGIN_ATTEMPTS = 3  # each waits up to the busy timeout for the other writer to finish
+# PostgreSQL: the SQLSTATEs after which taking the chain lock again may succeed
+# (serialization_failure, deadlock_detected, lock_not_available: lock_timeout ran out).
+RETRYABLE = ("40001", "40P01", "55P03")
+PG_APPEND_ONLY = (
+    "CREATE OR REPLACE FUNCTION vlkb_append_only() RETURNS trigger LANGUAGE plpgsql AS $$ "
+    "BEGIN RAISE EXCEPTION '% is append-only', TG_TABLE_NAME; END $$"
+)
+PG_IMAGE_GUARD = (
+    "CREATE OR REPLACE FUNCTION vlkb_image_guard() RETURNS trigger LANGUAGE plpgsql AS $$ "
+    "BEGIN "
+    "IF TG_OP = 'UPDATE' AND OLD.data IS NULL AND NEW.data IS NOT NULL "
+    "AND NEW.sha256 = OLD.sha256 AND NEW.width = OLD.width AND NEW.height = OLD.height "
+    "AND NEW.format = OLD.format AND NEW.thumbnail_png = OLD.thumbnail_png "
+    "AND NEW.created_at IS NOT DISTINCT FROM OLD.created_at THEN RETURN NEW; END IF; "
+    "IF TG_OP = 'UPDATE' THEN "
+    "RAISE EXCEPTION 'image is append-only: only missing original bytes may be added'; "
+    "END IF; "
+    "RAISE EXCEPTION 'image is append-only'; END $$"
+)
 
 
 def _sqlite_pragmas(dbapi_connection: sqlite3.Connection, _record: object) -> None:
@@ -73,8 +92,38 @@ def _begin(connection: Connection) -> None:
 
 
 def writer(engine: Engine) -> Engine:
-    """The same engine, its transactions starting with BEGIN IMMEDIATE (SQLite)."""
+    """The same engine, its transactions starting with BEGIN IMMEDIATE (SQLite) or the audit
+    chain's advisory lock (PostgreSQL, taken by `transaction`)."""
     return engine.execution_options(**{IMMEDIATE: True})
+
+
+def reader(engine: Engine) -> Engine:
+    """The engine for reading transactions: on PostgreSQL REPEATABLE READ, so a reader (say
+    `kb audit verify` beside running writers) sees one snapshot from its first statement to
+    its last, as an SQLite read transaction does; a read-only transaction never fails there."""
+    if is_postgres(engine):
+        return engine.execution_options(isolation_level="REPEATABLE READ")
+    return engine
+
+
+def is_postgres(engine: Engine) -> bool:
+    return engine.dialect.name == "postgresql"
+
+
+def shown(url: str) -> str:
+    """A database URL as messages show it: never with its password."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url
+
+
+def driver_url(url: str) -> str:
+    """postgresql:// and postgres:// mean the psycopg (3) driver, the one VLKB installs."""
+    for plain in ("postgresql://", "postgres://"):
+        if url.startswith(plain):
+            return "postgresql+psycopg://" + url[len(plain) :]
+    return url
 
 
 RESTORE_HINT = (
@@ -84,8 +133,9 @@ RESTORE_HINT = (
 
 
 def _describe(url: str, exc: Exception) -> str:
-    message = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
+    message = (str(getattr(exc, "orig", exc)).strip().splitlines() or [type(exc).__name__])[0]
     lowered = message.lower()
+    url = shown(url)
     if "prev_hash" in lowered:
         hint = "another process appended to the audit log at the same moment; run it again"
     elif "locked" in lowered or "busy" in lowered:
@@ -98,19 +148,47 @@ def _describe(url: str, exc: Exception) -> str:
         hint = "the file is damaged; " + RESTORE_HINT
     elif "not a database" in lowered:
         hint = "the file is not an SQLite database; point database.url in kb.toml elsewhere"
+    elif "append-only" in lowered:
+        hint = "audited records are never changed or deleted; append a new record instead"
+    elif "connection" in lowered or "does not exist" in lowered:
+        hint = "check that the PostgreSQL server is running, reachable and has that database"
+    elif "lock timeout" in lowered or "deadlock" in lowered or "serializ" in lowered:
+        hint = "other processes kept the audit chain locked; run it again"
     else:
         hint = "check database.url in kb.toml"
     return f"knowledge base {url}: {message} ({hint})"
 
 
 def open_engine(url: str, busy_timeout_s: float = 10.0) -> Engine:
-    """Create the engine, the tables on first use, and refuse a newer schema."""
+    """Create the engine, the tables on first use, and refuse a newer schema.
+
+    SQLite and PostgreSQL are supported. PostgreSQL sessions run in READ COMMITTED (so a
+    writer that has waited for the chain lock reads the head the last writer committed) with
+    UTC times (so stored times hash the same on every client) and lock_timeout set to the
+    busy timeout.
+    """
+    url = driver_url(url)
     is_sqlite = url.startswith("sqlite")
-    connect_args = {"timeout": busy_timeout_s} if is_sqlite else {}
-    engine = create_engine(url, connect_args=connect_args)
-    if is_sqlite:
-        event.listen(engine, "connect", _sqlite_pragmas)
-        event.listen(engine, "begin", _begin)
+    if not (is_sqlite or url.startswith("postgresql")):
+        raise DatabaseError(
+            f"knowledge base {shown(url)}: only SQLite (sqlite:///FILE) and PostgreSQL "
+            "(postgresql+psycopg://USER@HOST:PORT/DB) are supported; check database.url"
+        )
+    try:
+        if is_sqlite:
+            engine = create_engine(url, connect_args={"timeout": busy_timeout_s})
+            event.listen(engine, "connect", _sqlite_pragmas)
+            event.listen(engine, "begin", _begin)
+        else:
+            timeout_ms = max(1, int(busy_timeout_s * 1000))
+            engine = create_engine(
+                url,
+                isolation_level="READ COMMITTED",
+                pool_pre_ping=True,
+                connect_args={"options": f"-c timezone=UTC -c lock_timeout={timeout_ms}"},
+            )
+    except (ArgumentError, NoSuchModuleError, ImportError) as exc:
+        raise DatabaseError(f"knowledge base {shown(url)}: {exc} (check database.url)") from exc
     try:
         _ensure_schema(engine, url, is_sqlite)
     except (OperationalError, SADatabaseError) as exc:
@@ -122,18 +200,18 @@ def open_engine(url: str, busy_timeout_s: float = 10.0) -> Engine:
     return engine
 
 
+def _schema_version(session: Session) -> int | None:
+    if not inspect(session.connection()).has_table("schema_info"):
+        return None
+    info = session.get(tables.SchemaInfo, 1)
+    return info.version if info is not None else None
+
+
 def _ensure_schema(engine: Engine, url: str, is_sqlite: bool) -> None:
     """Create a new database, migrate an older one additively, refuse a newer one."""
     with Session(engine) as session:
-        info = None
-        if engine.dialect.has_table(session.connection(), "schema_info"):
-            info = session.get(tables.SchemaInfo, 1)
-        version = info.version if info is not None else None
-    if version is not None and version > SCHEMA_VERSION:
-        raise DatabaseError(
-            f"knowledge base {url} has schema version {version}, newer than this "
-            f"VLKB understands ({SCHEMA_VERSION}); upgrade VLKB to open it"
-        )
+        version = _schema_version(session)
+    _refuse_newer(url, version)
     if version == SCHEMA_VERSION:
         return
     if version is not None and is_sqlite:
@@ -141,22 +219,17 @@ def _ensure_schema(engine: Engine, url: str, is_sqlite: bool) -> None:
         if problem is not None:
             raise DatabaseError(damaged(url, problem))
     # Every step is idempotent and the version is written last, so a migration cut short
-    # simply runs again on the next open.
-    SQLModel.metadata.create_all(engine)
-    with Session(writer(engine)) as session:
-        if is_sqlite:
-            _add_chain_columns(session)
-            for statement in IMAGE_GUARD:
-                session.exec(text(statement))  # type: ignore[call-overload]
-            for table in APPEND_ONLY_TABLES:
-                for action in ("UPDATE", "DELETE"):
-                    session.exec(
-                        text(  # type: ignore[call-overload]
-                            f"CREATE TRIGGER IF NOT EXISTS {table}_no_{action.lower()} "
-                            f"BEFORE {action} ON {table} BEGIN "
-                            f"SELECT RAISE(ABORT, '{table} is append-only'); END"
-                        )
-                    )
+    # simply runs again on the next open. The whole of it is one transaction (DDL is
+    # transactional in both databases) holding the write lock, so processes opening a new
+    # database at once (kb serve --workers N) create it once.
+    with transaction(writer(engine), url) as session:
+        version = _schema_version(session)  # another process may have just created it
+        _refuse_newer(url, version)
+        if version == SCHEMA_VERSION:
+            return
+        SQLModel.metadata.create_all(session.connection())
+        _add_chain_columns(session)
+        _guard(session, is_sqlite)
         if version is not None:
             if version < 2:
                 _chain_existing_qualifications(session)
@@ -166,12 +239,51 @@ def _ensure_schema(engine: Engine, url: str, is_sqlite: bool) -> None:
             row = tables.SchemaInfo(version=SCHEMA_VERSION)
         row.version = SCHEMA_VERSION
         session.add(row)
-        session.commit()
+
+
+def _refuse_newer(url: str, version: int | None) -> None:
+    if version is not None and version > SCHEMA_VERSION:
+        raise DatabaseError(
+            f"knowledge base {shown(url)} has schema version {version}, newer than this "
+            f"VLKB understands ({SCHEMA_VERSION}); upgrade VLKB to open it"
+        )
+
+
+def _guard(session: Session, is_sqlite: bool) -> None:
+    """Triggers that make the database itself refuse to change or delete audited records
+    (and images, except gaining their original bytes); idempotent."""
+
+    def run(statement: str) -> None:
+        session.exec(text(statement))  # type: ignore[call-overload]
+
+    if is_sqlite:
+        for statement in IMAGE_GUARD:
+            run(statement)
+        for table in APPEND_ONLY_TABLES:
+            for action in ("UPDATE", "DELETE"):
+                run(
+                    f"CREATE TRIGGER IF NOT EXISTS {table}_no_{action.lower()} "
+                    f"BEFORE {action} ON {table} BEGIN "
+                    f"SELECT RAISE(ABORT, '{table} is append-only'); END"
+                )
+        return
+    run(PG_APPEND_ONLY)
+    run(PG_IMAGE_GUARD)
+    guarded = [(table, "vlkb_append_only") for table in APPEND_ONLY_TABLES]
+    for table, function in [*guarded, ("image", "vlkb_image_guard")]:
+        run(
+            f"CREATE OR REPLACE TRIGGER {table}_append_only BEFORE UPDATE OR DELETE ON {table} "
+            f"FOR EACH ROW EXECUTE FUNCTION {function}()"
+        )
+        run(
+            f"CREATE OR REPLACE TRIGGER {table}_no_truncate BEFORE TRUNCATE ON {table} "
+            "FOR EACH STATEMENT EXECUTE FUNCTION vlkb_append_only()"
+        )
 
 
 def _add_chain_columns(session: Session) -> None:
     """Schema 2 -> 3: the entry format (1 for what was written before) and the MAC column."""
-    present = {row[1] for row in session.exec(text("PRAGMA table_info(audit_chain)"))}  # type: ignore[call-overload]
+    present = {c["name"] for c in inspect(session.connection()).get_columns("audit_chain")}
     for name, kind in CHAIN_COLUMNS:
         if name not in present:
             session.exec(text(f"ALTER TABLE audit_chain ADD COLUMN {name} {kind}"))  # type: ignore[call-overload]
@@ -211,10 +323,37 @@ def damaged(url: str, problem: str) -> str:
     )
 
 
+def _locked_session(engine: Engine) -> Session:
+    """A session for a PostgreSQL write, holding the audit chain's lock from its first
+    statement to its commit; taking the lock is retried when it failed for a reason that
+    may pass (a serialisation failure, a deadlock, lock_timeout)."""
+    for attempt in range(BEGIN_ATTEMPTS):
+        session = Session(engine, expire_on_commit=False)
+        try:
+            lock_chain(session)
+            return session
+        except OperationalError as exc:
+            session.rollback()
+            session.close()
+            code = getattr(exc.orig, "sqlstate", None)
+            if attempt + 1 == BEGIN_ATTEMPTS or code not in RETRYABLE:
+                raise
+    raise AssertionError("unreachable")
+
+
 @contextmanager
 def transaction(engine: Engine, url: str) -> Iterator[Session]:
-    """A session committed on success and rolled back on any error, with readable DB errors."""
-    session = Session(engine, expire_on_commit=False)
+    """A session committed on success and rolled back on any error, with readable DB errors.
+
+    A writer's session (`writer(engine)`) holds the write lock from its start: SQLite's
+    BEGIN IMMEDIATE, PostgreSQL's advisory lock on the audit chain."""
+    try:
+        if is_postgres(engine) and engine.get_execution_options().get(IMMEDIATE):
+            session = _locked_session(engine)
+        else:
+            session = Session(engine, expire_on_commit=False)
+    except (OperationalError, SADatabaseError) as exc:
+        raise DatabaseError(_describe(url, exc)) from exc
     try:
         yield session
         session.commit()

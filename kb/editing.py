@@ -15,9 +15,15 @@ from PIL import Image, UnidentifiedImageError
 
 from kb.config import Workspace
 from kb.errors import RulesError
-from kb.rules import ASSESSMENTS_DIR, POLARITIES, REFERENCES_DIR
+from kb.rules import ASSESSMENTS_DIR, POLARITIES, REFERENCES_DIR, MeasurementRule
+from kb.vocabulary import COMPARISONS
 
 KEY_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
+MEASUREMENT = re.compile(
+    rf"^\s*(?P<quantity>[a-z][a-z0-9_]*)\s*(?P<op><=|>=|<|>)\s*(?P<limit>{NUMBER})"
+    rf"(?:\s*(?:\+-|±)\s*(?P<uncertainty>{NUMBER}))?\s*$"
+)
 
 
 def check_key(key: str) -> str:
@@ -27,6 +33,25 @@ def check_key(key: str) -> str:
             "or digit (e.g. EA-7)"
         )
     return key
+
+
+def parse_measurement(text: str, units: Mapping[str, str]) -> MeasurementRule:
+    """`porosity_fraction <= 0.02 +- 0.002` as a rule, in the unit metrology reports it in."""
+    match = MEASUREMENT.match(text)
+    if match is None:
+        raise RulesError(
+            f"--measurement {text!r}: write QUANTITY OP LIMIT [+- UNCERTAINTY], e.g. "
+            f"\"porosity_fraction <= 0.02 +- 0.002\" (OP one of {', '.join(COMPARISONS)})"
+        )
+    quantity = match["quantity"]
+    if quantity not in units:
+        raise RulesError(f"--measurement {text!r}: unknown quantity {quantity!r}; "
+                         f"known: {', '.join(units)}")
+    uncertainty = float(match["uncertainty"] or 0.0)
+    if uncertainty < 0:
+        raise RulesError(f"--measurement {text!r}: the uncertainty must not be negative")
+    return MeasurementRule(quantity, match["op"], float(match["limit"]), units[quantity],
+                           uncertainty)
 
 
 def _toml_string(text: str) -> str:
@@ -50,6 +75,7 @@ def assessment_text(
     threshold: float | None = None,
     review_margin: float | None = None,
     fusion: str = "zsum",
+    measurements: Sequence[MeasurementRule] = (),
 ) -> str:
     """The TOML of a new assessment; a threshold or band left None is left out, so it is
     chosen from the references once there are enough (docs/rules.md)."""
@@ -63,10 +89,22 @@ def assessment_text(
         f"name = {_toml_string(name)}\n"
         f"parent = {_toml_string(parent)}\n"
         f"criterion = {_toml_string(criterion)}\n"
-        "\n[prompts]\n"
-        f"positive = {_toml_list(positive)}\n"
-        f"negative = {_toml_list(negative)}\n"
-        "\n[decision]\n"
+        + (
+            "\n[prompts]\n"
+            f"positive = {_toml_list(positive)}\n"
+            f"negative = {_toml_list(negative)}\n"
+            if positive or negative else ""
+        )
+        + "".join(
+            "\n[[measurements]]\n"
+            f"quantity = {_toml_string(m.quantity)}\n"
+            f"op = {_toml_string(m.op)}\n"
+            f"limit = {m.limit!r}\n"
+            f"unit = {_toml_string(m.unit)}\n"
+            + (f"uncertainty = {m.uncertainty!r}\n" if m.uncertainty else "")
+            for m in measurements
+        )
+        + "\n[decision]\n"
         f"fusion = {_toml_string(fusion)}\n"
         + chosen
     )

@@ -9,7 +9,8 @@ from sqlmodel import Session, col, select
 
 from kb.tables import Embedding
 
-MODALITIES = ("image", "text")
+# image and text embeddings, and images' appearance features (how far from the references)
+MODALITIES = ("image", "text", "appearance")
 
 
 def cached_embeddings(

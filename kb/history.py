@@ -23,8 +23,10 @@ def find_qualifications(
     since: datetime | None = None,
     verdict: str | None = None,
     sample: str | None = None,
+    before: datetime | None = None,
 ) -> list[Qualification]:
-    """The newest `limit` qualifications at or after `since` with this overall verdict.
+    """The newest `limit` qualifications at or after `since` (and strictly before `before`)
+    with this overall verdict.
 
     sample: only those whose sample path contains this text (any case; % and _ are literal).
     """
@@ -32,6 +34,9 @@ def find_qualifications(
     if since is not None:
         moment = since if since.tzinfo is not None else since.replace(tzinfo=UTC)
         query = query.where(col(Qualification.created_at) >= moment)
+    if before is not None:
+        moment = before if before.tzinfo is not None else before.replace(tzinfo=UTC)
+        query = query.where(col(Qualification.created_at) < moment)
     if verdict is not None:
         query = query.where(Qualification.verdict == verdict)
     if sample:

@@ -49,7 +49,8 @@ def _config_text(text_models: str, flava_model: str, text_role: str, image_role:
     return f"""# VLKB workspace configuration.
 
 [database]
-# Any SQLAlchemy URL; a relative SQLite path is relative to this folder.
+# SQLite (sqlite:///FILE, relative to this folder) or a shared PostgreSQL database
+# (postgresql+psycopg://USER@HOST:PORT/DB; kb migrate --to URL copies this one there).
 url = "sqlite:///kb.sqlite"
 
 [metrology]

@@ -20,7 +20,7 @@ from PIL import Image, UnidentifiedImageError
 
 from kb.config import ROLES
 from kb.errors import RulesError
-from kb.vocabulary import COMPARISONS, FUSIONS, VERDICTS
+from kb.vocabulary import COMBINATIONS, COMPARISONS, FUSIONS, VERDICTS
 
 TREE_FILE = "tree.toml"
 ASSESSMENTS_DIR = "assessments"
@@ -28,6 +28,12 @@ REFERENCES_DIR = "references"
 POLARITIES = ("positive", "negative")
 GATE_RULES = ("all", "any", "k_of_n", "consensus")
 ROLE_ITEMS = {"text": "prompts", "image": "reference images"}
+# How far (in z units) a fused vision-language score must lie from its threshold before, in
+# measurement-led combination, it may contradict the measurements: two standard deviations of
+# one role's reference spread, i.e. about one for each of two agreeing roles.
+DEFAULT_CONFIDENCE_MARGIN = 2.0
+# What [defaults.decision] of tree.toml may set for every assessment that does not set it.
+TREE_DEFAULTS = ("combine", "confidence_margin")
 
 
 @dataclass(frozen=True)
@@ -90,6 +96,9 @@ class Decision:
     # What the rules leave out ("threshold", "review_margin"): chosen from the references'
     # leave-one-out scores when there are enough of them, else the value above.
     from_references: tuple[str, ...] = ()
+    combine: str = "strictest"  # a word of COMBINATIONS: how the kinds of evidence combine
+    # measurement-led: |score - threshold| at least this, or the disagreement is advisory
+    confidence_margin: float = DEFAULT_CONFIDENCE_MARGIN
 
 
 @dataclass(frozen=True)
@@ -279,14 +288,50 @@ def _read_preconditions(table: _Table) -> tuple[Precondition, ...]:
     return tuple(result)
 
 
-def _read_gates(rules_dir: Path) -> dict[str, Gate]:
+def _read_tree(rules_dir: Path) -> _Table:
     path = rules_dir / TREE_FILE
     if not path.is_file():
         raise RulesError(
             f"rules/{TREE_FILE}: missing; every workspace needs a tree with a root gate"
         )
     doc = _read_toml(path, rules_dir)
-    doc.check_keys({"gates"}, set())
+    doc.check_keys({"gates"}, {"defaults"})
+    return doc
+
+
+def _read_defaults(doc: _Table) -> dict[str, Any]:
+    """[defaults.decision] of tree.toml: what every assessment inherits unless it says."""
+    defaults = doc.table("defaults")
+    defaults.check_keys(set(), {"decision"})
+    decision = defaults.table("decision")
+    decision.check_keys(set(), set(TREE_DEFAULTS))
+    return {
+        **({"combine": _combine(decision)} if "combine" in decision.data else {}),
+        **(
+            {"confidence_margin": _confidence_margin(decision)}
+            if "confidence_margin" in decision.data
+            else {}
+        ),
+    }
+
+
+def _combine(t: _Table, default: str = "strictest") -> str:
+    combine = t.text("combine", default)
+    if combine not in COMBINATIONS:
+        raise t.fail(
+            f"unknown combine {combine!r}; expected one of {', '.join(COMBINATIONS)}"
+        )
+    return combine
+
+
+def _confidence_margin(t: _Table, default: float = DEFAULT_CONFIDENCE_MARGIN) -> float:
+    margin = t.number("confidence_margin", default)
+    if margin < 0:
+        raise t.fail("`confidence_margin` must not be negative")
+    return margin
+
+
+def _read_gates(doc: _Table) -> dict[str, Gate]:
     gates_table = doc.table("gates")
     gates: dict[str, Gate] = {}
     for position, key in enumerate(gates_table.data):
@@ -398,9 +443,9 @@ def _decision_of(data: dict[str, Any]) -> Decision:
     return Decision(**{**data, "from_references": tuple(data.get("from_references", ()))})
 
 
-def _read_decision(doc: _Table) -> Decision:
+def _read_decision(doc: _Table, defaults: dict[str, Any]) -> Decision:
     t = doc.table("decision")
-    t.check_keys(set(), {"fusion", "weights", "threshold", "review_margin"})
+    t.check_keys(set(), {"fusion", "weights", "threshold", "review_margin", *TREE_DEFAULTS})
     fusion = t.text("fusion", "zsum")
     if fusion not in FUSIONS:
         raise t.fail(f"unknown fusion {fusion!r}; expected one of {FUSIONS}")
@@ -415,10 +460,20 @@ def _read_decision(doc: _Table) -> Decision:
     if margin < 0:
         raise t.fail("`review_margin` must not be negative")
     unset = tuple(name for name in ("threshold", "review_margin") if name not in t.data)
-    return Decision(fusion, weights, t.number("threshold", 0.0), margin, unset)
+    return Decision(
+        fusion,
+        weights,
+        t.number("threshold", 0.0),
+        margin,
+        unset,
+        combine=_combine(t, defaults.get("combine", "strictest")),
+        confidence_margin=_confidence_margin(
+            t, defaults.get("confidence_margin", DEFAULT_CONFIDENCE_MARGIN)
+        ),
+    )
 
 
-def _read_assessment(path: Path, rules_dir: Path) -> Assessment:
+def _read_assessment(path: Path, rules_dir: Path, defaults: dict[str, Any]) -> Assessment:
     doc = _read_toml(path, rules_dir)
     doc.check_keys(
         {"key", "name", "criterion", "parent"},
@@ -436,7 +491,7 @@ def _read_assessment(path: Path, rules_dir: Path) -> Assessment:
         prompts=_read_prompts(doc),
         references=_read_references(doc, key, rules_dir),
         measurements=_read_measurements(doc),
-        decision=_read_decision(doc),
+        decision=_read_decision(doc, defaults),
         preconditions=_read_preconditions(doc),
     )
     if not (assessment.prompts or assessment.references or assessment.measurements):
@@ -448,10 +503,12 @@ def compile_rules(rules_dir: Path) -> Ruleset:
     """Read and validate rules/; raises RulesError naming the file and the problem."""
     if not rules_dir.is_dir():
         raise RulesError(f"{rules_dir}: no rules/ folder; create one with `kb init`")
-    gates = _read_gates(rules_dir)
+    tree = _read_tree(rules_dir)
+    gates = _read_gates(tree)
+    defaults = _read_defaults(tree)
     assessments: dict[str, Assessment] = {}
     for path in _assessment_files(rules_dir / ASSESSMENTS_DIR):
-        assessment = _read_assessment(path, rules_dir)
+        assessment = _read_assessment(path, rules_dir, defaults)
         if assessment.key in gates:
             raise RulesError(f"rules/{assessment.source}: key {assessment.key!r} is also a gate")
         assessments[assessment.key] = assessment

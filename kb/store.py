@@ -12,7 +12,7 @@ from sqlmodel import Session
 from kb.audit import AUDIT_KEY
 from kb.audit_key import audit_key
 from kb.config import Workspace
-from kb.db import damaged, integrity_problem, open_engine, transaction, writer
+from kb.db import damaged, integrity_problem, open_engine, reader, transaction, writer
 from kb.errors import DatabaseError
 
 
@@ -50,8 +50,9 @@ class KnowledgeBase:
 
     @contextmanager
     def reading(self) -> Iterator[Session]:
-        """A read: never locks out writers for long, works on a damaged file as far as it can."""
-        with transaction(self.engine, self.url) as session:
+        """A read: one consistent snapshot, never locking out writers; works on a damaged
+        file as far as it can."""
+        with transaction(reader(self.engine), self.url) as session:
             session.info[AUDIT_KEY] = self.audit_key
             yield session
 

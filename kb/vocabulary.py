@@ -45,8 +45,21 @@ def strictest(verdicts: Iterable[str]) -> str:
     return min(judged, key=STRICTEST_FIRST.index)
 
 
+NORMALIZATIONS: tuple[str, ...] = ("batch", "calibrated")
+"""Where z-score statistics come from: the run's own images, or references and calibrations."""
+
 FUSIONS: tuple[str, ...] = ("zsum", "weighted")
 """How per-role z-scores become one score: their sum (the article) or their weighted mean."""
+
+COMBINATIONS: tuple[str, ...] = ("strictest", "measurement-led")
+"""How an assessment combines its kinds of evidence: every kind must accept (the strictest
+verdict wins), or its measurement rules decide and vision-language evidence that contradicts
+them only sends it to review when it is confident and applicable."""
+
+DECIDERS: tuple[str, ...] = ("measurement", "vision-language", "strictest", "disagreement")
+"""What decided an assessment: its measurement rules alone, its vision-language evidence alone,
+the strictest of both kinds, or (measurement-led) confident, applicable vision-language evidence
+contradicting the measurements, which sends it to review."""
 
 COMPARISONS: dict[str, Callable[[float, float], bool]] = {
     "<=": operator.le,

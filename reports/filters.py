@@ -95,6 +95,17 @@ def quantity(value: Any, unit: Any) -> str:
     return f"{number:.4g} {unit_label(name)}".rstrip()
 
 
+def headline_quantity(value: Any, unit: Any) -> str:
+    """A value as a sentence quotes it: fractions as % only, 3 significant digits."""
+    if is_missing(value):
+        return MISSING
+    if str(unit) in _FRACTION_UNITS:
+        return f"{float(value) * 100:.3g} %"
+    if str(unit) in ("count", "ratio"):
+        return f"{float(value):.3g}" if str(unit) == "ratio" else f"{float(value):.0f}"
+    return f"{float(value):.3g} {unit_label(unit)}".rstrip()
+
+
 def op_symbol(op: Any) -> str:
     """The comparison as a mathematical sign."""
     if is_missing(op):
@@ -207,6 +218,15 @@ def operator_source(source: Any) -> str:
     return OPERATOR_SOURCES.get(str(source), str(source))
 
 
+DECIDED_BY = {
+    "measurement": "the measurement rules",
+    "vision-language": "the vision-language evidence",
+    "strictest": "the strictest of the vision-language evidence and the measurements",
+    "disagreement": "review: confident, applicable vision-language evidence contradicts "
+    "the measurements",
+}
+
+
 def decision_rule(node: Any) -> list[str]:
     """An assessment's stored decision rule as phrases; empty for a record from before."""
     rule = node.get("decision_rule")
@@ -233,7 +253,19 @@ def decision_rule(node: Any) -> list[str]:
         phrases.append(f"measurement rule: {text}")
     combined = rule.get("combined")
     used = f" of {', '.join(combined)}" if combined else ""
-    phrases.append(f"evidence combined: {rule.get('combination', 'strictest')}{used}")
+    mode = rule.get("combination", "strictest")
+    how_combined = f"evidence combined: {mode}{used}"
+    if mode == "measurement-led" and not is_missing(rule.get("confidence_margin")):
+        how_combined += (
+            f" (vision-language evidence overrules the measurements to review only when"
+            f" |score - threshold| >= {float(rule['confidence_margin']):g} and applicable)"
+        )
+    phrases.append(how_combined)
+    decided = rule.get("decided_by")
+    if not is_missing(decided):
+        phrases.append(f"decided by: {DECIDED_BY.get(str(decided), str(decided))}")
+    if rule.get("advisory"):
+        phrases.append("vision-language evidence disagreed: advisory only")
     for p in rule.get("preconditions") or []:
         phrases.append(f"judged only if {p.get('node')} is {' or '.join(p.get('verdicts', []))}")
     return phrases

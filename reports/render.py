@@ -42,6 +42,7 @@ def render_qualification(
     document: dict[str, Any],
     images: Mapping[str, bytes],
     feedback: Sequence[dict[str, Any]] = (),
+    chain: Mapping[str, Any] | None = None,
 ) -> str:
     """One qualification as an HTML report.
 
@@ -49,6 +50,8 @@ def render_qualification(
     closest reference's sha256; any format Pillow reads; an image not given (or not
     decodable) shows as a placeholder. feedback: expert entries (node, verdict, comment,
     expert, time), shown beside the machine verdict of their node, never in its place.
+    chain: the record's audit-chain entry (hash, seq), so a printed report can be tied to
+    `kb audit verify`; None for a document that is not stored.
     """
     view = qualification_view(document, images, feedback)
     return (
@@ -57,6 +60,7 @@ def render_qualification(
         .render(
             view=view,
             doc=document,
+            chain=chain,
             thumbnail=lambda sha: view.thumbnails.get(sha, REFERENCE_SIDE),
         )
     )

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from reports.charts import ScoreChart, score_chart
-from reports.filters import is_missing
+from reports.filters import headline_quantity, is_missing
 from reports.thumbnails import SAMPLE_SIDE, Thumbnail, Thumbnails
 
 Record = Mapping[str, Any]
@@ -67,6 +67,7 @@ class QualificationView:
     stray_feedback: list[Record]
     normalization_rows: list[NormalizationRow]
     thumbnails: Thumbnails
+    reasons: list[str]  # why the overall verdict, one phrase per assessment that is not accept
 
 
 def feedback_time(item: Record) -> Any:
@@ -205,4 +206,55 @@ def qualification_view(
         stray_feedback=stray,
         normalization_rows=normalization_rows(sections),
         thumbnails=thumbnails,
+        reasons=reasons(sections),
     )
+
+
+FAILED = {"<=": "exceeds", "<": "is not below", ">=": "is below", ">": "is not above"}
+RANK = {"reject": 0, "review": 1, "not_assessed": 2}  # which reasons a reader needs first
+
+
+def reasons(sections: Sequence[AssessmentSection]) -> list[str]:
+    """One phrase per assessment that did not accept, strictest first, saying what failed:
+    "EA-4 Porosity: porosity 4.8 % exceeds 2 %; largest pore diameter 232 µm exceeds 150 µm"."""
+    ranked = sorted(
+        (s for s in sections if s.node.get("verdict") in RANK),
+        key=lambda s: RANK[str(s.node.get("verdict"))],
+    )
+    return [f"{s.node.get('key')} {s.node.get('name') or ''}: {_why(s)}".replace(" :", ":")
+            for s in ranked]
+
+
+def _why(section: AssessmentSection) -> str:
+    node = section.node
+    verdict = node.get("verdict")
+    if verdict == "not_assessed":
+        return f"not assessed ({node.get('reason') or 'no evidence could be used'})"
+    parts = [_measurement_phrase(m) for m in section.measurements
+             if m.get("verdict") == verdict]
+    decided = node.get("decided_by")
+    if (not parts or decided != "measurement") and (
+        _finite(node.get("score")) and _finite(node.get("threshold"))
+    ):
+        score, threshold = float(node["score"]), float(node["threshold"])
+        if decided == "disagreement":
+            parts.append(f"vision-language score {score:+.2f} contradicts the measurements "
+                         "with confidence")
+        elif verdict == "reject" or not parts:
+            relation = "below" if score < threshold else "too close to"
+            parts.append(f"vision-language score {score:+.2f} is {relation} the threshold "
+                         f"{threshold:+.2f}")
+    return "; ".join(p for p in parts if p) or str(verdict)
+
+
+def _measurement_phrase(m: Record) -> str:
+    # records from before names were stored: the code less its own unit, e.g. haz_depth_mm
+    name = m.get("name") or str(m.get("quantity", "")).removesuffix(f"_{m.get('unit')}").replace(
+        "_", " ")
+    unit = m.get("unit")
+    if m.get("value") is None:
+        return f"{name} could not be measured ({m.get('note') or 'no reason recorded'})"
+    value, limit = headline_quantity(m.get("value"), unit), headline_quantity(m.get("limit"), unit)
+    if m.get("verdict") == "review":
+        return f"{name} {value} is within the uncertainty of the limit {limit}"
+    return f"{name} {value} {FAILED.get(str(m.get('op')), 'fails')} {limit}"

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from kb.config import Workspace
+from tests import pg_server
 
 # Set before anything imports huggingface_hub / transformers (they read these at import time).
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -54,3 +56,24 @@ def example(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
     from tests.workspaces import example_copy
 
     return example_copy(tmp_path_factory.mktemp("example"))
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[pg_server.Server]:
+    """This session's own PostgreSQL server, started on first use and stopped at the end;
+    a server that cannot start fails the tests that need it, with the reason."""
+    try:
+        server = pg_server.start()
+    except (pg_server.ServerError, OSError) as exc:
+        pytest.fail(f"the test PostgreSQL server could not start: {exc}", pytrace=False)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A new, empty knowledge base on each backend: an SQLite file or a PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'kb.sqlite'}"
+    server: pg_server.Server = request.getfixturevalue("postgres")
+    return server.new_database()

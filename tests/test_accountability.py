@@ -230,7 +230,11 @@ def test_every_stored_node_records_the_decision_rule_that_produced_it(workspace:
             assert rule["fusion"] == decision.get("fusion", "zsum")
             assert rule["threshold"] == threshold and rule["review_margin"] == margin
             assert rule["review_band"] == [threshold - margin, threshold + margin]
-            assert rule["combination"] == "strictest"
+            defaults = tomllib.loads((workspace.rules_dir / "tree.toml").read_text())
+            inherited = defaults.get("defaults", {}).get("decision", {})
+            assert rule["combination"] == node["combine"] == decision.get(
+                "combine", inherited.get("combine", "strictest")
+            )
             assert rule["threshold_source"] == "rules"
             assert set(rule["weights"]) == {"text", "image"}
             assert rule["measurement_rules"] == [
@@ -244,6 +248,7 @@ def test_every_stored_node_records_the_decision_rule_that_produced_it(workspace:
             ]
             if node["verdict"] != "not_assessed":  # roles unbound: measurements alone
                 assert rule["combined"] == ["measurement"]
+                assert rule["decided_by"] == node["decided_by"] == "measurement"
 
 
 def test_a_run_override_is_the_rule_recorded_and_the_report_shows_the_rule(

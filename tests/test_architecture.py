@@ -58,7 +58,10 @@ def test_only_the_cli_command_for_training_reaches_into_the_training_package():
 WORD_LISTS = {
     "verdicts": {"accept", "reject", "review", "not_assessed"},
     "fusions": {"zsum", "weighted"},
+    "normalizations": {"batch", "calibrated"},
     "comparisons": {"<=", "<", ">=", ">"},
+    "combinations": {"strictest", "measurement-led"},
+    "deciders": {"measurement", "vision-language", "disagreement"},
 }
 
 

@@ -410,6 +410,41 @@ def test_history_filters_by_verdict_and_time(ws, tmp_path):
     assert code == 1 and "use one of accept, reject, review, not_assessed" in err
 
 
+def test_history_until_a_day_includes_it_and_sample_matches_part_of_the_path(ws, tmp_path):
+    _, doc, _ = qualify(ws, samples(tmp_path / "in", 3), "--normalize", "batch")
+    created = doc["qualifications"][0]["created_at"]
+
+    def history(*args: object) -> list[str]:
+        code, out, err = kb("history", "--json", "-w", ws, *args)
+        assert code == 0, err
+        return [Path(r["sample"]["path"]).name for r in json.loads(out)["qualifications"]]
+
+    assert len(history("--until", created[:10])) == 3  # the whole day
+    assert len(history("--until", created)) >= 1  # that moment included
+    assert history("--until", "2000-01-01") == []
+    assert history("--sample", "S1.PNG") == ["s1.png"]
+    code, _, err = kb("history", "--until", "soon", "-w", ws)
+    assert code == 1 and "--until 'soon' is not a date" in err
+
+
+def test_kb_report_keeps_an_earlier_different_report_beside_the_new_one(ws, tmp_path):
+    _, doc, _ = qualify(ws, samples(tmp_path / "in", 1), "--normalize", "batch")
+    ident = doc["qualifications"][0]["id"]
+    code, out, err = kb("report", ident, "--json", "-w", ws)
+    first = Path(json.loads(out)["report"])
+    code, out, err = kb("report", ident, "--json", "-w", ws)
+    assert Path(json.loads(out)["report"]) == first and "earlier" not in json.loads(out)
+    code, _, err = kb("feedback", ident, "EA-5", "--verdict", "reject", "--comment", "no",
+                      "--expert", "A. Expert", "-w", ws)
+    assert code == 0, err
+    before = first.read_bytes()
+    code, out, err = kb("report", ident, "--json", "-w", ws)
+    second = json.loads(out)
+    assert second["report"] == str(first) and second["earlier"] != str(first)
+    assert Path(second["earlier"]).read_bytes() == before
+    assert "A. Expert" in first.read_text(encoding="utf-8")
+
+
 # --- schema versions ------------------------------------------------------------------------
 
 

@@ -177,3 +177,62 @@ def test_kb_tree_wraps_long_prompts_at_word_breaks_and_never_cuts_them():
     longest = max(prompts["positive"] + prompts["negative"], key=len)
     assert len(longest) > 80  # wider than the console: it must wrap
     assert longest in flowing
+
+
+def test_kb_version_and_a_workspace_given_before_the_command(tmp_path):
+    from cli.app import after_the_command
+
+    assert after_the_command(["-w", "ws", "qualify", "a.png"]) == ["qualify", "-w", "ws", "a.png"]
+    assert after_the_command(["-w", "ws", "audit", "head"]) == ["audit", "head", "-w", "ws"]
+    assert after_the_command(["qualify", "-w", "ws"]) == ["qualify", "-w", "ws"]
+    run = [sys.executable, "-c", "from cli.app import main; main()"]
+    done = subprocess.run([*run, "--version"], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0 and done.stdout.startswith("kb (VLKB) ")
+    done = subprocess.run([*run, "-w", str(REPO), "tree", "--json"], capture_output=True,
+                          text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["root"]
+
+
+def test_add_assessment_writes_measurement_rules_from_one_line_each(tmp_path):
+    import tomllib
+
+    from tests.workspaces import new_workspace
+
+    ws = new_workspace(tmp_path / "ws")  # no model bound: measurements alone
+    code, out, err = kb("add-assessment", "EA-4", "--name", "Porosity", "--criterion",
+                        "At most 2 % pores", "--measurement",
+                        "porosity_fraction <= 0.02 +- 0.002", "--measurement",
+                        "max_pore_diameter_um<150", "-w", ws.root)
+    assert code == 0, err
+    rules = tomllib.loads((ws.rules_dir / "assessments/EA-4.toml").read_text())
+    assert rules["measurements"] == [
+        {"quantity": "porosity_fraction", "op": "<=", "limit": 0.02, "unit": "fraction",
+         "uncertainty": 0.002},
+        {"quantity": "max_pore_diameter_um", "op": "<", "limit": 150.0, "unit": "um"},
+    ]
+    assert "prompts" not in rules
+
+
+@pytest.mark.parametrize("rule", ["porosity <= 0.02", "porosity_fraction ~ 0.02",
+                                  "porosity_fraction <= 0.02 +- -1"])
+def test_a_measurement_rule_that_does_not_parse_is_one_line_and_no_file(tmp_path, rule):
+    from tests.workspaces import new_workspace
+
+    ws = new_workspace(tmp_path / "ws")
+    code, out, err = kb("add-assessment", "EA-4", "--name", "P", "--criterion", "c",
+                        "--measurement", rule, "-w", ws.root)
+    assert code == 1 and out == "" and err.count("\n") == 1 and "--measurement" in err
+    assert not (ws.rules_dir / "assessments/EA-4.toml").exists()
+
+
+def test_add_assessment_keeps_the_rule_file_when_only_a_model_cannot_load(tmp_path):
+    root = tmp_path / "ws"
+    code, _, err = kb("init", root, "--clip", tmp_path / "no-such-model")
+    assert code == 0, err
+    code, out, err = kb("add-assessment", "EA-7", "--name", "n", "--criterion", "c",
+                        "--positive", "a dense bead", "--negative", "a porous bead", "-w", root)
+    assert code == 1 and err.count("\n") == 1
+    assert "rules/assessments/EA-7.toml written and kept, but not synced" in err
+    assert "run `kb sync`" in err
+    assert (root / "rules/assessments/EA-7.toml").is_file()

@@ -24,8 +24,9 @@ import torch
 from PIL import Image
 
 from engine.encoders import cnn_install, cnn_nets
-from engine.encoders.backends import load_encoder, model_fingerprint, offline_status
+from engine.encoders.backends import load_encoder, offline_status
 from engine.encoders.cnn import CnnConfig, features, load_network, pixels
+from engine.encoders.fingerprint import model_fingerprint
 from kb.config import ModelSpec, Workspace
 from kb.errors import ModelInstallError, ModelLoadError, WorkspaceError
 from tests.cli_runner import kb
@@ -131,7 +132,7 @@ def test_the_folder_holds_config_safetensors_and_a_model_card_naming_the_source(
     card = (installed_lite0 / "MODEL_CARD.md").read_text()
     for fact in (entry.package, entry.version, entry.sha256, "Apache-2.0"):
         assert fact in card
-    assert sorted(p.name for p in installed_lite0.iterdir()) == [
+    assert sorted(p.name for p in installed_lite0.iterdir() if not p.name.startswith(".")) == [
         "MODEL_CARD.md", "config.json", "model.safetensors"
     ]
     assert _encoder(installed_lite0).fingerprint == model_fingerprint(installed_lite0)
@@ -339,7 +340,7 @@ def test_image_references_judge_end_to_end_on_the_cnn_backend(
     assert code == 0, err
     code, out, err = kb("evaluate", data, "--labels-from-folders", "EA-1", "--accept", "good",
                         "--json", "-w", root, "--out", tmp_path / "eval")
-    assert code == 0, err
+    assert code == 0, err + out
     blocks = json.loads(out)["assessments"]["EA-1"]
     assert "text" not in blocks  # no vision-language model: prompts are not assessed
     assert blocks["image"]["auroc"] > 0.9  # the texture separates round from long grains
@@ -386,3 +387,16 @@ def test_a_new_workspace_binds_the_installed_generic_encoder_and_says_text_needs
     assert generic["offline"] is True, f"run `make install`: {generic['detail']}"
     code, out, err = kb("models", "-w", root)
     assert "role 'text' is unbound" in err and "vision-language model" in err
+
+
+def test_appearance_is_the_channel_mean_a_quarter_up_the_network(installed_lite0):
+    """What the range-of-references check compares: block4 of Lite0's 17 taps (40 channels)."""
+    encoder = _encoder(installed_lite0)
+    images = _images(3)
+    got = encoder.appearance(images)
+    with torch.inference_mode():
+        block = encoder.model.forward_taps(pixels(images, encoder.config), ["block4"])["block4"]
+    expected = block.mean(dim=(2, 3)).numpy()
+    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+    assert got.shape == (3, 40)
+    np.testing.assert_allclose(got, expected, atol=1e-6)

@@ -352,3 +352,36 @@ def test_tiny_model_builds_are_deterministic(tiny_flava_dir: Path, tmp_path: Pat
     assert model_fingerprint(build_tiny_flava(tmp_path / "again")) == model_fingerprint(
         tiny_flava_dir
     )
+
+
+def test_a_kept_fingerprint_is_reused_until_a_file_changes_and_verify_rehashes(tmp_path):
+    import os
+    import shutil
+
+    from engine.encoders.fingerprint import CACHE_FILE, hashed_fingerprint, shaping_files
+    from tests.model_factory import build_tiny_clip
+
+    folder = build_tiny_clip(tmp_path / "clip")
+    first = model_fingerprint(folder)
+    assert first == hashed_fingerprint(shaping_files(folder))
+    assert (folder / CACHE_FILE).is_file() and model_fingerprint(folder) == first
+
+    config = folder / "config.json"
+    text = config.read_text().replace('"clip"', '"clip" ', 1)  # same meaning, other bytes
+    config.write_text(text)
+    changed = model_fingerprint(folder)  # size and time moved: rehashed
+    assert changed != first and changed == hashed_fingerprint(shaping_files(folder))
+
+    # the documented blind spot: rewritten in place with size and time put back
+    padded = config.read_text().replace('"clip" ', ' "clip"', 1)
+    stamp = config.stat()
+    config.write_text(padded)
+    os.utime(config, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+    assert model_fingerprint(folder) == changed  # trusted, as docs/ says
+    assert model_fingerprint(folder, verify=True) == hashed_fingerprint(shaping_files(folder))
+
+    unwritable = tmp_path / "unwritable"  # the cache cannot be written there (root ignores
+    shutil.copytree(folder, unwritable)  # modes, so a folder stands in its way)
+    (unwritable / CACHE_FILE).unlink()
+    (unwritable / CACHE_FILE).mkdir()
+    assert model_fingerprint(unwritable) == hashed_fingerprint(shaping_files(unwritable))

@@ -181,3 +181,28 @@ def test_threshold_choice_maximises_balanced_accuracy_and_stays_near_the_current
     # Every threshold in (0.2, 0.4] is perfect; the current one wins when it is among them.
     assert best_threshold(scores, truth, current=0.35) == 0.35
     assert balanced_accuracy_at(scores, [A] * 6, 0.0) is None
+
+
+def test_the_evaluation_page_names_assessments_embeds_its_plots_and_lists_what_to_look_at(
+    example: Workspace, tmp_path: Path
+) -> None:
+    import re as regex
+
+    data = tmp_path / "set"
+    write_dataset(data, n=24, seed=32, criteria=criteria_of(compile_workspace(example)))
+    out = tmp_path / "report"
+    code, stdout, err = kb("evaluate", data, "--labels", data / "labels.csv", "--json",
+                           "--out", out, "-w", example.root)
+    assert code == 0, err
+    document = json.loads(stdout)
+    html = (out / "evaluation.html").read_text(encoding="utf-8")
+    for key, name in document["names"].items():
+        assert f"<h2>{key} {name}</h2>" in html
+    sources = regex.findall(r'<img src="([^"]+)"', html)
+    assert sources and all(s.startswith("data:image/png;base64,") for s in sources)
+    for sample in document["samples"]:
+        for key, modes in sample["verdicts"].items():
+            verdict, label = modes["final"]["verdict"], sample["labels"][key]
+            if verdict == "review" or (verdict in (A, R) and verdict != label):
+                assert f"<td class=\"mono\">{sample['image']}</td>" in html
+                assert f"#{sample['qualification_id']} " in html

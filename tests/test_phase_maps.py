@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from scipy import ndimage
 
 from engine.metrology.quantities import NotASegmentationMap, measure_image
 from engine.metrology.synthetic import Degradation, write_dataset
@@ -21,23 +20,13 @@ from engine.session import VLKB
 from engine.sync import sync_workspace
 from kb.config import DEFAULT_LEGEND, Workspace
 from tests.cli_runner import kb
+from tests.foreign_images import photograph
 from tests.workspaces import micrograph, new_workspace, write_carbide_assessment
 
 REPO = Path(__file__).resolve().parent.parent
 MAP = REPO / "examples" / "sound-bead-a.png"
 
 
-
-
-def photograph(height: int = 360, width: int = 480, seed: int = 0, tint=(1.0, 0.9, 0.75)):
-    """A real-looking etched micrograph: grains of smoothed noise, a lighting gradient, a tint."""
-    rng = np.random.default_rng(seed)
-    grains = ndimage.gaussian_filter(rng.normal(0, 1, (height, width)), 6)
-    grains = grains / np.abs(grains).max()
-    light = np.linspace(0.7, 1.1, width)[None, :]
-    grey = (120 + 70 * grains) * light + rng.normal(0, 6, (height, width))
-    rgb = np.stack([grey * t for t in tint], axis=2)
-    return Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8))
 
 
 def framed(image: Image.Image, scale: int) -> Image.Image:

@@ -253,6 +253,7 @@ def test_embeddings_are_cached_once_per_model(workspace, tmp_path):
     kb("qualify", *files, "-w", workspace)
     with sqlite3.connect(workspace / "kb.sqlite") as con:
         after = con.execute("SELECT COUNT(*) FROM embedding").fetchone()[0]
-    # 6 references + 3 samples for each of 2 models, 4 prompts for the text model
-    assert before == after == (6 + 3) * 2 + 4
-    assert per_model == {"image": 2, "text": 1}
+    # 6 references + 3 samples for each of 2 models, embedded and described by appearance,
+    # and 4 prompts for the text model
+    assert before == after == (6 + 3) * 2 * 2 + 4
+    assert per_model == {"image": 2, "appearance": 2, "text": 1}

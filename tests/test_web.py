@@ -25,7 +25,7 @@ from typer.testing import CliRunner
 
 from cli.app import app as kb_app
 from cli.web import create_app, is_loopback, serve
-from cli.web_uploads import clean_name
+from cli.web.uploads import clean_name
 from engine.history import verify_audit_log
 from engine.session import VLKB
 from engine.sync import sync_workspace
@@ -115,7 +115,7 @@ def test_one_upload_answers_what_kb_qualify_json_prints(client: TestClient, exam
     cli = json.loads(out)
     assert document.keys() == cli.keys() == {"qualifications", "failures", "skipped"}
     (web,), (ref,) = document["qualifications"], cli["qualifications"]
-    assert web.keys() == ref.keys()
+    assert web.keys() == ref.keys() | {"links"}  # the web adds where to read it back
     assert web["sample"]["path"] == "upload:sound-bead-a.png"
     assert web["sample"]["sha256"] == ref["sample"]["sha256"]
     assert web["verdict"] == ref["verdict"] == "accept"
@@ -124,6 +124,10 @@ def test_one_upload_answers_what_kb_qualify_json_prints(client: TestClient, exam
     ]
     assert document["failures"] == [] and web["id"] == ref["id"] - 1
     assert stored(example) == 2
+    for name, link in web["links"].items():
+        answer = client.get(link)
+        assert answer.status_code == 200, (name, link)
+    assert client.get(web["links"]["json"]).json()["id"] == web["id"]
 
 
 def test_many_uploads_get_the_expected_verdicts(client: TestClient, example: Workspace):

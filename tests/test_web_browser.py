@@ -259,3 +259,16 @@ def test_sign_in_by_name_then_qualify_records_that_person_in_chromium(
 def run_and_wait_any(page: Any) -> None:
     page.click("#run")
     page.locator("#run-results tr[data-id]").first.wait_for(timeout=WAIT_MS)
+
+
+def test_the_api_docs_page_works_offline_with_its_assets_from_the_app(
+    server: str, browser: Any
+) -> None:
+    page = browser.new_page()
+    elsewhere: list[str] = []
+    page.on("request", lambda r: None if r.url.startswith(server) else elsewhere.append(r.url))
+    page.goto(server + "/docs")
+    page.locator(".swagger-ui .info .title").wait_for(timeout=WAIT_MS)
+    assert "VLKB" in page.locator(".swagger-ui .info .title").inner_text()
+    assert page.locator(".opblock-summary-path", has_text="/api/qualify").count() >= 1
+    assert elsewhere == []  # nothing from a CDN: it renders on a machine with no network

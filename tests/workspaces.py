@@ -95,6 +95,15 @@ def example_copy(root: Path, unbind_roles: bool = True) -> Workspace:
     return workspace
 
 
+def use_database(root: Path, url: str) -> Workspace:
+    """Point a workspace's [database] url at another knowledge base (e.g. PostgreSQL)."""
+    config = (root / "kb.toml").read_text(encoding="utf-8")
+    config, found = re.subn(r'(?m)^url\s*=\s*"[^"]*"', f'url = "{url}"', config, count=1)
+    assert found == 1, "kb.toml has no [database] url line"
+    (root / "kb.toml").write_text(config, encoding="utf-8")
+    return Workspace.open(root)
+
+
 def png_claiming(path: Path, width: int, height: int) -> Path:
     """A tiny PNG whose header claims other (e.g. huge) dimensions, with no pixel data."""
     Image.new("L", (1, 1)).save(path)

@@ -15,7 +15,6 @@ model that cannot be loaded is a ModelLoadError saying how to provide it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from abc import ABC, abstractmethod
@@ -39,6 +38,7 @@ from transformers import (
 from transformers.utils import logging as transformers_logging
 
 from engine.encoders import model_store, text_tower
+from engine.encoders.fingerprint import model_fingerprint
 from engine.scoring import l2_normalize
 from kb.config import ModelSpec
 from kb.errors import ModelLoadError
@@ -52,8 +52,6 @@ MODEL_TYPES: dict[str, str] = {
     "cnn": "vlkb-cnn",
 }
 
-# Files that never change what the PyTorch model computes: docs and other frameworks' weights.
-_IGNORED_SUFFIXES = (".md", ".h5", ".msgpack", ".onnx", ".ot", ".tflite", ".gguf")
 _WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin")
 # What from_pretrained reads; not the other frameworks' weights nor the duplicate pickled ones.
 _DOWNLOADS = ["*.json", "*.txt", "*.model", "*.safetensors"]
@@ -72,6 +70,8 @@ class Encoder(ABC):
     processor_options: ClassVar[dict[str, Any]] = {}
     #: weights whose absence would change the embeddings (others may be missing harmlessly)
     embedding_weights: ClassVar[tuple[str, ...]] = ()
+    #: attribute of the model holding its image tower (for appearance features)
+    image_tower: ClassVar[str] = "vision_model"
 
     def __init__(self, spec: ModelSpec, model_dir: Path) -> None:
         self.spec = spec
@@ -108,6 +108,18 @@ class Encoder(ABC):
         """(n, dim) float32, unit rows; images become RGB first (micrographs may be P or RGBA)."""
         return self._batched(list(images), self._embed_image_batch)
 
+    def appearance(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """(n, channels) float32, unit rows: what an image looks like to this model.
+
+        The mean activation of the image tower a quarter of the way up: colours, edges and
+        textures, before the tower abstracts them into what its training captions name. A
+        photograph, a grey image or another material's map lies far from every reference
+        here even where its final embedding happens to land near one (measured on the shipped
+        model: docs/rules.md, "Applicability"). A tower without hidden states falls back to
+        the embedding itself.
+        """
+        return self._batched(list(images), self._appearance_batch)
+
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         """(n, dim) float32, unit rows; texts are padded and truncated to the model's max length."""
         return self._batched([str(text) for text in texts], self._embed_text_batch)
@@ -127,6 +139,24 @@ class Encoder(ABC):
         rgb = [image.convert("RGB") for image in images]
         pixels = self.processor(images=rgb, return_tensors="pt", **self.processor_options)
         return self.image_features(pixels["pixel_values"])
+
+    def _appearance_batch(self, images: list[Image.Image]) -> torch.Tensor:
+        rgb = [image.convert("RGB") for image in images]
+        pixels = self.processor(images=rgb, return_tensors="pt", **self.processor_options)
+        return self.appearance_features(pixels["pixel_values"])
+
+    def appearance_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(batch, channels) pooled activations of the hidden state a quarter up the tower."""
+        tower = getattr(self.model, self.image_tower, None)
+        if tower is None:
+            return self.image_features(pixel_values)
+        output = tower(pixel_values=pixel_values, output_hidden_states=True, return_dict=True)
+        states = getattr(output, "hidden_states", None)
+        if not states:
+            return self.image_features(pixel_values)
+        state = states[len(states) // 4]
+        # (B, C, H, W) of a convolutional tower, (B, tokens, C) of a transformer
+        return state.mean(dim=(2, 3)) if state.dim() == 4 else state.mean(dim=1)
 
     def _embed_text_batch(self, texts: list[str]) -> torch.Tensor:
         encoded = self.tokenizer(
@@ -178,6 +208,7 @@ class FlavaEncoder(Encoder):
     text_inputs = ("input_ids", "attention_mask", "token_type_ids")
     processor_options = {"return_codebook_pixels": False, "return_image_mask": False}
     embedding_weights = ("text_model.", "image_model.", "text_projection.", "image_projection.")
+    image_tower = "image_model"
 
     def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return _cls_token(
@@ -345,28 +376,6 @@ def _hub_offline() -> bool:
     return hub_constants.is_offline_mode() or any(
         flag.strip().upper() in {"1", "ON", "YES", "TRUE"} for flag in flags
     )
-
-
-def model_fingerprint(model_dir: Path) -> str:
-    """sha256 over (relative name, content hash) of every file that shapes the embeddings.
-
-    Symlinks are followed (cache snapshots link to blobs); docs, dotfiles, dot-folders and
-    other frameworks' weights are skipped, so the same files anywhere give the same fingerprint.
-    """
-    root = Path(model_dir)
-    files = []
-    for path in root.rglob("*"):
-        relative = path.relative_to(root)
-        if any(part.startswith(".") for part in relative.parts):
-            continue
-        if path.is_file() and not path.name.lower().endswith(_IGNORED_SUFFIXES):
-            files.append((relative.as_posix(), path))
-    digest = hashlib.sha256()
-    for name, path in sorted(files):
-        with path.open("rb") as handle:
-            content = hashlib.file_digest(handle, "sha256").hexdigest()
-        digest.update(f"{name}\0{content}\n".encode())
-    return digest.hexdigest()
 
 
 def offline_status(spec: ModelSpec) -> tuple[bool, str]:

@@ -14,16 +14,23 @@ from kb.rules import Prompt
 
 
 def embed_images(
-    session: Session, encoder: Encoder, images: Mapping[str, Callable[[], Image.Image]]
+    session: Session,
+    encoder: Encoder,
+    images: Mapping[str, Callable[[], Image.Image]],
+    modality: str = "image",
 ) -> dict[str, np.ndarray]:
-    """Vectors for images keyed by SHA-256; only cache misses are decoded and encoded."""
-    vectors = cached_embeddings(session, encoder.fingerprint, "image", images)
+    """Vectors for images keyed by SHA-256; only cache misses are decoded and encoded.
+
+    modality "appearance" gives the images' appearance features instead of embeddings.
+    """
+    embed = encoder.appearance if modality == "appearance" else encoder.embed_images
+    vectors = cached_embeddings(session, encoder.fingerprint, modality, images)
     missing = [sha for sha in images if sha not in vectors]
     for start in range(0, len(missing), encoder.spec.batch_size):
         chunk = missing[start : start + encoder.spec.batch_size]
-        fresh = encoder.embed_images([images[sha]() for sha in chunk])
+        fresh = embed([images[sha]() for sha in chunk])
         new = dict(zip(chunk, fresh, strict=True))
-        store_embeddings(session, encoder.fingerprint, "image", new)
+        store_embeddings(session, encoder.fingerprint, modality, new)
         vectors.update(new)
     return vectors
 

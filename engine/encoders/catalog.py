@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine.encoders.backends import BACKENDS, model_fingerprint, offline_status
+from engine.encoders.backends import BACKENDS, offline_status
+from engine.encoders.fingerprint import model_fingerprint
 from kb.config import ROLES, Workspace
 
 
@@ -32,8 +33,11 @@ class ModelStatus:
         }
 
 
-def model_statuses(workspace: Workspace) -> list[ModelStatus]:
-    """Checks the files only: nothing is loaded and the network is never touched."""
+def model_statuses(workspace: Workspace, verify: bool = False) -> list[ModelStatus]:
+    """Checks the files only: nothing is loaded and the network is never touched.
+
+    verify: rehash every weight file instead of trusting the kept fingerprint.
+    """
     config = workspace.config
     unbound = [role for role in ROLES if config.roles.get(role) is None]
     statuses = []
@@ -45,7 +49,7 @@ def model_statuses(workspace: Workspace) -> list[ModelStatus]:
             available, detail = offline_status(spec)
         fingerprint = None
         if available:
-            fingerprint = model_fingerprint(Path(detail))
+            fingerprint = model_fingerprint(Path(detail), verify)
         statuses.append(
             ModelStatus(
                 spec.name, spec.backend, spec.source, roles, available, detail, fingerprint, unbound

@@ -29,7 +29,8 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from engine.encoders import cnn_nets
-from engine.encoders.backends import Encoder, model_fingerprint
+from engine.encoders.backends import Encoder
+from engine.encoders.fingerprint import model_fingerprint
 from kb.config import ModelSpec
 from kb.errors import ModelLoadError
 
@@ -216,6 +217,16 @@ class CnnEncoder(Encoder):
 
     def _embed_image_batch(self, images: list[Image.Image]) -> torch.Tensor:
         return features(self.model, self.config, pixels(images, self.config))
+
+    def _appearance_batch(self, images: list[Image.Image]) -> torch.Tensor:
+        return self.appearance_features(pixels(images, self.config))
+
+    def appearance_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Channel means of the tap a quarter of the way up the network (Lite0: block4; VGG:
+        conv3_1), as the other backends take the hidden state a quarter up their tower."""
+        taps = self.model.tap_names()  # type: ignore[operator]
+        layer = taps[len(taps) // 4]
+        return self.model.forward_taps(pixel_values, [layer])[layer].mean(dim=(2, 3))  # type: ignore[operator]
 
     def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return features(self.model, self.config, pixel_values)

@@ -30,8 +30,8 @@ import torch
 from safetensors.torch import save_file
 
 from engine.encoders import cnn_nets, model_store
-from engine.encoders.backends import model_fingerprint
 from engine.encoders.cnn import CONFIG_FILE, WEIGHTS_FILE, CnnConfig, load_network
+from engine.encoders.fingerprint import model_fingerprint
 from kb.errors import ModelInstallError
 
 CARD_FILE = "MODEL_CARD.md"

@@ -39,6 +39,9 @@ class Evaluation:
     normalization: str
     samples: list[dict[str, object]] = field(default_factory=list)
     failures: list[dict[str, str]] = field(default_factory=list)
+    names: dict[str, str] = field(default_factory=dict)  # assessment key -> its name
+    # assessment key -> the threshold and review band its fused score was judged against
+    decisions: dict[str, dict[str, float | None]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -51,6 +54,8 @@ class Evaluation:
             "macro_f1": self.macro_f1,
             "samples": self.samples,
             "failures": self.failures,
+            "names": self.names,
+            "decisions": self.decisions,
         }
 
 
@@ -146,7 +151,18 @@ def score_results(
         ruleset_version=results[0].ruleset_version if results else None,
         normalization=results[0].normalization if results else "",
         samples=samples,
+        names={key: _node(results[0], key).name for key in keys} if results else {},
+        decisions={key: _decision(results, key) for key in keys},
     )
+
+
+def _decision(results: Sequence[QualificationResult], key: str) -> dict[str, float | None]:
+    """The threshold and band the first sample with a fused score was judged against."""
+    for result in results:
+        node = _node(result, key)
+        if node.threshold is not None:
+            return {"threshold": node.threshold, "review_margin": node.review_margin}
+    return {"threshold": None, "review_margin": None}
 
 
 def _node(result: QualificationResult, key: str) -> NodeResult:

@@ -20,6 +20,7 @@ from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 
+MB = 1_000_000  # limits are written in decimal units, as human_bytes prints them
 FIELD = "files"
 SNIFFED_TYPES = {"PNG": "png", "JPEG": "jpg", "TIFF": "tif", "BMP": "bmp"}  # Pillow format -> ext
 MAX_FIELD_BYTES = 64 * 1024  # a non-file form field; the API takes its options in the query

@@ -1,0 +1,151 @@
+"""Applicability: vision-language evidence is used only on images like the references.
+
+A sample's appearance (engine/encoders: pooled activations a quarter up the image tower)
+is compared with the references' under each role's model; beyond a limit the role's evidence
+is not assessed, "outside the range of the references", and does not fuse.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from engine.evidence import APPLICABILITY_LIMIT, OUTSIDE
+from engine.metrology.synthetic import write_dataset
+from engine.qualify import QualifyOptions, qualify_paths
+from engine.results import VLREvidence
+from engine.session import VLKB
+from engine.sync import sync_workspace
+from kb.config import Workspace
+from tests.cli_runner import kb
+from tests.foreign_images import photograph, uniform_grey, voronoi_grains
+from tests.workspaces import REPO, example_copy, micrograph, new_workspace, write_carbide_assessment
+
+
+@pytest.fixture
+def tiny(tmp_path: Path, tiny_clip_dir: Path, tiny_flava_dir: Path) -> Workspace:
+    """EA-5 with prompts and references; text bound to tiny CLIP, image to tiny FLAVA."""
+    ws = new_workspace(tmp_path / "ws", tiny_clip_dir, tiny_flava_dir)
+    write_carbide_assessment(ws)
+    sync_workspace(VLKB(ws))
+    return ws
+
+
+def vlr_items(result) -> dict[str, dict]:
+    node = next(n for n in result.nodes if n.key == "EA-5")
+    return {e.role: e.to_dict() for e in node.evidence}
+
+
+def test_applicability_is_the_nearest_reference_distance_over_the_references_spread(
+    tiny: Workspace, tmp_path: Path
+) -> None:
+    sample = micrograph(tmp_path / "sample.png", seed=77, pink_share=0.2)
+    with VLKB(tiny) as vlkb:
+        (result,) = qualify_paths(vlkb, [sample], QualifyOptions(normalize="batch")).results
+        # batch normalisation of one image has no sigma: the evidence still records its range
+        refs = sorted((tiny.rules_dir / "references").rglob("*.png"))
+        for role, item in vlr_items(result).items():
+            encoder = vlkb.models.encoder(role)  # text: CLIP, image: FLAVA, each on its own
+            looks = encoder.appearance([Image.open(p).convert("RGB") for p in refs])
+            mine = encoder.appearance([Image.open(sample).convert("RGB")])[0]
+            between = 1.0 - looks.astype(np.float64) @ looks.T.astype(np.float64)
+            np.fill_diagonal(between, np.inf)
+            spread = between.min(axis=1).max()
+            distances = 1.0 - looks.astype(np.float64) @ mine.astype(np.float64)
+            got = item["applicability"]
+            assert got["spread"] == pytest.approx(spread, rel=1e-4, abs=1e-7)
+            assert got["distance"] == pytest.approx(distances.min(), rel=1e-4, abs=1e-7)
+            assert got["ratio"] == pytest.approx(distances.min() / spread, rel=1e-3)
+            assert got["nearest"] == refs[int(distances.argmin())].relative_to(
+                tiny.rules_dir).as_posix()
+            assert got["limit"] == APPLICABILITY_LIMIT and got["references"] == len(refs)
+            assert got["within"] == (got["ratio"] <= APPLICABILITY_LIMIT)
+
+
+def test_a_reference_itself_lies_within_the_range(tiny: Workspace) -> None:
+    ref = tiny.rules_dir / "references" / "EA-5" / "positive" / "pos-1.png"
+    with VLKB(tiny) as vlkb:
+        (result,) = qualify_paths(vlkb, [ref]).results
+    for item in vlr_items(result).values():
+        assert item["applicability"]["distance"] == pytest.approx(0.0, abs=1e-5)
+        assert item["applicability"]["within"] and item["status"] == "used"
+        assert item["z"] is not None
+
+
+def test_evidence_outside_the_range_is_not_assessed_and_does_not_fuse(
+    tiny: Workspace, tmp_path: Path
+) -> None:
+    grey = tmp_path / "grey.png"
+    uniform_grey(128, 48, 48).save(grey)
+    with VLKB(tiny) as vlkb:
+        (result,) = qualify_paths(vlkb, [grey]).results
+    items = vlr_items(result)
+    for item in items.values():
+        assert item["applicability"]["ratio"] > APPLICABILITY_LIMIT
+        assert item["status"] == "not_assessed" and item["z"] is None
+        assert item["note"].startswith(OUTSIDE)
+        assert item["delta"] is not None  # the similarity is kept for the record
+    node = next(n for n in result.nodes if n.key == "EA-5")
+    assert node.score is None and node.verdict == "not_assessed"
+    assert OUTSIDE in (node.reason or "")
+
+
+# --- the shipped model ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def shipped(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
+    """The example workspace with both roles on models/vlkb-dual-niwc (offline)."""
+    root = tmp_path_factory.mktemp("shipped")
+    (root / "models").symlink_to(REPO / "models", target_is_directory=True)
+    return example_copy(root, unbind_roles=False)
+
+
+def test_the_shipped_model_judges_the_examples_and_fresh_maps_and_nothing_else(
+    shipped: Workspace, tmp_path: Path
+) -> None:
+    ours = sorted((REPO / "examples").glob("*.png"))
+    ours += write_dataset(tmp_path / "fresh", 16, seed=9090, legend=shipped.config.legend)
+    foreign = {"photo.png": photograph(), "grey.png": uniform_grey(),
+               "other-material.png": voronoi_grains(seed=3)}
+    for name, image in foreign.items():
+        image.save(tmp_path / name)
+    strangers = [tmp_path / name for name in foreign]
+    with VLKB(shipped) as vlkb:
+        outcome = qualify_paths(vlkb, [*ours, *strangers])
+    assert not outcome.failures
+    ratios: dict[bool, list[float]] = {True: [], False: []}
+    for result in outcome.results:
+        is_ours = Path(result.sample_path).parent != tmp_path
+        for node in result.nodes:
+            for e in node.evidence:
+                if not isinstance(e, VLREvidence):
+                    continue
+                assert e.applicability is not None, (result.sample_path, node.key)
+                ratios[is_ours].append(e.applicability.ratio)
+                if is_ours:
+                    assert e.usable, (result.sample_path, node.key, e.note)
+                else:
+                    assert not e.usable and e.note.startswith(OUTSIDE), result.sample_path
+    # the limit keeps at least a factor of two from either side
+    assert max(ratios[True]) * 2 < APPLICABILITY_LIMIT < min(ratios[False]) / 2
+
+
+def test_the_report_shows_how_far_the_sample_lies_from_the_references(
+    tiny: Workspace, tmp_path: Path
+) -> None:
+    grey = tmp_path / "grey.png"
+    uniform_grey(128, 48, 48).save(grey)
+    code, out, err = kb("qualify", grey, "--report", "--json", "-w", tiny.root)
+    assert code == 0, err
+    (q,) = json.loads(out)["qualifications"]
+    page = Path(q["report"]).read_text(encoding="utf-8")
+    assert "Distance from the references" in page
+    ratio = next(e for n in q["nodes"] for e in n["evidence"] if e["role"] == "image")[
+        "applicability"]["ratio"]
+    assert f"{ratio:.1f} × spread (limit {APPLICABILITY_LIMIT:.0f})" in page
+    assert OUTSIDE in page
