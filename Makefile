@@ -9,20 +9,17 @@ FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 .PHONY: install test lint demo bench clean
 
 install: $(STAMP)
-	@command -v chromium >/dev/null 2>&1 || { \
+	@MISSING=; \
+	command -v chromium >/dev/null 2>&1 || MISSING="$$MISSING chromium"; \
+	{ command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; } \
+		|| MISSING="$$MISSING postgresql"; \
+	if [ -n "$$MISSING" ]; then \
 		SUDO=; \
 		if [ "$$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1; then SUDO=sudo; fi; \
-		echo "chromium not found; installing it (the report tests render in a real browser)"; \
+		echo "installing$$MISSING (the tests render in a real browser and start their own PostgreSQL)"; \
 		$$SUDO apt-get update && \
-		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; \
-	}
-	@{ command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; } || { \
-		SUDO=; \
-		if [ "$$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1; then SUDO=sudo; fi; \
-		echo "PostgreSQL not found; installing it (the tests start their own server)"; \
-		$$SUDO apt-get update && \
-		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y postgresql; \
-	}
+		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y $$MISSING; \
+	fi
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
