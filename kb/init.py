@@ -84,6 +84,12 @@ source = "vlkb:{GENERIC_IMAGE_MODEL}"
 TREE_TEXT = """# The detection tree: gates combine the verdicts of their children.
 # Each assessment under assessments/ names its parent gate; rules: all, any, k_of_n, consensus.
 
+# What every assessment's [decision] inherits unless it sets its own: where an assessment has
+# measurement limits they decide, and image or prompt evidence that contradicts them sends the
+# part to review only when it is confident (docs/rules.md); "strictest" lets any evidence veto.
+[defaults.decision]
+combine = "measurement-led"
+
 [gates.qualification]
 name = "Overall qualification"
 rule = "all"
