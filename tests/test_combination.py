@@ -139,6 +139,9 @@ def test_the_report_names_the_mode_what_decided_and_advisory_evidence():
 def ws(tmp_path: Path):
     workspace = new_workspace(tmp_path / "ws")
     write_carbide_assessment(workspace)
+    tree = workspace.rules_dir / "tree.toml"  # start from no default: each test sets its own
+    tree.write_text(tree.read_text().replace('[defaults.decision]\ncombine = "measurement-led"\n',
+                                             ""))
     return workspace
 
 
