@@ -157,7 +157,10 @@ NOISY_JPEG_BOUNDS = {
     "pore_count": 3,
     "carbide_fraction": 0.045,
     "carbide_cv": 0.1,
+    "carbide_cv_fine": 0.15,
+    "carbide_cv_ratio": 0.1,
     "carbide_gradient": 0.25,  # a ratio of fractions: JPEG chroma blurs small particles
+    "carbide_clustering": 0.1,
 }
 DEGRADATIONS = [
     (Degradation(), CLEAN_BOUNDS),

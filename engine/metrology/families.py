@@ -115,13 +115,15 @@ def _haz(v: Variant, i: int, rng: np.random.Generator) -> tuple[Variant, str]:
 
 def _carbides(v: Variant, i: int, rng: np.random.Generator) -> tuple[Variant, str]:
     distribution = str(rng.choice(("uniform", "segregated", "clustered"), p=(0.5, 0.25, 0.25)))
+    size = float(rng.uniform(15.0, 110.0))
     spec = replace(
         v.spec,
         distribution=distribution,
         segregation=float(rng.uniform(3.0, 9.0)),
         clusters=int(rng.integers(2, 9)),
-        cluster_mm=float(rng.uniform(0.08, 0.3)),
-        carbide_size_um=float(rng.uniform(15.0, 110.0)),
+        # A cluster holds several particles: its spread is at least two particle sizes.
+        cluster_mm=float(rng.uniform(0.08, 0.3)) + 2.0 * size / 1000.0,
+        carbide_size_um=size,
         carbide_shape=str(rng.choice(CARBIDE_SHAPES)),
     )
     return replace(v, spec=spec), distribution
