@@ -15,43 +15,21 @@ from __future__ import annotations
 import argparse
 import io
 import time
-from dataclasses import replace
 
 import numpy as np
 from PIL import Image
 
 from engine.metrology.families import FAMILIES, sample_variants
 from engine.metrology.quantities import (
-    BEAD,
-    CARBIDE,
-    POROSITY,
     QUANTITIES,
     measure_image,
     measure_labels,
 )
-from engine.metrology.synthetic import Frame, Variant, draw_variant, encode, render_bead
+from engine.metrology.synthetic import draw_variant, drawn_dilution, encode
 from kb.config import DEFAULT_LEGEND
 
 UM_PER_PX = 10.0
 GEOMETRY_ZOOM = 4
-
-
-def geometry(variant: Variant, seed: int) -> tuple[float, float]:
-    """Dilution and reinforcement height (mm) of the drawn shape, from a 4x finer map and
-    the surface the generator drew the bead on."""
-    k = GEOMETRY_ZOOM
-    frame = variant.frame
-    fine = Frame(frame.width * k, frame.height * k, frame.centre, frame.surface)
-    spec = replace(variant.spec, fusion_px=variant.spec.fusion_px * k, carbide=0.0,
-                   porosity=0.0, haz_mm=0.0)
-    labels = render_bead(spec, UM_PER_PX / k, seed=seed, frame=fine)
-    ys, xs = np.nonzero(np.isin(labels, (BEAD, CARBIDE, POROSITY)))
-    tilt = np.deg2rad(spec.tilt_deg)
-    cx, surface = fine.width * fine.centre, fine.height * fine.surface
-    v = -(xs - cx) * np.sin(tilt) + (ys - surface) * np.cos(tilt)
-    dilution = float((v >= 0).mean()) if v.size else float("nan")
-    # The cap's apex is the spec's height above the surface (none for a sunken bead).
-    return dilution, max(spec.height_mm, 0.0)
 
 
 def main() -> None:
@@ -75,7 +53,8 @@ def main() -> None:
             for name in QUANTITIES:
                 if name in truth and name in measured:
                     errors[name].append(abs(measured[name] - truth[name]))
-            dilution, height = geometry(variant, sample_seed)
+            dilution = drawn_dilution(variant, UM_PER_PX)
+            height = max(variant.spec.height_mm, 0.0)  # the cap's apex above the surface
             if "dilution_fraction" in truth:
                 errors["dilution vs geometry"].append(abs(truth["dilution_fraction"] - dilution))
                 errors["height vs geometry"].append(
