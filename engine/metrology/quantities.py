@@ -357,11 +357,13 @@ def _substrate_surface(
         return None
     columns = np.nonzero(bead.any(axis=0))[0]
     first, last = int(columns.min()), int(columns.max())
-    # A thin fusion line can break up on a steep flank and lose its ends as specks; then
-    # the bead's own outermost column, where cap and penetration meet, is the toe.
+    # Where the fusion line does not reach past the bead (it ends under the bead's last
+    # column, or a thin line broke up on a steep flank and lost its ends as specks), its
+    # end lies below the surface: the bead's own outermost column, where cap and
+    # penetration meet, is the toe.
     ends = []
-    for toe, column, short in ((toes[0], first, toes[0][0] > first + 1),
-                               (toes[1], last, toes[1][0] < last - 1)):
+    for toe, column, short in ((toes[0], first, toes[0][0] >= first),
+                               (toes[1], last, toes[1][0] <= last)):
         rows = np.nonzero(bead[:, column])[0]
         ends.append((float(column), float(rows.mean())) if short else toe)
     toes = (ends[0], ends[1])
