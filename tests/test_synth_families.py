@@ -195,3 +195,48 @@ def test_ea6_labels_follow_how_the_carbides_were_spread_on_each_family(
         judged += 1
         agree += label == ("accept" if variant.spec.distribution == "uniform" else "reject")
     assert judged >= 20 and agree / judged >= 0.95, (agree, judged)
+
+
+def parabolic_bead(rng: np.random.Generator, haz_beside: bool) -> tuple[np.ndarray, float]:
+    """A bead drawn unlike `kb synth` draws it: parabolic cap, skewed penetration of another
+    profile, tilted; with a HAZ that shows beside the bead, or only under it (and a fusion
+    line that ends at the toes). Returns the label map and the drawn dilution, counted on a
+    map three times finer."""
+    width, height = int(rng.integers(420, 600)), int(rng.integers(300, 420))
+    surface, centre = height * rng.uniform(0.4, 0.55), width * rng.uniform(0.45, 0.55)
+    half, cap, depth = width * rng.uniform(0.2, 0.3), rng.uniform(15, 110), rng.uniform(2, 60)
+    skew, tilt = rng.uniform(-0.5, 0.5), np.deg2rad(rng.uniform(-8, 8))
+
+    def shape(ys: np.ndarray, xs: np.ndarray) -> tuple[np.ndarray, ...]:
+        u = (xs - centre) * np.cos(tilt) + (ys - surface) * np.sin(tilt)
+        v = -(xs - centre) * np.sin(tilt) + (ys - surface) * np.cos(tilt)
+        t = u / half
+        s = np.where(t < skew, (t - skew) / (1 + skew), (t - skew) / (1 - skew))
+        bottom = depth * np.clip(1 - s**2, 0, None) ** 0.8
+        bead = (np.abs(t) < 1) & (v >= -cap * np.clip(1 - t**2, 0, None)) & (v <= bottom)
+        return u, v, bottom, bead
+
+    ys, xs = np.indices((height, width), dtype=np.float64)
+    u, v, bottom, bead = shape(ys, xs)
+    labels = np.zeros((height, width), dtype=np.uint8)
+    labels[bead] = BEAD
+    reach = half + (0.0 if not haz_beside else 3.0)
+    fusion = (np.abs(u) < reach) & (v > bottom) & (v <= bottom + 2.5) & ~bead
+    labels[fusion] = FUSION_LINE
+    beside = half + 60.0 if haz_beside else 0.9 * half
+    labels[(v > 0) & ~bead & ~fusion & (v <= bottom + 60.0) & (np.abs(u) < beside)] = HAZ
+    labels[bead & (rng.random(bead.shape) < 0.3)] = CARBIDE
+    k = 3
+    fine_y, fine_x = (np.indices((height * k, width * k), dtype=np.float64) + 0.5) / k - 0.5
+    _, fine_v, _, fine_bead = shape(fine_y, fine_x)
+    return labels, float((fine_bead & (fine_v > 0)).sum() / fine_bead.sum())
+
+
+@pytest.mark.parametrize("haz_beside", [True, False], ids=["haz-beside", "haz-under-only"])
+def test_dilution_holds_on_beads_drawn_by_another_generator(haz_beside: bool) -> None:
+    rng = np.random.default_rng(2718 + haz_beside)
+    errors = []
+    for _ in range(12):
+        labels, drawn = parabolic_bead(rng, haz_beside)
+        errors.append(abs(measure_labels(labels, 10.0).quantities["dilution_fraction"] - drawn))
+    assert np.mean(errors) <= 0.005, np.round(errors, 4)

@@ -332,6 +332,7 @@ def _farthest_from(line: np.ndarray, region: np.ndarray) -> float:
 
 
 Line = tuple[tuple[float, float], tuple[float, float]]
+TIP_COLUMNS = 6  # outermost bead columns whose outlines locate a toe the fusion line misses
 
 
 def _substrate_surface(
@@ -362,10 +363,10 @@ def _substrate_surface(
     # end lies below the surface: the bead's own outermost column, where cap and
     # penetration meet, is the toe.
     ends = []
-    for toe, column, short in ((toes[0], first, toes[0][0] >= first),
-                               (toes[1], last, toes[1][0] <= last)):
-        rows = np.nonzero(bead[:, column])[0]
-        ends.append((float(column), float(rows.mean())) if short else toe)
+    for toe, column, short in ((toes[0], first, toes[0][0] >= first - 1),
+                               (toes[1], last, toes[1][0] <= last + 1)):
+        ends.append(_bead_tip(bead, column, inward=1 if column == first else -1)
+                    if short else toe)
     toes = (ends[0], ends[1])
     substrate = fusion | haz
     has = substrate.any(axis=0)
@@ -404,6 +405,36 @@ def _substrate_surface(
     slope, offset = _weighted_line(x[keep], y[keep], weight[keep])
     left, right = float(x.min()), float(x.max())
     return (left, offset + slope * left), (right, offset + slope * right)
+
+
+def _bead_tip(bead: np.ndarray, column: int, inward: int) -> tuple[float, float]:
+    """Where the bead's upper and lower outlines meet at its outermost column: lines fitted
+    to both over the last few columns, intersected; the middle of that column's pixels when
+    they do not meet nearby."""
+    rows = np.nonzero(bead[:, column])[0]
+    fallback = (float(column), float(rows.mean()))
+    xs, tops, bottoms = [], [], []
+    for k in range(TIP_COLUMNS):
+        x = column + inward * k
+        if not 0 <= x < bead.shape[1]:
+            break
+        rows = np.nonzero(bead[:, x])[0]
+        if rows.size == 0:
+            break
+        xs.append(float(x))
+        tops.append(float(rows.min()) - 0.5)
+        bottoms.append(float(rows.max()) + 0.5)
+    if len(xs) < 3:
+        return fallback
+    x = np.array(xs)
+    top_slope, top_offset = np.polyfit(x, tops, 1)
+    bottom_slope, bottom_offset = np.polyfit(x, bottoms, 1)
+    if abs(top_slope - bottom_slope) < 1e-6:
+        return fallback
+    meet = (bottom_offset - top_offset) / (top_slope - bottom_slope)
+    if abs(meet - column) > TIP_COLUMNS or (meet - column) * inward > 0.5:
+        return fallback  # they meet inside the bead or far outside it: no clean tip
+    return float(meet), float(top_offset + top_slope * meet)
 
 
 def _weighted_line(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> tuple[float, float]:
