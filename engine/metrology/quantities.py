@@ -513,7 +513,8 @@ def _carbides(
     clustering = _clustering(bead, carbide, um_per_px)
     if clustering is None:
         missing["carbide_clustering"] = (
-            "the bead is too small for carbide pairs two particle diameters apart"
+            "the bead is too small for carbide pairs two particle diameters and "
+            f"{CLUSTER_RING_MM} mm more apart"
         )
     else:
         values["carbide_clustering"] = clustering
@@ -538,6 +539,8 @@ def _clustering(bead: np.ndarray, carbide: np.ndarray, um_per_px: float) -> floa
     box = _bounding_box(bead)
     if box is None:
         return None
+    if outer >= min(box[0].stop - box[0].start, box[1].stop - box[1].start):
+        return None  # the ring does not fit in the bead (a tiny bead, or tiny pixels)
     b = bead[box].astype(np.float64)
     c = carbide[box].astype(np.float64)
     pad = int(np.ceil(outer)) + 1
