@@ -496,20 +496,35 @@ def synth(
         int | None, typer.Option(min=1, max=95, help="Write JPEG at this quality, not PNG.",
             metavar="N")
     ] = None,
+    family: Annotated[
+        list[str] | None,
+        typer.Option("--family", help="Vary this family (repeatable): bead-shape, haz, "
+                     "carbides, pores, framing, acquisition, or all. Default: none, the "
+                     "standard generator.", metavar="NAME"),
+    ] = None,
     workspace: WorkspaceOption = None,
     json_output: JsonOption = False,
 ) -> None:
     """Generate colour-segmented DED bead cross-sections with ground truth and expert labels.
 
     Labels follow the measurement rules of the workspace (-w, or the current folder when it is
-    one); outside a workspace only truth.csv is written.
+    one); outside a workspace only truth.csv is written. --family widens one aspect of the
+    beads at a time (truth.csv's family column says what each image drew); with acquisition,
+    each image draws its own noise, blur, anti-aliasing and JPEG instead of the options.
+
+    Example: kb synth out/beads --n 60 --family bead-shape --family carbides
     """
+    from engine.metrology.families import parse_families
     from engine.metrology.synthetic import Degradation, write_workspace_dataset
 
     how = Degradation(noise_sigma=noise, blur_radius=blur, jpeg_quality=jpeg)
     try:
+        families = parse_families(family or [])
+    except ValueError as exc:
+        raise VLKBError(f"--family: {exc}") from exc
+    try:
         paths = write_workspace_dataset(
-            outdir, n, seed, _workspace_or_none(workspace), um_per_px, how
+            outdir, n, seed, _workspace_or_none(workspace), um_per_px, how, families
         )
     except OSError as exc:
         raise VLKBError(f"cannot write to {outdir}: {exc.strerror or exc}") from exc

@@ -14,7 +14,10 @@ QUANTITY_NAMES: dict[str, str] = {
     "pore_count": "pore count",
     "carbide_fraction": "carbide fraction",
     "carbide_cv": "carbide coefficient of variation",
+    "carbide_cv_fine": "carbide coefficient of variation in 0.125 mm squares",
+    "carbide_cv_ratio": "carbide CV ratio between 0.25 and 0.125 mm squares",
     "carbide_gradient": "carbide top-to-bottom gradient",
+    "carbide_clustering": "carbide clustering",
 }
 UNIT_SUFFIXES = ("_mm2", "_um2", "_mm", "_um", "_fraction")
 

@@ -28,7 +28,10 @@ QUANTITIES: dict[str, str] = {
     "pore_count": "count",
     "carbide_fraction": "fraction",
     "carbide_cv": "ratio",
+    "carbide_cv_fine": "ratio",
+    "carbide_cv_ratio": "ratio",
     "carbide_gradient": "ratio",
+    "carbide_clustering": "ratio",
 }
 
 PHASES = ("background", "fusion_line", "haz", "bead", "carbide", "porosity")
@@ -56,7 +59,14 @@ GREY_SPREAD = 12
 MAX_GREY_SHARE = 0.95
 HAZ_SPECK_PX = 20
 FUSION_SPECK_PX = 5
+CARBIDE_SPREAD = (
+    "carbide_cv", "carbide_cv_fine", "carbide_cv_ratio", "carbide_gradient", "carbide_clustering"
+)
 QUADRAT_MM = 0.25
+FINE_QUADRAT_MM = 0.125
+# The clustering index looks at pairs of carbide pixels this far apart: from two particle
+# diameters (beyond one particle, so shape and size drop out) to that plus CLUSTER_RING_MM.
+CLUSTER_RING_MM = 0.15
 QUADRAT_MIN_INSIDE = 0.75
 
 EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
@@ -239,27 +249,29 @@ def measure_labels(labels: np.ndarray, um_per_px: float) -> Measurement:
     bead_px = int(bead.sum())
     values["bead_area_mm2"] = bead_px * mm * mm
 
-    toes = _toes(fusion)
+    haz = _without_specks(labels == HAZ, HAZ_SPECK_PX)
+    surface = _substrate_surface(bead, fusion, haz, labels == UNCLASSIFIED) if bead_px else None
     if bead_px == 0:
         # Nothing was deposited: there is no reinforcement, and nothing to take fractions of.
         values["reinforcement_area_mm2"] = 0.0
         values["reinforcement_height_mm"] = 0.0
         for name in ("dilution_fraction", "porosity_fraction", "max_pore_diameter_um",
-                     "pore_count", "carbide_fraction", "carbide_cv", "carbide_gradient"):
+                     "pore_count", "carbide_fraction", *CARBIDE_SPREAD):
             missing[name] = "no bead in the image"
-    elif toes is None:
+    elif surface is None:
         reason = "no fusion line, so no toes and no baseline to measure from"
         for name in ("reinforcement_area_mm2", "reinforcement_height_mm", "dilution_fraction"):
             missing[name] = reason
     else:
-        bead_above = _height_above_baseline(bead, toes)
-        above_px = int((bead_above > 0).sum())
-        values["reinforcement_area_mm2"] = above_px * mm * mm
-        values["reinforcement_height_mm"] = max(float(bead_above.max()), 0.0) * mm
-        values["dilution_fraction"] = (bead_px - above_px) / bead_px
+        height = _height_above_baseline(bead, surface)
+        # Each pixel counts with the share of its area above the line, so the baseline's
+        # sub-pixel position matters and a line through pixel centres splits them in half.
+        above = float(np.clip(height + 0.5, 0.0, 1.0).sum())
+        values["reinforcement_area_mm2"] = above * mm * mm
+        values["reinforcement_height_mm"] = max(float(height.max()) + 0.5, 0.0) * mm
+        values["dilution_fraction"] = (bead_px - above) / bead_px
 
     if fusion.any():
-        haz = _without_specks(labels == HAZ, HAZ_SPECK_PX)
         if haz.any():
             values["haz_depth_mm"] = _farthest_from(fusion, haz) * mm
         else:
@@ -319,23 +331,136 @@ def _farthest_from(line: np.ndarray, region: np.ndarray) -> float:
     return float(ndimage.distance_transform_edt(~line[box])[region[box]].max())
 
 
-def _toes(fusion: np.ndarray) -> tuple[tuple[float, float], tuple[float, float]] | None:
-    """The two ends of the fusion line: its leftmost and rightmost pixels (x, y)."""
+Line = tuple[tuple[float, float], tuple[float, float]]
+TIP_COLUMNS = 6  # outermost bead columns whose outlines locate a toe the fusion line misses
+
+
+def _substrate_surface(
+    bead: np.ndarray, fusion: np.ndarray, haz: np.ndarray, unsure: np.ndarray
+) -> Line | None:
+    """The original substrate surface: a straight line (two points, x then y) or None when
+    there is no fusion line.
+
+    Outside the bead the substrate is untouched, so the top edge of the substrate-side
+    phases (fusion line and HAZ) in the columns left and right of the bead is that surface.
+    A line is fitted through those edges on both sides (so it may tilt), each side weighing
+    the same, and points more than a pixel and a half off the line are dropped and the line
+    refitted (a HAZ that curves down, a cut frame). Only edges level with the toe on their
+    side count; where a side has none, the end of the fusion line (its toe) stands in.
+
+    Blur and JPEG turn the edge between HAZ blue and black into a band of dark blue, which
+    the clean-up leaves unclassified (`unsure`): the edge lies in the middle of that band, so
+    each column's edge is halfway between the top of the substrate phases and the top of
+    the unsure pixels touching them.
+    """
+    toes = _toes(fusion)
+    if toes is None:
+        return None
+    columns = np.nonzero(bead.any(axis=0))[0]
+    first, last = int(columns.min()), int(columns.max())
+    # Where the fusion line does not reach past the bead (it ends under the bead's last
+    # column, or a thin line broke up on a steep flank and lost its ends as specks), its
+    # end lies below the surface: the bead's own outermost column, where cap and
+    # penetration meet, is the toe.
+    ends = []
+    for toe, column, short in ((toes[0], first, toes[0][0] >= first - 1),
+                               (toes[1], last, toes[1][0] <= last + 1)):
+        ends.append(_bead_tip(bead, column, inward=1 if column == first else -1)
+                    if short else toe)
+    toes = (ends[0], ends[1])
+    substrate = fusion | haz
+    has = substrate.any(axis=0)
+    top = np.argmax(substrate, axis=0).astype(np.float64)
+    # Unsure pixels count when they reach down to the substrate without a gap of clean ones.
+    ceiling = top.copy()
+    rows = np.arange(substrate.shape[0])[:, None]
+    for step in range(1, 4):
+        above = (rows == (top - step)[None, :]) & unsure
+        reaches = above.any(axis=0) & (ceiling == top - step + 1)
+        ceiling[reaches] = top[reaches] - step
+    top = (top + ceiling) / 2.0 - 0.5  # upper edge of the top pixel, halfway into the band
+    xs = np.arange(substrate.shape[1], dtype=np.float64)
+    sides = []
+    for outside, toe in ((has & (xs < first), toes[0]), (has & (xs > last), toes[1])):
+        # Only edges level with the toe (allowing for tilt) are the surface; a HAZ that
+        # shows beside the bead only deep down is not.
+        outside &= np.abs(top - toe[1]) <= 3.0 + 0.25 * np.abs(xs - toe[0])
+        if np.count_nonzero(outside) >= 2:
+            sides.append((xs[outside], top[outside]))
+        else:
+            sides.append((np.array([toe[0]]), np.array([toe[1]])))
+    x = np.concatenate([s[0] for s in sides])
+    y = np.concatenate([s[1] for s in sides])
+    weight = np.concatenate([np.full(s[0].size, 1.0 / s[0].size) for s in sides])
+    keep = np.ones(x.size, dtype=bool)
+    for _ in range(3):
+        slope, offset = _weighted_line(x[keep], y[keep], weight[keep])
+        close = np.abs(y - (offset + slope * x)) <= 1.5
+        # A side is never dropped whole: its toe would stand in for it anyway.
+        if not (close & (x < first)).any() or not (close & (x > last)).any():
+            break
+        if np.array_equal(close, keep):
+            break
+        keep = close
+    slope, offset = _weighted_line(x[keep], y[keep], weight[keep])
+    left, right = float(x.min()), float(x.max())
+    return (left, offset + slope * left), (right, offset + slope * right)
+
+
+def _bead_tip(bead: np.ndarray, column: int, inward: int) -> tuple[float, float]:
+    """Where the bead's upper and lower outlines meet at its outermost column: lines fitted
+    to both over the last few columns, intersected; the middle of that column's pixels when
+    they do not meet nearby."""
+    rows = np.nonzero(bead[:, column])[0]
+    fallback = (float(column), float(rows.mean()))
+    xs, tops, bottoms = [], [], []
+    for k in range(TIP_COLUMNS):
+        x = column + inward * k
+        if not 0 <= x < bead.shape[1]:
+            break
+        rows = np.nonzero(bead[:, x])[0]
+        if rows.size == 0:
+            break
+        xs.append(float(x))
+        tops.append(float(rows.min()) - 0.5)
+        bottoms.append(float(rows.max()) + 0.5)
+    if len(xs) < 3:
+        return fallback
+    x = np.array(xs)
+    top_slope, top_offset = np.polyfit(x, tops, 1)
+    bottom_slope, bottom_offset = np.polyfit(x, bottoms, 1)
+    if abs(top_slope - bottom_slope) < 1e-6:
+        return fallback
+    meet = (bottom_offset - top_offset) / (top_slope - bottom_slope)
+    if abs(meet - column) > TIP_COLUMNS or (meet - column) * inward > 0.5:
+        return fallback  # they meet inside the bead or far outside it: no clean tip
+    return float(meet), float(top_offset + top_slope * meet)
+
+
+def _weighted_line(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> tuple[float, float]:
+    """Slope and offset of the weighted least-squares line y = offset + slope * x."""
+    mx, my = float(np.average(x, weights=w)), float(np.average(y, weights=w))
+    spread = float(np.average((x - mx) ** 2, weights=w))
+    slope = float(np.average((x - mx) * (y - my), weights=w)) / spread if spread > 0 else 0.0
+    return slope, my - slope * mx
+
+
+def _toes(fusion: np.ndarray) -> Line | None:
+    """The two ends of the fusion line (x, y): its leftmost and rightmost columns, at the
+    upper edge of the line there (the line lies under the surface it meets at the toe)."""
     ys, xs = np.nonzero(fusion)
     if xs.size == 0 or xs.min() == xs.max():
         return None
     left, right = xs.min(), xs.max()
     return (
-        (float(left), float(ys[xs == left].mean())),
-        (float(right), float(ys[xs == right].mean())),
+        (float(left), float(ys[xs == left].min()) - 0.5),
+        (float(right), float(ys[xs == right].min()) - 0.5),
     )
 
 
-def _height_above_baseline(
-    mask: np.ndarray, toes: tuple[tuple[float, float], tuple[float, float]]
-) -> np.ndarray:
-    """Signed distance in pixels above the line through the toes, for each pixel of mask."""
-    (x1, y1), (x2, y2) = toes
+def _height_above_baseline(mask: np.ndarray, line: Line) -> np.ndarray:
+    """Signed distance in pixels above the line, for each pixel of mask."""
+    (x1, y1), (x2, y2) = line
     length = float(np.hypot(x2 - x1, y2 - y1))
     ux, uy = (x2 - x1) / length, (y2 - y1) / length
     ys, xs = np.nonzero(mask)
@@ -361,32 +486,87 @@ def _carbides(
     fraction = float(carbide.sum()) / float(bead.sum())
     values = {"carbide_fraction": fraction}
     if fraction == 0.0:
-        missing["carbide_cv"] = "no carbides in the bead"
-        missing["carbide_gradient"] = "no carbides in the bead"
+        for name in CARBIDE_SPREAD:
+            missing[name] = "no carbides in the bead"
         return values
-    cv = _quadrat_cv(bead, carbide, um_per_px)
-    if cv is None:
-        missing["carbide_cv"] = (
-            f"fewer than two {QUADRAT_MM} mm quadrats fit at least "
-            f"{QUADRAT_MIN_INSIDE:.0%} inside the bead"
-        )
+    for name, side in (("carbide_cv", QUADRAT_MM), ("carbide_cv_fine", FINE_QUADRAT_MM)):
+        cv = _quadrat_cv(bead, carbide, um_per_px, side)
+        if cv is None:
+            missing[name] = (
+                f"fewer than two {side} mm quadrats fit at least "
+                f"{QUADRAT_MIN_INSIDE:.0%} inside the bead"
+            )
+        else:
+            values[name] = cv
+    if "carbide_cv" in values and values.get("carbide_cv_fine", 0.0) > 0.0:
+        # Spread at random, the variance falls with the quadrat's area, so doubling the side
+        # halves the CV (ratio ~0.5) whatever the particles' size and share; a share that
+        # varies over larger distances (clusters, settling) keeps the ratio near 1.
+        values["carbide_cv_ratio"] = values["carbide_cv"] / values["carbide_cv_fine"]
     else:
-        values["carbide_cv"] = cv
+        missing["carbide_cv_ratio"] = "needs both coefficients of variation"
     gradient = _thirds_gradient(bead, carbide, fraction)
     if gradient is None:
         missing["carbide_gradient"] = "the bead is less than three pixels high"
     else:
         values["carbide_gradient"] = gradient
+    clustering = _clustering(bead, carbide, um_per_px)
+    if clustering is None:
+        missing["carbide_clustering"] = (
+            "the bead is too small for carbide pairs two particle diameters and "
+            f"{CLUSTER_RING_MM} mm more apart"
+        )
+    else:
+        values["carbide_clustering"] = clustering
     return values
 
 
-def _quadrat_cv(bead: np.ndarray, carbide: np.ndarray, um_per_px: float) -> float | None:
+def _clustering(bead: np.ndarray, carbide: np.ndarray, um_per_px: float) -> float | None:
+    """Pair-correlation excess of the carbide area: g - 1, where g is how much more often two
+    bead pixels a given distance apart are both carbide than if the carbide were spread at
+    random (g = 1), over distances from two particle diameters to that plus CLUSTER_RING_MM.
+
+    A Ripley-type statistic on the carbide area rather than on particle centres, because
+    touching particles merge in a map. Pairs are counted against the pairs of bead pixels at
+    the same offset, so the bead's outline does not bias it. Clusters and carbides sunk to
+    one side both put more carbide pairs close together than chance: g - 1 > 0.
+    """
+    parts, count = ndimage.label(carbide, structure=EIGHT_CONNECTED)
+    sizes = np.bincount(parts.ravel())[1:]
+    diameter = float(np.sqrt(4.0 * np.median(sizes) / np.pi))
+    inner = 2.0 * diameter
+    outer = inner + CLUSTER_RING_MM * 1000.0 / um_per_px
+    box = _bounding_box(bead)
+    if box is None:
+        return None
+    if outer >= min(box[0].stop - box[0].start, box[1].stop - box[1].start):
+        return None  # the ring does not fit in the bead (a tiny bead, or tiny pixels)
+    b = bead[box].astype(np.float64)
+    c = carbide[box].astype(np.float64)
+    pad = int(np.ceil(outer)) + 1
+    shape = (b.shape[0] + pad, b.shape[1] + pad)
+    pairs_bead = np.fft.irfft2(np.abs(np.fft.rfft2(b, shape)) ** 2, shape)
+    pairs_carbide = np.fft.irfft2(np.abs(np.fft.rfft2(c, shape)) ** 2, shape)
+    dy = np.fft.fftfreq(shape[0]) * shape[0]
+    dx = np.fft.fftfreq(shape[1]) * shape[1]
+    lag = np.hypot(dy[:, None], dx[None, :])
+    ring = (lag >= inner) & (lag <= outer) & (pairs_bead > 0.5)
+    total = float(pairs_bead[ring].sum())
+    if total < float(b.sum()):  # fewer pairs than one per bead pixel: nothing to judge
+        return None
+    share = float(c.sum()) / float(b.sum())
+    return float(pairs_carbide[ring].sum()) / total / share**2 - 1.0
+
+
+def _quadrat_cv(
+    bead: np.ndarray, carbide: np.ndarray, um_per_px: float, side_mm: float
+) -> float | None:
     """Coefficient of variation (population) of carbide fraction over square quadrats.
 
     The grid starts at the bead's bounding box so the result does not depend on where the
     bead sits in the picture.
     """
-    side = max(int(round(QUADRAT_MM * 1000.0 / um_per_px)), 1)
+    side = max(int(round(side_mm * 1000.0 / um_per_px)), 1)
     rows, cols = np.nonzero(bead)
     top, left = rows.min(), cols.min()
     n_rows = (rows.max() - top + 1) // side

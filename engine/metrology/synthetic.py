@@ -13,7 +13,7 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +37,8 @@ from kb.vocabulary import meets
 
 WIDTH, HEIGHT = 640, 480
 DISTRIBUTIONS = ("uniform", "segregated", "clustered")
+CARBIDE_SHAPES = ("round", "elongated", "angular")
+HAZ_SHAPES = ("offset", "elliptic", "band")
 
 # What labels are drawn from: per assessment key, the measurement rules that must all hold.
 Criteria = Mapping[str, Sequence[MeasurementRule]]
@@ -56,6 +58,31 @@ class BeadSpec:
     carbide: float = 0.38
     carbide_size_um: float = 45.0
     distribution: str = "uniform"
+    # Families of variation (engine/metrology/families.py); the defaults draw today's bead.
+    asymmetry: float = 0.0  # right half-width grows, left shrinks, by this share of the half
+    skew: float = 0.0  # deepest point of the penetration, as a share of the half-width
+    top_power: float = 0.5  # exponent of the cap profile (0.5: half-ellipse)
+    penetration_power: float = 0.5  # exponent of the penetration profile
+    depth_mm: float | None = None  # penetration depth; None derives it from dilution
+    fusion_px: float = 3.0  # fusion line thickness
+    haz_shape: str = "offset"
+    haz_reach: float = 1.0  # elliptic HAZ: how far past the toes, as a share of haz_mm
+    carbide_shape: str = "round"
+    segregation: float = 5.0  # how strongly segregated carbides sink
+    clusters: int = 4
+    cluster_mm: float = 0.18
+    pore_ratio: tuple[float, float] = (0.35, 0.8)  # other pores, as shares of the largest
+
+
+@dataclass(frozen=True)
+class Frame:
+    """The picture around the bead: size in pixels, and where the bead's centre and the
+    substrate surface sit, as shares of the width and height."""
+
+    width: int = WIDTH
+    height: int = HEIGHT
+    centre: float = 0.5
+    surface: float = 0.45
 
 
 @dataclass(frozen=True)
@@ -66,14 +93,28 @@ class Degradation:
     blur_radius: float = 0.0  # Gaussian blur, pixels
     jpeg_quality: int | None = None  # None writes PNG
     subsampling: str = "4:2:0"  # JPEG chroma subsampling; 4:2:0 is what most tools write
+    antialias: int = 1  # draw at this many times the resolution, then average down
 
 
-def render_bead(spec: BeadSpec, um_per_px: float = 10.0, seed: int = 0) -> np.ndarray:
+@dataclass(frozen=True)
+class Variant:
+    """One micrograph to draw: the bead, its frame, what acquisition did to it, and which
+    variation each chosen family picked (e.g. "bead-shape:tilted"; "default" for none)."""
+
+    spec: BeadSpec
+    frame: Frame
+    degradation: Degradation
+    family: str
+
+
+def render_bead(
+    spec: BeadSpec, um_per_px: float = 10.0, seed: int = 0, frame: Frame = Frame()
+) -> np.ndarray:
     """Draw the exact label map (indices into metrology.PHASES) for one bead."""
     rng = np.random.default_rng(seed)
     px_per_mm = 1000.0 / um_per_px
-    ys, xs = np.indices((HEIGHT, WIDTH), dtype=np.float64)
-    cx, surface = WIDTH / 2.0, HEIGHT * 0.45
+    ys, xs = np.indices((frame.height, frame.width), dtype=np.float64)
+    cx, surface = frame.width * frame.centre, frame.height * frame.surface
     tilt = np.deg2rad(spec.tilt_deg)
     # Coordinates along (u) and below (v) the tilted substrate surface, in pixels.
     u = (xs - cx) * np.cos(tilt) + (ys - surface) * np.sin(tilt)
@@ -82,27 +123,74 @@ def render_bead(spec: BeadSpec, um_per_px: float = 10.0, seed: int = 0) -> np.nd
     half_width = spec.width_mm * px_per_mm / 2.0
     height = spec.height_mm * px_per_mm
     # Both caps are half-ellipses of the same width, so areas scale with their heights.
-    depth = height * spec.dilution / (1.0 - spec.dilution)
-    across = np.clip(1.0 - (u / half_width) ** 2, 0.0, None)
-    profile = np.sqrt(across)
-    under_bead = np.abs(u) < half_width
-    labels = np.full((HEIGHT, WIDTH), BACKGROUND, dtype=np.uint8)
-    bead = under_bead & (v >= -height * profile) & (v < depth * profile)
+    if spec.depth_mm is None:
+        depth = height * spec.dilution / (1.0 - spec.dilution)
+    else:
+        depth = spec.depth_mm * px_per_mm
+    if spec.asymmetry == 0.0:
+        across = np.clip(1.0 - (u / half_width) ** 2, 0.0, None)
+        under_bead = np.abs(u) < half_width
+        left_toe = right_toe = half_width
+    else:
+        left_toe = half_width * (1.0 - spec.asymmetry)
+        right_toe = half_width * (1.0 + spec.asymmetry)
+        across = np.clip(1.0 - (u / np.where(u < 0, left_toe, right_toe)) ** 2, 0.0, None)
+        under_bead = (u > -left_toe) & (u < right_toe)
+    top = np.sqrt(across) if spec.top_power == 0.5 else across**spec.top_power
+    if spec.skew == 0.0 and spec.penetration_power == 0.5 and spec.asymmetry == 0.0:
+        bottom = top
+    else:
+        # The deepest point moves to skew x the half-width; each side keeps its own toe.
+        deepest = spec.skew * (right_toe if spec.skew > 0 else left_toe)
+        t = np.where(u < deepest, (u - deepest) / (deepest + left_toe),
+                     (u - deepest) / (right_toe - deepest))
+        bottom = np.clip(1.0 - t**2, 0.0, None) ** spec.penetration_power
+    labels = np.full((frame.height, frame.width), BACKGROUND, dtype=np.uint8)
+    bead = under_bead & (v >= -height * top) & (v < depth * bottom)
     labels[bead] = BEAD
 
-    line_px = 3.0
-    fusion = (np.abs(u) <= half_width + line_px) & (v >= depth * profile) & (
-        v < depth * profile + line_px
-    )
+    line_px = spec.fusion_px
+    if spec.asymmetry == 0.0:
+        reach = np.abs(u) <= half_width + line_px
+    else:
+        reach = (u >= -left_toe - line_px) & (u <= right_toe + line_px)
+    fusion = reach & (v >= depth * bottom) & (v < depth * bottom + line_px)
     labels[fusion & ~bead] = FUSION_LINE
     if spec.haz_mm > 0:
-        from_fusion = ndimage.distance_transform_edt(labels != FUSION_LINE)
-        haz = (from_fusion <= spec.haz_mm * px_per_mm) & (v > 0) & (labels == BACKGROUND)
-        labels[haz] = HAZ
+        _draw_haz(labels, spec, u, v, depth, (left_toe, right_toe), px_per_mm)
 
     _scatter_carbides(labels, bead, v, spec, px_per_mm, rng)
     _scatter_pores(labels, bead, spec, um_per_px, rng)
     return labels
+
+
+def _draw_haz(
+    labels: np.ndarray,
+    spec: BeadSpec,
+    u: np.ndarray,
+    v: np.ndarray,
+    depth: float,
+    toes: tuple[float, float],
+    px_per_mm: float,
+) -> None:
+    """The heat-affected zone in the substrate: a band of even depth around the fusion line
+    (offset), an ellipse reaching past the toes (elliptic), or a band under the bead only."""
+    haz_px = spec.haz_mm * px_per_mm
+    if spec.haz_shape == "offset":
+        from_fusion = ndimage.distance_transform_edt(labels != FUSION_LINE)
+        haz = (from_fusion <= haz_px) & (v > 0) & (labels == BACKGROUND)
+    elif spec.haz_shape == "elliptic":
+        left, right = toes[0] + spec.haz_reach * haz_px, toes[1] + spec.haz_reach * haz_px
+        across = np.where(u < 0, u / left, u / right)
+        deep = depth + spec.fusion_px + haz_px
+        haz = (across**2 + (v / deep) ** 2 <= 1.0) & (v > 0) & (labels == BACKGROUND)
+    elif spec.haz_shape == "band":
+        from_fusion = ndimage.distance_transform_edt(labels != FUSION_LINE)
+        haz = ((from_fusion <= haz_px) & (v > 0) & (labels == BACKGROUND)
+               & (u > -toes[0]) & (u < toes[1]))
+    else:
+        raise ValueError(f"unknown HAZ shape {spec.haz_shape!r}")
+    labels[haz] = HAZ
 
 
 def _scatter_carbides(
@@ -125,8 +213,12 @@ def _scatter_carbides(
         batch = max(int((target - placed) / (np.pi * radius**2) * 0.7), 4)
         picks = rng.choice(rows.size, size=batch, p=weights)
         for pick in picks:
-            _stamp_disc(labels, bead, rows[pick], cols[pick], radius * rng.uniform(0.7, 1.3),
-                        CARBIDE)
+            size = radius * rng.uniform(0.7, 1.3)
+            if spec.carbide_shape == "round":
+                _stamp_disc(labels, bead, rows[pick], cols[pick], size, CARBIDE)
+            else:
+                _stamp_particle(labels, bead, rows[pick], cols[pick], size,
+                                spec.carbide_shape, rng)
         placed = int((labels[bead] == CARBIDE).sum())
 
 
@@ -144,10 +236,10 @@ def _placement_weights(
         # Heavy WC sinks towards the fusion line while the pool is liquid.
         depth = v[rows, cols]
         span = max(float(depth.max() - depth.min()), 1.0)
-        weights = np.exp(5.0 * (depth - depth.min()) / span)
+        weights = np.exp(spec.segregation * (depth - depth.min()) / span)
     elif spec.distribution == "clustered":
-        centres = rng.choice(rows.size, size=4)
-        spread = 0.18 * px_per_mm
+        centres = rng.choice(rows.size, size=spec.clusters)
+        spread = spec.cluster_mm * px_per_mm
         weights = np.zeros(rows.size)
         for c in centres:
             d2 = (rows - rows[c]) ** 2 + (cols - cols[c]) ** 2
@@ -180,7 +272,7 @@ def _scatter_pores(
             break
         pick = rng.integers(rows.size)
         _stamp_disc(labels, inner, rows[pick], cols[pick], radius, POROSITY)
-        radius = largest * rng.uniform(0.35, 0.8)
+        radius = largest * rng.uniform(*spec.pore_ratio)
 
 
 def _stamp_disc(
@@ -193,6 +285,61 @@ def _stamp_disc(
     disc = (yy - row) ** 2 + (xx - col) ** 2 <= radius**2
     disc &= allowed[top:bottom, left:right]
     labels[top:bottom, left:right][disc] = phase
+
+
+def drawn_dilution(variant: Variant, um_per_px: float = 10.0, zoom: int = 4) -> float:
+    """The dilution of the shape as drawn: the share of the bead below the substrate surface
+    the generator drew it on, counted on a map `zoom` times finer. No metrology choice moves
+    it, so it checks that truth.csv (measured on the label map) means what it says."""
+    frame, spec = variant.frame, variant.spec
+    fine = Frame(frame.width * zoom, frame.height * zoom, frame.centre, frame.surface)
+    shape = replace(spec, fusion_px=spec.fusion_px * zoom, carbide=0.0, porosity=0.0, haz_mm=0.0)
+    labels = render_bead(shape, um_per_px / zoom, seed=0, frame=fine)
+    ys, xs = np.nonzero(labels == BEAD)
+    if xs.size == 0:
+        return float("nan")
+    tilt = np.deg2rad(spec.tilt_deg)
+    cx, surface = fine.width * fine.centre, fine.height * fine.surface
+    below = -(xs - cx) * np.sin(tilt) + (ys - surface) * np.cos(tilt) >= 0
+    return float(below.mean())
+
+
+def _stamp_particle(
+    labels: np.ndarray,
+    allowed: np.ndarray,
+    row: int,
+    col: int,
+    radius: float,
+    shape: str,
+    rng: np.random.Generator,
+) -> None:
+    """An elongated (ellipse, aspect 1.5-3) or angular (rotated square or triangle) carbide
+    of about the area of a disc of that radius, at a random angle."""
+    angle = rng.uniform(0.0, np.pi)
+    if shape == "elongated":
+        aspect = rng.uniform(1.5, 3.0)
+        a, b = radius * np.sqrt(aspect), radius / np.sqrt(aspect)
+    elif shape == "angular":
+        a = b = radius * rng.uniform(1.0, 1.25)
+    else:
+        raise ValueError(f"unknown carbide shape {shape!r}")
+    r = int(np.ceil(max(a, b) * 1.5))
+    top, left = max(row - r, 0), max(col - r, 0)
+    bottom, right = min(row + r + 1, labels.shape[0]), min(col + r + 1, labels.shape[1])
+    yy, xx = np.ogrid[top:bottom, left:right]
+    along = (xx - col) * np.cos(angle) + (yy - row) * np.sin(angle)
+    across = -(xx - col) * np.sin(angle) + (yy - row) * np.cos(angle)
+    if shape == "elongated":
+        inside = (along / a) ** 2 + (across / b) ** 2 <= 1.0
+    elif rng.random() < 0.5:
+        inside = np.maximum(np.abs(along), np.abs(across)) <= a * 0.89
+    else:  # a triangle: three half-planes
+        inside = np.ones(np.broadcast(along, across).shape, dtype=bool)
+        for k in range(3):
+            phi = 2.0 * np.pi * k / 3.0
+            inside &= along * np.cos(phi) + across * np.sin(phi) <= a * 0.67
+    inside &= allowed[top:bottom, left:right]
+    labels[top:bottom, left:right][inside] = CARBIDE
 
 
 def paint(labels: np.ndarray, legend: Mapping[str, tuple[int, int, int]]) -> Image.Image:
@@ -277,25 +424,28 @@ def write_dataset(
     legend: Mapping[str, tuple[int, int, int]] = DEFAULT_LEGEND,
     degradation: Degradation = Degradation(),
     criteria: Criteria | None = None,
+    families: Sequence[str] = (),
 ) -> list[Path]:
     """Write sample-NNNN images and truth.csv, and labels.csv when criteria are given; the
-    same seed gives the same bytes."""
+    same seed and families give the same bytes. The acquisition family, where chosen, draws
+    each image's degradation in place of `degradation`."""
+    from engine.metrology.families import sample_variants  # it builds on this module
+
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
-    specs = sample_specs(n, seed)
     paths, truth_rows, label_rows = [], [], []
-    for index, spec in enumerate(specs):
+    for index, variant in enumerate(sample_variants(n, seed, families, degradation)):
         sample_seed = seed * 100_003 + index
-        labels = render_bead(spec, um_per_px, seed=sample_seed)
-        truth = measure_labels(labels, um_per_px)
-        image = degrade(paint(labels, legend), degradation, seed=sample_seed)
-        data, suffix = encode(image, degradation)
+        labels, scale, image = draw_variant(variant, um_per_px, sample_seed, legend)
+        truth = measure_labels(labels, scale)
+        data, suffix = encode(image, variant.degradation)
         path = outdir / f"sample-{index:04d}{suffix}"
         path.write_bytes(data)
         paths.append(path)
         truth_rows.append(
             {"image": path.name, **{q: _cell(truth.quantities.get(q)) for q in QUANTITIES},
-             **{f"spec_{k}": v for k, v in asdict(spec).items()}}
+             "family": variant.family,
+             **{f"spec_{k}": v for k, v in asdict(variant.spec).items()}}
         )
         if criteria is not None:
             label_rows.append({"image": path.name, **label_sample(truth.quantities, criteria)})
@@ -305,6 +455,29 @@ def write_dataset(
     return paths
 
 
+def draw_variant(
+    variant: Variant,
+    um_per_px: float,
+    seed: int,
+    legend: Mapping[str, tuple[int, int, int]] = DEFAULT_LEGEND,
+) -> tuple[np.ndarray, float, Image.Image]:
+    """The exact label map, its pixel size and the degraded picture of one variant.
+
+    With anti-aliasing the bead is drawn at several times the resolution (that label map is
+    the truth) and the painted picture is averaged down, as a renderer would.
+    """
+    spec, frame, how = variant.spec, variant.frame, variant.degradation
+    k = max(int(how.antialias), 1)
+    if k == 1:
+        labels = render_bead(spec, um_per_px, seed=seed, frame=frame)
+        return labels, um_per_px, degrade(paint(labels, legend), how, seed=seed)
+    fine = Frame(frame.width * k, frame.height * k, frame.centre, frame.surface)
+    labels = render_bead(replace(spec, fusion_px=spec.fusion_px * k), um_per_px / k, seed=seed,
+                         frame=fine)
+    image = paint(labels, legend).reduce(k)
+    return labels, um_per_px / k, degrade(image, how, seed=seed)
+
+
 def write_workspace_dataset(
     outdir: Path,
     n: int,
@@ -312,15 +485,19 @@ def write_workspace_dataset(
     workspace: Workspace | None,
     um_per_px: float = 10.0,
     degradation: Degradation = Degradation(),
+    families: Sequence[str] = (),
 ) -> list[Path]:
     """`kb synth`: maps in the workspace's legend, labelled by its measurement rules; outside
     a workspace, in the default legend with truth.csv only (there are no limits to label by)."""
     check_pixel_size_option(um_per_px)
     if workspace is None:
-        return write_dataset(outdir, n, seed, um_per_px, DEFAULT_LEGEND, degradation)
+        return write_dataset(
+            outdir, n, seed, um_per_px, DEFAULT_LEGEND, degradation, families=families
+        )
     criteria = criteria_of(compile_rules(workspace.rules_dir))
     return write_dataset(
-        outdir, n, seed, um_per_px, workspace.config.legend, degradation, criteria or None
+        outdir, n, seed, um_per_px, workspace.config.legend, degradation, criteria or None,
+        families,
     )
 
 
