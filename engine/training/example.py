@@ -26,11 +26,7 @@ EXAMPLE_CRITERIA: dict[str, tuple[MeasurementRule, ...]] = {
         MeasurementRule("max_pore_diameter_um", "<=", 150.0, "um"),
     ),
     "EA-5": (MeasurementRule("carbide_fraction", ">=", 0.30, "fraction"),),
-    "EA-6": (
-        MeasurementRule("carbide_gradient", "<=", 0.9, "ratio"),
-        MeasurementRule("carbide_clustering", "<=", 0.10, "ratio"),
-        MeasurementRule("carbide_cv_ratio", "<=", 0.75, "ratio"),
-    ),
+    "EA-6": (MeasurementRule("carbide_cv", "<=", 0.35, "ratio"),),
 }
 
 

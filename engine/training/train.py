@@ -119,8 +119,6 @@ AUX_QUANTITIES = (
     "carbide_fraction",
     "carbide_cv",
     "carbide_gradient",
-    "carbide_clustering",
-    "carbide_cv_ratio",
 )
 
 
@@ -197,9 +195,6 @@ MARGIN_WIDTHS = {
     "max_pore_diameter_um": 40.0,
     "carbide_fraction": 0.06,
     "carbide_cv": 0.1,
-    "carbide_gradient": 0.3,
-    "carbide_clustering": 0.05,
-    "carbide_cv_ratio": 0.08,
 }
 RAW_TARGETS = ("pore_count", "carbide_gradient")
 AUX_OUTPUTS = sum(len(v) for v in EXAMPLE_CRITERIA.values()) + len(RAW_TARGETS)
