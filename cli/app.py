@@ -756,9 +756,14 @@ def models(
             (s.fingerprint or "")[:12],
         )
     out.print(table)
-    for s in statuses:
-        if not s.available:
+    for s in statuses:  # how to provide a model matters only where a role uses it
+        if not s.available and s.roles:
             err.print(f"note: {s.name}: {s.detail}", markup=False)
+    idle = [s.name for s in statuses if not s.available and not s.roles]
+    if idle:
+        err.print(f"note: {', '.join(idle)}: not on this machine and bound to no role, so "
+                  "nothing needs them (`kb models --json` says how to provide them)",
+                  markup=False)
     for note in unbound_role_notes(statuses[0].unbound_roles if statuses else []):
         err.print(f"note: {note}", markup=False)
 

@@ -236,3 +236,17 @@ def test_add_assessment_keeps_the_rule_file_when_only_a_model_cannot_load(tmp_pa
     assert "rules/assessments/EA-7.toml written and kept, but not synced" in err
     assert "run `kb sync`" in err
     assert (root / "rules/assessments/EA-7.toml").is_file()
+
+
+def test_kb_models_gives_download_advice_only_for_models_a_role_uses(tmp_path):
+    root = tmp_path / "ws"
+    code, _, err = kb("init", root, "--clip", tmp_path / "no-clip")  # text bound, not here
+    assert code == 0, err
+    config = root / "kb.toml"
+    config.write_text(config.read_text() + '\n[models.spare]\nbackend = "flava"\n'
+                      f'source = "{tmp_path / "no-flava"}"\n')
+    code, _, err = kb("models", "-w", root)
+    assert code == 0
+    assert f"note: clip: directory {tmp_path / 'no-clip'} does not exist" in err
+    assert "no-flava" not in err  # bound to no role: no advice, one short line
+    assert "spare: not on this machine and bound to no role" in err
