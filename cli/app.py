@@ -139,6 +139,7 @@ def init(
 
     Example: kb init my-ws    (or: kb init my-ws --example ni-wc-ded)
     """
+    from engine.encoders.catalog import model_statuses, unbound_role_notes
     from kb.init import init_example, init_workspace
 
     if example is not None:
@@ -147,10 +148,18 @@ def init(
         ws = init_example(directory, example)
     else:
         ws = init_workspace(directory, clip, flava)
+    statuses = model_statuses(ws)  # the sources just written, checked on disk (no network)
+    roles = [{"role": role, "model": st.name, "offline": st.available, "detail": st.detail}
+             for st in statuses for role in st.roles]
     if json_output:
-        print_json({"workspace": str(ws.root)})
-    else:
-        out.print(f"Created workspace {ws.root}; add assessments with `kb add-assessment`.")
+        print_json({"workspace": str(ws.root), "roles": roles})
+        return
+    out.print(f"Created workspace {ws.root}; add assessments with `kb add-assessment`.")
+    for row in roles:
+        state = "loads offline" if row["offline"] else f"will not load here: {row['detail']}"
+        out.print(f"  {row['role']}: {row['model']} ({state})", markup=False)
+    for note in unbound_role_notes(statuses[0].unbound_roles if statuses else []):
+        out.print(f"  {note}", markup=False)
 
 
 def _print_sync(result: Any, json_output: bool) -> None:

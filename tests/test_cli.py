@@ -250,3 +250,14 @@ def test_kb_models_gives_download_advice_only_for_models_a_role_uses(tmp_path):
     assert f"note: clip: directory {tmp_path / 'no-clip'} does not exist" in err
     assert "no-flava" not in err  # bound to no role: no advice, one short line
     assert "spare: not on this machine and bound to no role" in err
+
+
+def test_kb_init_says_which_roles_will_work_offline(tmp_path):
+    root = tmp_path / "ws"
+    code, out, err = kb("init", root, "--clip", tmp_path / "no-clip")
+    assert code == 0, err
+    assert "image: efficientnet-lite0 (loads offline)" in out
+    assert f"text: clip (will not load here: directory {tmp_path / 'no-clip'} does not exist" in out
+    code, out, err = kb("init", tmp_path / "other", "--json")
+    roles = {r["role"]: r for r in json.loads(out)["roles"]}
+    assert roles["image"]["offline"] is True and "text" not in roles
