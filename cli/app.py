@@ -702,18 +702,9 @@ def _decision_override(
     review_margin: float | None,
 ) -> Any:
     """The --fusion/--weight/--threshold/--review-margin of one run, or None when unused."""
-    from engine.qualify import DecisionOverride
+    from engine.qualify import DecisionOverride, role_weights
 
-    parsed: dict[str, float] = {}
-    for item in weights or []:
-        role, _, value = item.partition("=")
-        try:
-            parsed[role.strip()] = float(value)
-        except ValueError:
-            raise VLKBError(f"--weight {item!r}: write ROLE=NUMBER, e.g. image=2") from None
-    if fusion is None and not parsed and threshold is None and review_margin is None:
-        return None
-    return DecisionOverride(fusion, parsed or None, threshold, review_margin)
+    return DecisionOverride.of_run(fusion, role_weights(weights or []), threshold, review_margin)
 
 
 def _workspace_or_none(workspace: Path | None) -> Workspace | None:

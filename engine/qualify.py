@@ -42,7 +42,7 @@ from engine.tree import held_for_review, walk
 from kb.audit import NodeRecord, append_qualification, check_writable, is_blank, os_user
 from kb.config import ROLES, Workspace, check_pixel_size_option
 from kb.embeddings import cached_embeddings, store_embeddings
-from kb.errors import AuditKeyError, DatabaseError, ImageError, VLKBError
+from kb.errors import AuditKeyError, DatabaseError, ImageError, OptionError, VLKBError
 from kb.history import documents_under_ruleset
 from kb.image_store import store_image
 from kb.rules import Assessment, Decision, Ruleset
@@ -141,6 +141,31 @@ class DecisionOverride:
 
     def to_dict(self) -> dict[str, object]:
         return {k: v for k, v in asdict(self).items() if v is not None}
+
+    @classmethod
+    def of_run(
+        cls,
+        fusion: str | None,
+        weights: Mapping[str, float] | None,
+        threshold: float | None,
+        review_margin: float | None,
+    ) -> DecisionOverride | None:
+        """This run's override, or None when none of its four values was given."""
+        if fusion is None and not weights and threshold is None and review_margin is None:
+            return None
+        return cls(fusion, dict(weights) if weights else None, threshold, review_margin)
+
+
+def role_weights(pairs: Sequence[str]) -> dict[str, float]:
+    """`ROLE=NUMBER` items (the CLI's --weight, the web's weight=) as role weights."""
+    parsed: dict[str, float] = {}
+    for item in pairs:
+        role, _, value = item.partition("=")
+        try:
+            parsed[role.strip()] = float(value)
+        except ValueError:
+            raise OptionError("weight", f"{item!r}: write ROLE=NUMBER, e.g. image=2") from None
+    return parsed
 
 
 @dataclass

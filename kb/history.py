@@ -32,17 +32,20 @@ def find_qualifications(
     """
     query = select(Qualification)
     if since is not None:
-        moment = since if since.tzinfo is not None else since.replace(tzinfo=UTC)
-        query = query.where(col(Qualification.created_at) >= moment)
+        query = query.where(col(Qualification.created_at) >= _aware(since))
     if before is not None:
-        moment = before if before.tzinfo is not None else before.replace(tzinfo=UTC)
-        query = query.where(col(Qualification.created_at) < moment)
+        query = query.where(col(Qualification.created_at) < _aware(before))
     if verdict is not None:
         query = query.where(Qualification.verdict == verdict)
     if sample:
         path = func.lower(col(Qualification.sample_path))
         query = query.where(path.contains(sample.lower(), autoescape=True))
     return list(session.exec(query.order_by(col(Qualification.id).desc()).limit(limit)).all())
+
+
+def _aware(moment: datetime) -> datetime:
+    """A time without a zone is UTC, as the knowledge base stores times."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def documents_under_ruleset(

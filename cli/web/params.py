@@ -14,7 +14,7 @@ from typing import Annotated
 from fastapi import Depends, Query
 from pydantic import BaseModel, Field
 
-from engine.qualify import DecisionOverride, QualifyOptions
+from engine.qualify import DecisionOverride, QualifyOptions, role_weights
 from kb.audit import is_blank
 from kb.errors import NotFoundError, VLKBError
 from kb.vocabulary import ExpertVerdict
@@ -43,11 +43,9 @@ class QualifyParams:
         (person), else the OS user, and the stored record says which.
         """
         weights = parse_weights(self.weight, self.weights)
-        decision = None
-        if self.fusion or weights or self.threshold is not None or self.review_margin is not None:
-            decision = DecisionOverride(
-                self.fusion or None, weights or None, self.threshold, self.review_margin
-            )
+        decision = DecisionOverride.of_run(
+            self.fusion or None, weights, self.threshold, self.review_margin
+        )
         operator, source = (self.operator, "request")
         if is_blank(operator):
             operator, source = (person, "signed-in") if person else (None, "request")
@@ -72,12 +70,7 @@ def parse_weights(pairs: list[str], as_json: str | None) -> dict[str, float]:
             parsed.update({str(k): float(v) for k, v in document.items()})
         except (ValueError, TypeError):
             raise VLKBError('weights: write a JSON object such as {"image": 2}') from None
-    for item in pairs:
-        role, _, value = item.partition("=")
-        try:
-            parsed[role.strip()] = float(value)
-        except ValueError:
-            raise VLKBError(f"weight {item!r}: write ROLE=NUMBER, e.g. image=2") from None
+    parsed.update(role_weights(pairs))
     return parsed
 
 

@@ -95,8 +95,7 @@ def evaluate_folder(
     if not images:
         raise VLKBError(f"{directory}: no images to evaluate")
     outcome = qualify_paths(vlkb, images, options)
-    by_path = {str(p): name for p, name in names.items()}
-    by_path.update({str(p.resolve()): name for p, name in names.items()})
+    by_path = {str(p.resolve()): name for p, name in names.items()}  # as results record it
     evaluation = score_results(outcome.results, labels, keys, top_k, by_path)
     evaluation.failures = [f.to_dict() for f in outcome.failures]
     return evaluation
