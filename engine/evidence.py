@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 from sqlmodel import Session
 
-from engine.encoders.backends import Encoder
+from engine.encoders.base import Encoder
 from engine.encoders.cache import embed_images, embed_prompts
 from engine.encoders.roles import ModelSet
 from engine.results import Applicability

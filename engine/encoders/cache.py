@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image
 from sqlmodel import Session
 
-from engine.encoders.backends import Encoder
+from engine.encoders.base import Encoder
 from kb.embeddings import cached_embeddings, store_embeddings
 from kb.rules import Prompt
 

@@ -29,7 +29,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from engine.encoders import cnn_nets
-from engine.encoders.backends import Encoder
+from engine.encoders.base import Encoder
 from engine.encoders.fingerprint import model_fingerprint
 from kb.config import ModelSpec
 from kb.errors import ModelLoadError
@@ -209,7 +209,7 @@ class CnnEncoder(Encoder):
         self.max_text_length = 0
         self.fingerprint = model_fingerprint(model_dir)
 
-    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+    def _embed_text_batch(self, texts: list[str]) -> torch.Tensor:
         raise ModelLoadError(
             f"model {self.spec.name!r} (backend cnn) embeds images only; bind role `text` to a "
             "vision-language model (clip, flava, dual) in kb.toml, or leave it unbound"
@@ -230,6 +230,3 @@ class CnnEncoder(Encoder):
 
     def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return features(self.model, self.config, pixel_values)
-
-    def text_features(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        raise NotImplementedError("the cnn backend has no text tower")

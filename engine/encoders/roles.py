@@ -8,7 +8,7 @@ from engine.results import ModelUse
 from kb.config import ROLES, ModelSpec, WorkspaceConfig
 
 if TYPE_CHECKING:  # the backends import torch: only a command that embeds pays for it
-    from engine.encoders.backends import Encoder
+    from engine.encoders.base import Encoder
 
 
 class ModelSet:

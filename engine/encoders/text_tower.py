@@ -21,11 +21,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from transformers import AutoTokenizer, BertConfig, BertModel
-from transformers.utils import logging as transformers_logging
+
+if TYPE_CHECKING:  # transformers is imported when a tower loads, not when a pin is read
+    from transformers import BertModel
 
 from kb.errors import ModelLoadError
 
@@ -255,6 +256,8 @@ TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 @contextmanager
 def quiet_transformers() -> Iterator[None]:
     """No progress bars or load reports while loading: stderr is for VLKB's one-line errors."""
+    from transformers.utils import logging as transformers_logging
+
     transformers_logging.disable_progress_bar()
     before = transformers_logging.get_verbosity()
     transformers_logging.set_verbosity_error()
@@ -272,6 +275,8 @@ def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tenso
 
 def load_text_tower(pin: TextTowerPin = MINILM_L6_V2) -> TextTower:
     """Verify and load the pinned text tower (float32, eval mode, no gradients)."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
     directory = text_tower_dir(pin)
     with quiet_transformers():
         config = BertConfig.from_pretrained(directory)
