@@ -7,12 +7,12 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 from sqlmodel import Session
 
-from engine.encoders.base import Encoder
 from engine.encoders.cache import embed_images, embed_prompts
 from engine.encoders.roles import ModelSet
 from engine.results import Applicability
@@ -28,6 +28,9 @@ from kb.image_store import stored_image
 from kb.rules import Assessment, Ruleset
 from kb.statistics import add_stat, reference_stat, stored_stat
 from kb.tables import NormalizationStat
+
+if TYPE_CHECKING:  # torch is imported by the command that loads a model, not by this module
+    from engine.encoders.base import Encoder
 
 
 @dataclass(frozen=True)

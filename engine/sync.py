@@ -25,6 +25,7 @@ from kb.rulesets import (
     store_ruleset,
     verified_ruleset,
 )
+from kb.statistics import reference_stat
 from kb.tables import RulesetVersion
 
 
@@ -92,7 +93,11 @@ class SyncResult:
 def prepare_embeddings(
     session: Session, row: RulesetVersion, ruleset: Ruleset, models: ModelSet
 ) -> list[str]:
-    """Embed prompts and references and store reference statistics; say what stays uncalibrated."""
+    """Embed prompts and references and store reference statistics; say what stays uncalibrated.
+
+    Where the statistics of an assessment and role are stored already for this model, its
+    embeddings are too: nothing is loaded, so re-syncing unchanged rules costs no model.
+    """
     assert row.id is not None
     missing = []
     for role in models.bound_roles():
@@ -101,6 +106,8 @@ def prepare_embeddings(
                 continue
             if a.one_sided(role):
                 missing.append(f"{a.key} {role}: {a.one_sided(role)}")
+                continue
+            if reference_stat(session, row.id, a.key, role, models.fingerprint(role)):
                 continue
             encoder = models.encoder(role)
             items = evidence_set(session, a, role, encoder)

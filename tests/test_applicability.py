@@ -23,7 +23,13 @@ from engine.sync import sync_workspace
 from kb.config import Workspace
 from tests.cli_runner import kb
 from tests.foreign_images import photograph, uniform_grey, voronoi_grains
-from tests.workspaces import REPO, example_copy, micrograph, new_workspace, write_carbide_assessment
+from tests.workspaces import (
+    REPO,
+    micrograph,
+    new_workspace,
+    shipped_copy,
+    write_carbide_assessment,
+)
 
 
 @pytest.fixture
@@ -100,9 +106,7 @@ def test_evidence_outside_the_range_is_not_assessed_and_does_not_fuse(
 @pytest.fixture(scope="module")
 def shipped(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
     """The example workspace with both roles on models/vlkb-dual-niwc (offline)."""
-    root = tmp_path_factory.mktemp("shipped")
-    (root / "models").symlink_to(REPO / "models", target_is_directory=True)
-    return example_copy(root, unbind_roles=False)
+    return shipped_copy(tmp_path_factory.mktemp("shipped"))
 
 
 def test_the_shipped_model_judges_the_examples_and_fresh_maps_and_nothing_else(

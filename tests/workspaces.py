@@ -95,6 +95,13 @@ def example_copy(root: Path, unbind_roles: bool = True) -> Workspace:
     return workspace
 
 
+def shipped_copy(root: Path) -> Workspace:
+    """A synced copy of the example with its roles on the shipped model (models/ linked in)."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "models").symlink_to(REPO / "models", target_is_directory=True)
+    return example_copy(root, unbind_roles=False)
+
+
 def use_database(root: Path, url: str) -> Workspace:
     """Point a workspace's [database] url at another knowledge base (e.g. PostgreSQL)."""
     config = (root / "kb.toml").read_text(encoding="utf-8")

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 from sqlmodel import Session
 
-from engine.encoders.base import Encoder
 from kb.embeddings import cached_embeddings, store_embeddings
 from kb.rules import Prompt
+
+if TYPE_CHECKING:  # torch is imported by the command that loads a model, not by this module
+    from engine.encoders.base import Encoder
 
 
 def embed_images(

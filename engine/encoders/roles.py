@@ -17,6 +17,7 @@ class ModelSet:
     def __init__(self, config: WorkspaceConfig) -> None:
         self._config = config
         self._loaded: dict[str, Encoder] = {}
+        self._fingerprints: dict[str, str] = {}
 
     def spec(self, role: str) -> ModelSpec | None:
         return self._config.model_for_role(role)
@@ -47,15 +48,31 @@ class ModelSet:
             }.values()
         )
 
+    def fingerprint(self, role: str) -> str:
+        """The fingerprint of the model behind this role, without loading it (torch-free)."""
+        spec = self.spec(role)
+        if spec is None:
+            raise KeyError(f"role {role!r} is not bound to a model")
+        if spec.name in self._loaded:
+            return self._loaded[spec.name].fingerprint
+        if spec.name not in self._fingerprints:
+            from engine.encoders.backends import resolve_model_dir
+            from engine.encoders.fingerprint import model_fingerprint
+
+            self._fingerprints[spec.name] = model_fingerprint(resolve_model_dir(spec.source))
+        return self._fingerprints[spec.name]
+
     def uses(self) -> list[ModelUse]:
+        """Which model plays each bound role, by fingerprint; models are not loaded for it."""
         return [
             ModelUse(
                 role=role,
-                name=enc.spec.name,
-                backend=enc.spec.backend,
-                source=enc.spec.source,
-                fingerprint=enc.fingerprint,
+                name=spec.name,
+                backend=spec.backend,
+                source=spec.source,
+                fingerprint=self.fingerprint(role),
             )
             for role in self.bound_roles()
-            for enc in [self.encoder(role)]
+            for spec in [self._config.model_for_role(role)]
+            if spec is not None
         ]

@@ -23,9 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-
-if TYPE_CHECKING:  # transformers is imported when a tower loads, not when a pin is read
+if TYPE_CHECKING:  # torch and transformers are imported when a tower loads, not for a pin
+    import torch
     from transformers import BertModel
 
 from kb.errors import ModelLoadError
@@ -220,6 +219,8 @@ class TextTower:
 
     def encode(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """(batch, hidden) sentence embeddings: masked mean of the last hidden states."""
+        import torch
+
         hidden = self.model(**inputs, return_dict=True).last_hidden_state
         pooled = mean_pool(hidden, inputs["attention_mask"])
         return torch.nn.functional.normalize(pooled, dim=-1) if self.pin.normalize else pooled
@@ -231,23 +232,25 @@ class TextTower:
         )
         return {k: v for k, v in encoded.items() if k in TEXT_INPUTS}
 
-    @torch.inference_mode()
     def embed(self, texts: list[str], batch_size: int = 64) -> torch.Tensor:
         """Sentence embeddings of many texts, batched, without autograd (float32).
 
         Texts are batched in order of length, so a batch pads little; rows come back in the
         order given (masked mean pooling makes padding irrelevant to each row's value).
         """
-        if not texts:
-            return torch.zeros((0, self.dim))
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        parts = [
-            self.encode(self.tokenize([texts[i] for i in order[start : start + batch_size]]))
-            for start in range(0, len(texts), batch_size)
-        ]
-        rows = torch.empty((len(texts), self.dim))
-        rows[torch.tensor(order)] = torch.cat(parts)
-        return rows
+        import torch
+
+        with torch.inference_mode():
+            if not texts:
+                return torch.zeros((0, self.dim))
+            order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+            parts = [
+                self.encode(self.tokenize([texts[i] for i in order[start : start + batch_size]]))
+                for start in range(0, len(texts), batch_size)
+            ]
+            rows = torch.empty((len(texts), self.dim))
+            rows[torch.tensor(order)] = torch.cat(parts)
+            return rows
 
 
 TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -275,6 +278,7 @@ def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tenso
 
 def load_text_tower(pin: TextTowerPin = MINILM_L6_V2) -> TextTower:
     """Verify and load the pinned text tower (float32, eval mode, no gradients)."""
+    import torch
     from transformers import AutoTokenizer, BertConfig, BertModel
 
     directory = text_tower_dir(pin)
