@@ -206,3 +206,34 @@ def test_the_evaluation_page_names_assessments_embeds_its_plots_and_lists_what_t
             if verdict == "review" or (verdict in (A, R) and verdict != label):
                 assert f"<td class=\"mono\">{sample['image']}</td>" in html
                 assert f"#{sample['qualification_id']} " in html
+
+
+def test_the_page_says_where_labels_were_drawn_from_the_rules_own_limits(
+    example: Workspace, tmp_path: Path
+) -> None:
+    """kb synth's labels.json names the limits it labelled by: where they are the measurement
+    rules' own, the page says the measurement row checks the metrology; a hand-made labels
+    file, or a rule whose limit has moved since, gets no such note."""
+    data = tmp_path / "set"
+    write_dataset(data, n=8, seed=33, criteria=criteria_of(compile_workspace(example)))
+    provenance = json.loads((data / "labels.json").read_text())
+    assert provenance["drawn_by"] == "kb synth" and provenance["seed"] == 33
+    provenance["criteria"]["EA-4"][0]["limit"] = 0.05  # as if labelled with another limit
+    (data / "labels.json").write_text(json.dumps(provenance))
+    out = tmp_path / "report"
+    code, stdout, err = kb("evaluate", data, "--labels", data / "labels.csv", "--json",
+                           "--out", out, "-w", example.root)
+    assert code == 0, err
+    measured = [k for k, a in compile_workspace(example).assessments.items() if a.measurements]
+    expected = sorted(set(measured) - {"EA-4"})
+    assert sorted(json.loads(stdout)["labels_from_rules"]) == expected
+    html = (out / "evaluation.html").read_text(encoding="utf-8")
+    assert html.count("data-labels-from-rules") == len(expected)
+
+    hand_made = tmp_path / "hand-made.csv"
+    hand_made.write_text((data / "labels.csv").read_text())
+    code, stdout, err = kb("evaluate", data, "--labels", hand_made, "--json",
+                           "--out", tmp_path / "report2", "-w", example.root)
+    assert code == 0, err
+    assert json.loads(stdout)["labels_from_rules"] == []
+    assert "data-labels-from-rules" not in (tmp_path / "report2" / "evaluation.html").read_text()

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine.evaluation.labels import folder_labels, read_labels
+from engine.evaluation.labels import folder_labels, labels_drawn_from_rules, read_labels
 from engine.evaluation.metrics import agreement
 from engine.inputs import image_files
 from engine.qualify import QualifyOptions, qualify_paths
@@ -42,6 +42,8 @@ class Evaluation:
     names: dict[str, str] = field(default_factory=dict)  # assessment key -> its name
     # assessment key -> the threshold and review band its fused score was judged against
     decisions: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    # assessments whose labels were drawn from the same limits as their measurement rules
+    labels_from_rules: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -56,6 +58,7 @@ class Evaluation:
             "failures": self.failures,
             "names": self.names,
             "decisions": self.decisions,
+            "labels_from_rules": self.labels_from_rules,
         }
 
 
@@ -98,6 +101,8 @@ def evaluate_folder(
     by_path = {str(p.resolve()): name for p, name in names.items()}  # as results record it
     evaluation = score_results(outcome.results, labels, keys, top_k, by_path)
     evaluation.failures = [f.to_dict() for f in outcome.failures]
+    if labels_path is not None:
+        evaluation.labels_from_rules = labels_drawn_from_rules(labels_path, ruleset.assessments)
     return evaluation
 
 

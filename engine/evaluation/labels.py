@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import csv
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from engine.inputs import image_files
 from kb.errors import VLKBError
+from kb.rules import Assessment
 from kb.vocabulary import DECISIVE, Verdict
 
 
@@ -95,3 +97,27 @@ def folder_labels(
 def _listing(items: Sequence[str], shown: int = 5) -> str:
     more = f" and {len(items) - shown} more" if len(items) > shown else ""
     return ", ".join(items[:shown]) + more
+
+
+def labels_drawn_from_rules(
+    labels_path: Path, assessments: Mapping[str, Assessment]
+) -> list[str]:
+    """The assessments whose labels `kb synth` drew with exactly their measurement rules'
+    quantities, comparisons and limits (labels.json beside the CSV says how it drew them).
+
+    For those, agreement of the measurement evidence checks the metrology, not the criterion:
+    the evaluation page says so. A hand-made labels file has no labels.json: nothing is said.
+    """
+    path = labels_path.with_suffix(".json")
+    try:
+        criteria = json.loads(path.read_text(encoding="utf-8"))["criteria"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    same = []
+    for key, assessment in assessments.items():
+        drawn = criteria.get(key) if isinstance(criteria, dict) else None
+        rules = [{"quantity": r.quantity, "op": r.op, "limit": r.limit}
+                 for r in assessment.measurements]
+        if rules and drawn == rules:
+            same.append(key)
+    return same

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -452,7 +453,29 @@ def write_dataset(
     _write_csv(outdir / "truth.csv", truth_rows)
     if criteria is not None:
         _write_csv(outdir / "labels.csv", label_rows)
+        write_label_provenance(outdir / "labels.csv", criteria, n, seed, families)
     return paths
+
+
+def write_label_provenance(
+    labels_csv: Path, criteria: Criteria, n: int, seed: int, families: Sequence[str]
+) -> Path:
+    """labels.json beside labels.csv: the labels were drawn from the ground truth with these
+    limits, so an evaluation can say where its measurement figures check the metrology only."""
+    provenance = {
+        "drawn_by": "kb synth",
+        "from": "the generator's ground truth (truth.csv)",
+        "n": n,
+        "seed": seed,
+        "families": list(families),
+        "criteria": {
+            key: [{"quantity": r.quantity, "op": r.op, "limit": r.limit} for r in rules]
+            for key, rules in criteria.items()
+        },
+    }
+    path = labels_csv.with_suffix(".json")
+    path.write_text(json.dumps(provenance, indent=2) + "\n", encoding="utf-8")
+    return path
 
 
 def draw_variant(
