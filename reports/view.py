@@ -15,6 +15,7 @@ from typing import Any
 
 from reports.charts import ScoreChart, score_chart
 from reports.filters import headline_quantity, is_missing
+from reports.micrograph import MicrographView, micrograph_view
 from reports.thumbnails import SAMPLE_SIDE, Thumbnail, Thumbnails
 
 Record = Mapping[str, Any]
@@ -64,6 +65,7 @@ class QualificationView:
     tree: list[TreeEntry]
     sections: list[AssessmentSection]
     sample: Thumbnail
+    micrograph: MicrographView  # the sample shown large, with its switchable overlays
     stray_feedback: list[Record]
     normalization_rows: list[NormalizationRow]
     thumbnails: Thumbnails
@@ -197,12 +199,14 @@ def qualification_view(
     ]
     thumbnails = Thumbnails(images)
     sample = document.get("sample") or {}
+    picture = thumbnails.get(sample.get("sha256"), SAMPLE_SIDE)
     return QualificationView(
         document=document,
         root=tree[0] if len(tree) == 1 else None,
         tree=tree,
         sections=sections,
-        sample=thumbnails.get(sample.get("sha256"), SAMPLE_SIDE),
+        sample=picture,
+        micrograph=micrograph_view(document, picture, picture.size),
         stray_feedback=stray,
         normalization_rows=normalization_rows(sections),
         thumbnails=thumbnails,
