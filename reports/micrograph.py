@@ -61,6 +61,11 @@ class Layer:
     group: str  # "measurement" or the assessment key of a local layer
     dom_id: str = ""  # the checkbox's id, unique in the page (layer-1, layer-2, ...)
 
+    @property
+    def raster(self) -> bool:
+        """A picture (an anomaly map): drawn under every outline, right over the micrograph."""
+        return any(s.kind == "image" for s in self.shapes)
+
 
 @dataclass(frozen=True)
 class MicrographView:
