@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from reports.filters import is_missing
-from reports.thumbnails import Thumbnail
+from reports.thumbnails import SAMPLE_SIDE, Thumbnail, Thumbnails
 
 Record = Mapping[str, Any]
 
@@ -85,6 +85,12 @@ class MicrographView:
         for layer in self.layers:
             ordered.setdefault(layer.group, []).append(layer)
         return list(ordered.items())
+
+
+def sample_micrograph(document: Record, thumbnails: Thumbnails) -> MicrographView:
+    """The figure of a qualification's sample, from its stored picture."""
+    picture = thumbnails.get((document.get("sample") or {}).get("sha256"), SAMPLE_SIDE)
+    return micrograph_view(document, picture, picture.size)
 
 
 def micrograph_view(document: Record, picture: Thumbnail, picture_size: tuple[int, int] | None

@@ -15,8 +15,8 @@ from typing import Any
 
 from reports.charts import ScoreChart, score_chart
 from reports.filters import headline_quantity, is_missing
-from reports.micrograph import MicrographView, micrograph_view
-from reports.thumbnails import SAMPLE_SIDE, Thumbnail, Thumbnails
+from reports.micrograph import MicrographView, sample_micrograph
+from reports.thumbnails import Thumbnail, Thumbnails
 
 Record = Mapping[str, Any]
 
@@ -198,15 +198,14 @@ def qualification_view(
         if n.get("kind") == "assessment"
     ]
     thumbnails = Thumbnails(images)
-    sample = document.get("sample") or {}
-    picture = thumbnails.get(sample.get("sha256"), SAMPLE_SIDE)
+    micrograph = sample_micrograph(document, thumbnails)
     return QualificationView(
         document=document,
         root=tree[0] if len(tree) == 1 else None,
         tree=tree,
         sections=sections,
-        sample=picture,
-        micrograph=micrograph_view(document, picture, picture.size),
+        sample=micrograph.picture,
+        micrograph=micrograph,
         stray_feedback=stray,
         normalization_rows=normalization_rows(sections),
         thumbnails=thumbnails,

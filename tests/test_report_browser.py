@@ -181,3 +181,29 @@ def test_local_evidence_draws_its_anomaly_map_and_regions(
     assert Screen(page, 640).count_near(edges, VIOLET) == 0
     where = page.locator('section[data-node="EA-4"] p.where').inner_text()
     assert "anomaly map" in where and "micrograph" in where
+
+
+def test_the_web_result_page_shows_the_micrograph_under_its_policy(
+    browser: Any, porous_report: tuple[Path, dict[str, Any]]  # noqa: F811
+) -> None:
+    """The qualification page of `kb serve` draws the same overlay, with no script and under
+    its Content-Security-Policy (a blocked style or picture would show up as a console error)."""
+    from cli.web import create_app
+    from kb.config import Workspace
+    from tests.test_web_browser import run_server
+
+    path, record = porous_report
+    result = record["result"]
+    overlay = result["overlay"]
+    largest = [tuple(p) for p in overlay["pores"]["outlines"][0]["points"]]
+    workspace = Workspace.open(path.parent.parent)
+    with run_server(create_app(workspace)) as base:
+        page = browser.new_page(viewport={"width": 1200, "height": 1000})
+        problems: list[str] = []
+        page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+        page.goto(f"{base}/qualifications/{result['id']}")
+        page.locator("#micrograph").scroll_into_view_if_needed()
+        assert Screen(page, overlay["width"]).count_near(largest, YELLOW) >= 0.8 * len(largest)
+        page.locator('input[data-layer="pores"]').uncheck()
+        assert Screen(page, overlay["width"]).count_near(largest, YELLOW) == 0
+    assert problems == [], problems
