@@ -558,6 +558,54 @@ def synth(
         )
 
 
+@app.command("synth-anomalies")
+@reports_errors
+def synth_anomalies(
+    source: Annotated[str, typer.Argument(help="Good images: a folder, a file or a glob pattern.",
+        metavar="SRC")],
+    outdir: Annotated[Path, typer.Argument(help="Folder for the images, masks/ and "
+        "anomalies.csv.", metavar="OUT")],
+    n: Annotated[int, typer.Option("--n", help="Number of defective images.",
+        metavar="N")] = 20,
+    seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same files.",
+        metavar="N")] = 0,
+    texture: Annotated[str, typer.Option(help="What fills a defect: self (a shifted, rotated "
+        "copy of the image), perlin (VLKB's procedural textures) or a folder of texture "
+        "images.", metavar="SOURCE")] = "self",
+    min_area: Annotated[float, typer.Option("--min-area", help="Smallest share of the image a "
+        "defect covers.", metavar="NUMBER")] = 0.002,
+    max_area: Annotated[float, typer.Option("--max-area", help="Largest share of the image a "
+        "defect covers.", metavar="NUMBER")] = 0.3,
+    foreground: Annotated[bool, typer.Option("--foreground", help="Draw defects only where the "
+        "picture differs from its border colour (not on a black background).")] = False,
+    json_output: JsonOption = False,
+) -> None:
+    """Draw synthetic defects into good images (DRAEM / CLIP-MDC style), with their masks.
+
+    Each defect is a Perlin-noise blob at a random scale and rotation, filled with a texture
+    and blended with the image by a random factor; masks/<stem>.png marks it (255 = defect).
+    Use them as negative references, or to set a threshold, where no real defects exist.
+
+    Example: kb synth-anomalies rules/references/EA-4/positive out/anomalies --n 30 --seed 1
+    """
+    from engine.anomalies.synthesis import AnomalyOptions, synthesize_anomalies
+
+    options = AnomalyOptions(n=n, seed=seed, texture=texture, min_area=min_area,
+                             max_area=max_area, foreground=foreground)
+    outcome = synthesize_anomalies([source], outdir, options)
+    for failure in outcome.failures:
+        err.print(f"error: {failure.error}", markup=False)
+    if json_output:
+        print_json(outcome.to_dict())
+    elif outcome.written:
+        out.print(f"Wrote {len(outcome.written)} images with synthetic defects, their masks "
+                  f"and anomalies.csv to {outdir}", markup=False)
+    else:
+        err.print("error: no image with a synthetic defect was written", markup=False)
+    if outcome.failures or not outcome.written:
+        raise typer.Exit(1)
+
+
 @app.command()
 @reports_errors
 def evaluate(

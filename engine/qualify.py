@@ -24,7 +24,8 @@ from engine.calibrate import calibrated_thresholds, with_threshold
 from engine.encoders.roles import ModelSet
 from engine.evidence import OUTSIDE, RoleEvidence, RolePlan, chunk_evidence, plan_roles
 from engine.few_shot import ReferenceThreshold, reference_thresholds
-from engine.metrology.quantities import NotASegmentationMap, measure_image
+from engine.metrology.overlay import measure_with_overlay
+from engine.metrology.quantities import NotASegmentationMap
 from engine.report_files import output_dir, write_run_reports
 from engine.results import (
     Applicability,
@@ -502,10 +503,11 @@ def _judge(
     """
     quantities: dict[str, float] = {}
     unmeasurable: dict[str, str] = {}
+    overlay: dict | None = None
     not_a_map: str | None = None
     if metrology is not None:
         try:
-            quantities, unmeasurable = _measure(sample, metrology, um_per_px)
+            quantities, unmeasurable, overlay = _measure(sample, metrology, um_per_px)
         except NotASegmentationMap as exc:
             not_a_map = str(exc)
     held: set[str] = set()
@@ -528,6 +530,8 @@ def _judge(
         sample_sha256=sample.sha256,
         verdict=nodes[0].verdict,
         conversion=sample.conversion,
+        overlay=overlay,
+        sample_size=sample.image.size,
     )
 
 
@@ -607,10 +611,11 @@ def _unbound_note(role: str) -> str:
 
 def _measure(
     sample: Sample, workspace: Workspace, um_per_px: float
-) -> tuple[dict[str, float], dict[str, str]]:
-    """Quantities and reasons for the missing ones; NotASegmentationMap as kb measure has it."""
-    m = measure_image(sample.image, workspace.config.legend, um_per_px)
-    return dict(m.quantities), dict(m.unmeasurable)
+) -> tuple[dict[str, float], dict[str, str], dict]:
+    """Quantities, reasons for the missing ones and the overlay of what was measured (the
+    report draws it from the record); NotASegmentationMap as kb measure has it."""
+    m, overlay = measure_with_overlay(sample.image, workspace.config.legend, um_per_px)
+    return dict(m.quantities), dict(m.unmeasurable), overlay.to_dict()
 
 
 def _store(

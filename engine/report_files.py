@@ -23,7 +23,12 @@ from kb.audit import QUALIFICATION, entry_of
 from kb.config import Workspace
 from kb.errors import DatabaseError, VLKBError
 from kb.image_store import stored_image
-from reports.render import render_batch_index, render_qualification, write_report
+from reports.render import (
+    render_batch_index,
+    render_micrograph,
+    render_qualification,
+    write_report,
+)
 
 REPORTS_PACKAGE = Path(reports.__file__).resolve().parent
 
@@ -95,6 +100,14 @@ def render_stored_report(vlkb: VLKB, qualification_id: int) -> str:
     """One qualification's report HTML, from the knowledge base alone."""
     with vlkb.kb.reading() as session:
         return render_stored(session, qualification_id)[1]
+
+
+def render_stored_micrograph(vlkb: VLKB, qualification_id: int) -> str:
+    """One qualification's micrograph with its overlays (an HTML fragment), from the knowledge
+    base alone, as its report shows it."""
+    with vlkb.kb.reading() as session:
+        document = stored_document(session, qualification_id)
+        return render_micrograph(document, report_images(session, document))
 
 
 @dataclass(frozen=True)

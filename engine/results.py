@@ -236,6 +236,8 @@ class QualificationResult:
     created_at: str | None = None
     report: str | None = None
     thumbnail_sha256: str | None = None  # of the stored thumbnail, so an edit of it shows
+    overlay: dict[str, Any] | None = None  # engine/metrology/overlay.py; None: not measured
+    sample_size: tuple[int, int] | None = None  # width and height in pixels, as decoded
 
     def document(self) -> dict[str, Any]:
         """The stored record: everything except the ID, which is only known after storing."""
@@ -246,6 +248,8 @@ class QualificationResult:
                 "sha256": self.sample_sha256,
                 "conversion": self.conversion,
                 "thumbnail_sha256": self.thumbnail_sha256,
+                "width": self.sample_size[0] if self.sample_size else None,
+                "height": self.sample_size[1] if self.sample_size else None,
             },
             "verdict": self.verdict,
             "ruleset": {
@@ -262,6 +266,7 @@ class QualificationResult:
             "operator": self.operator,
             "operator_source": self.operator_source,
             "nodes": [n.to_dict() for n in self.nodes],
+            "overlay": self.overlay,
         }
 
     def to_dict(self) -> dict[str, Any]:

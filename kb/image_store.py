@@ -12,7 +12,9 @@ from sqlmodel import Session
 from kb.errors import DatabaseError
 from kb.tables import ImageRecord
 
-THUMBNAIL_PX = 320
+# The stored picture of a sample, which reports show large (zoomable) under their overlays:
+# phase maps of 640 x 480 keep every pixel; larger images are scaled to this side.
+THUMBNAIL_PX = 1024
 
 
 def thumbnail_png(image: Image.Image) -> bytes:

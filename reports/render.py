@@ -18,7 +18,8 @@ import jinja2
 
 from reports.batch import VERDICT_ORDER, batch_view, check_relative
 from reports.filters import FILTERS
-from reports.thumbnails import REFERENCE_SIDE
+from reports.micrograph import sample_micrograph
+from reports.thumbnails import REFERENCE_SIDE, Thumbnails
 from reports.view import feedback_time, qualification_view
 
 
@@ -64,6 +65,13 @@ def render_qualification(
             thumbnail=lambda sha: view.thumbnails.get(sha, REFERENCE_SIDE),
         )
     )
+
+
+def render_micrograph(document: dict[str, Any], images: Mapping[str, bytes]) -> str:
+    """The sample of one qualification shown large with its switchable overlays, as an HTML
+    fragment for a page of its own (the web's qualification page); the report has the same."""
+    view = sample_micrograph(document, Thumbnails(images))
+    return environment().get_template("micrograph.html.j2").render(view=view, doc=document)
 
 
 def render_batch_index(documents: Sequence[dict[str, Any]], links: Mapping[int, str]) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 
 from PIL import Image
 
-SAMPLE_SIDE = 720  # pixels; shown at about 320 px, kept sharp for print
+SAMPLE_SIDE = 1024  # pixels; shown at about 620 px and zoomable, as VLKB stores it
 REFERENCE_SIDE = 320  # pixels; shown at about 160 px
 
 
@@ -26,10 +26,15 @@ class Thumbnail:
 
     src: str | None
     missing_reason: str = ""
+    size: tuple[int, int] | None = None  # width and height of the inline picture
 
 
 def png_thumbnail(data: bytes, max_side: int) -> bytes:
     """The image scaled down to fit max_side, as PNG bytes; raises on bytes that are no image."""
+    return _scaled_png(data, max_side)[0]
+
+
+def _scaled_png(data: bytes, max_side: int) -> tuple[bytes, tuple[int, int]]:
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         with Image.open(io.BytesIO(data)) as image:
@@ -38,7 +43,7 @@ def png_thumbnail(data: bytes, max_side: int) -> bytes:
     picture.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
     out = io.BytesIO()
     picture.save(out, format="PNG", optimize=True)
-    return out.getvalue()
+    return out.getvalue(), picture.size
 
 
 def _displayable(image: Image.Image) -> Image.Image:
@@ -78,6 +83,7 @@ class Thumbnails:
         if not data:
             return Thumbnail(None, "image not available")
         try:
-            return Thumbnail(data_uri(png_thumbnail(data, max_side)))
+            png, size = _scaled_png(data, max_side)
+            return Thumbnail(data_uri(png), size=size)
         except Exception:  # any undecodable or oversized input is shown as missing, not fatal
             return Thumbnail(None, "stored image could not be decoded")

@@ -15,7 +15,8 @@ from typing import Any
 
 from reports.charts import ScoreChart, score_chart
 from reports.filters import headline_quantity, is_missing
-from reports.thumbnails import SAMPLE_SIDE, Thumbnail, Thumbnails
+from reports.micrograph import MicrographView, sample_micrograph
+from reports.thumbnails import Thumbnail, Thumbnails
 
 Record = Mapping[str, Any]
 
@@ -64,6 +65,7 @@ class QualificationView:
     tree: list[TreeEntry]
     sections: list[AssessmentSection]
     sample: Thumbnail
+    micrograph: MicrographView  # the sample shown large, with its switchable overlays
     stray_feedback: list[Record]
     normalization_rows: list[NormalizationRow]
     thumbnails: Thumbnails
@@ -196,13 +198,14 @@ def qualification_view(
         if n.get("kind") == "assessment"
     ]
     thumbnails = Thumbnails(images)
-    sample = document.get("sample") or {}
+    micrograph = sample_micrograph(document, thumbnails)
     return QualificationView(
         document=document,
         root=tree[0] if len(tree) == 1 else None,
         tree=tree,
         sections=sections,
-        sample=thumbnails.get(sample.get("sha256"), SAMPLE_SIDE),
+        sample=micrograph.picture,
+        micrograph=micrograph,
         stray_feedback=stray,
         normalization_rows=normalization_rows(sections),
         thumbnails=thumbnails,

@@ -62,7 +62,7 @@ def sql(ws: Path, *statements: str) -> list[tuple]:
 
 
 class Links(HTMLParser):
-    """Every href and src in a page."""
+    """Every href and src in a page; an SVG <image>'s href is a picture's source."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -71,7 +71,9 @@ class Links(HTMLParser):
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         found = dict(attrs)
-        if found.get("href"):
+        if found.get("href") and tag == "image":
+            self.srcs.append(str(found["href"]))
+        elif found.get("href"):
             self.hrefs.append(str(found["href"]))
         if found.get("src"):
             self.srcs.append(str(found["src"]))

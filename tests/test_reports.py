@@ -388,14 +388,13 @@ def test_closest_prompts_and_references_with_thumbnails(rich_html: str) -> None:
     assert thumbs[0].attrs["alt"] == "references/EA-5/positive/pos-2.png"
 
 
-def test_sample_thumbnail_is_a_small_inline_png(rich_html: str) -> None:
+def test_the_sample_is_shown_large_as_an_inline_png(rich_html: str) -> None:
     dom = parse(rich_html)
     figure = dom.find_all(lambda e: e.tag == "figure")[0]
-    src = figure.find_all(lambda e: e.tag == "img")[0].attrs["src"] or ""
+    src = figure.find_all(lambda e: e.tag == "image")[0].attrs["href"] or ""
     assert src.startswith("data:image/png;base64,")
     with Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))) as image:
-        assert max(image.size) == 720  # 1600 x 1200 scaled down, aspect kept
-        assert image.size == (720, 540)
+        assert image.size == (1024, 768)  # 1600 x 1200 scaled down, aspect kept
     assert "/tmp/docws/s0.png" in figure.text()
 
 
@@ -600,7 +599,8 @@ def test_report_is_self_contained(rich_html: str) -> None:
     assert external_references(rich_html) == []
     dom = parse(rich_html)
     assert dom.find_all(lambda e: e.tag == "style")
-    assert len(dom.find_all(lambda e: e.tag == "img")) == 2  # sample and one reference
+    assert len(dom.find_all(lambda e: e.tag == "img")) == 1  # one reference
+    assert len(dom.find_all(lambda e: e.tag == "image")) == 1  # the sample, under its layers
 
 
 def test_reports_package_needs_no_engine_kb_cli_or_torch() -> None:

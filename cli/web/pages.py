@@ -18,6 +18,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Form, Query, Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from markupsafe import Markup
 
 from cli.web.guard import MAX_NAME_LENGTH, SESSION_COOKIE, session_value, signed_in
 from cli.web.params import QualifyQuery, check_id
@@ -26,7 +27,7 @@ from cli.web.responses import render, status_of
 from cli.web.state import State, WebState
 from cli.web.uploads import human_bytes
 from engine.history import add_feedback, list_qualifications, load_qualification
-from engine.report_files import render_stored_report
+from engine.report_files import render_stored_micrograph, render_stored_report
 from engine.sync import compile_workspace
 from kb.audit import is_blank
 from kb.config import Workspace
@@ -89,6 +90,8 @@ def qualification_page(
 ) -> HTMLResponse:
     """One stored qualification with its feedback form (filled in again after a refusal)."""
     doc = load_qualification(state.vlkb, check_id(qualification_id))
+    # rendered by reports/ with autoescape on, from the stored record: markup, not text
+    context.setdefault("micrograph", Markup(render_stored_micrograph(state.vlkb, doc["id"])))
     context.setdefault("form", {})
     context.setdefault("error", None)
     context.setdefault("recorded", None)

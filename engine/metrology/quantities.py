@@ -70,6 +70,7 @@ CLUSTER_RING_MM = 0.15
 QUADRAT_MIN_INSIDE = 0.75
 
 EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
+Line = tuple[tuple[float, float], tuple[float, float]]  # two points (x, y)
 
 
 class NotASegmentationMap(ImageError):
@@ -83,6 +84,44 @@ class Measurement:
     um_per_px: float
     quantities: dict[str, float] = field(default_factory=dict)
     unmeasurable: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Quadrats:
+    """A grid of square quadrats anchored at the bead's bounding box: per quadrat, the bead
+    and carbide pixels it holds. Quadrat (i, j) covers rows top + i * side onwards and
+    columns left + j * side onwards."""
+
+    top: int
+    left: int
+    side: int  # pixels
+    inside: np.ndarray  # bead pixels per quadrat, shape (rows, columns)
+    carbide: np.ndarray  # carbide pixels per quadrat
+
+    @property
+    def usable(self) -> np.ndarray:
+        """Quadrats at least QUADRAT_MIN_INSIDE inside the bead: the ones the CV counts."""
+        return self.inside >= QUADRAT_MIN_INSIDE * self.side * self.side
+
+    def fractions(self) -> np.ndarray:
+        """Carbide fraction of each usable quadrat; NaN for the others."""
+        share = self.carbide / np.maximum(self.inside, 1)
+        return np.where(self.usable, share, np.nan)
+
+
+@dataclass(frozen=True)
+class Regions:
+    """What the quantities were measured on, kept so that they can be drawn over the map
+    (engine/metrology/overlay.py). Points are (x, y) with pixel (row r, column c) centred on
+    (c, r), as everywhere in this module."""
+
+    bead: np.ndarray  # the bead region
+    fusion: np.ndarray  # the fusion line without specks
+    baseline: Line | None  # the original substrate surface; None without a fusion line
+    haz_deepest: tuple[int, int] | None  # (row, column) of the HAZ pixel deepest below it
+    pores: np.ndarray  # pore labels, 1..pore_count (8-connected), 0 elsewhere
+    pore_count: int
+    quadrats: Quadrats | None  # the QUADRAT_MM grid of carbide_cv; None without carbides
 
 
 def measure_image(
@@ -266,6 +305,11 @@ def _bounding_box(mask: np.ndarray, pad: int = 0) -> tuple[slice, slice] | None:
 
 def measure_labels(labels: np.ndarray, um_per_px: float) -> Measurement:
     """All quantities from a label map; the generator uses this on its exact maps for truth."""
+    return measure_regions(labels, um_per_px)[0]
+
+
+def measure_regions(labels: np.ndarray, um_per_px: float) -> tuple[Measurement, Regions]:
+    """All quantities from a label map, and the regions and lines they were measured on."""
     if um_per_px <= 0:
         raise ValueError("um_per_px must be positive")
     values: dict[str, float] = {}
@@ -298,18 +342,23 @@ def measure_labels(labels: np.ndarray, um_per_px: float) -> Measurement:
         values["reinforcement_height_mm"] = max(float(height.max()) + 0.5, 0.0) * mm
         values["dilution_fraction"] = (bead_px - above) / bead_px
 
+    deepest = None
     if fusion.any():
         if haz.any():
-            values["haz_depth_mm"] = _farthest_from(fusion, haz) * mm
+            depth, deepest = _farthest_from(fusion, haz)
+            values["haz_depth_mm"] = depth * mm
         else:
             values["haz_depth_mm"] = 0.0
     else:
         missing["haz_depth_mm"] = "no fusion line to measure the heat-affected zone from"
 
+    pores, pore_count, quadrats = np.zeros(labels.shape, dtype=np.int32), 0, None
     if bead_px:
-        values.update(_porosity(labels, bead, um_per_px))
-        values.update(_carbides(labels, bead, um_per_px, missing))
-    return Measurement(um_per_px, values, missing)
+        pores, pore_count = ndimage.label(_pores(labels, bead), structure=EIGHT_CONNECTED)
+        values.update(_porosity(pores, pore_count, bead, um_per_px))
+        quadrats = _carbides(labels, bead, um_per_px, values, missing)
+    regions = Regions(bead, fusion, surface, deepest, pores, pore_count, quadrats)
+    return Measurement(um_per_px, values, missing), regions
 
 
 def _bead_region(labels: np.ndarray) -> np.ndarray:
@@ -348,17 +397,20 @@ def _without_specks(mask: np.ndarray, min_px: int) -> np.ndarray:
     return keep[parts]
 
 
-def _farthest_from(line: np.ndarray, region: np.ndarray) -> float:
-    """Largest distance in pixels from line to any pixel of region.
+def _farthest_from(line: np.ndarray, region: np.ndarray) -> tuple[float, tuple[int, int]]:
+    """Largest distance in pixels from line to any pixel of region, and that pixel (row,
+    column).
 
     The distance transform runs on the bounding box of both only: every line pixel is in
     it, so the distances are exact, and the box is a fraction of the picture.
     """
     box = _bounding_box(line | region)
-    return float(ndimage.distance_transform_edt(~line[box])[region[box]].max())
+    assert box is not None
+    distance = np.where(region[box], ndimage.distance_transform_edt(~line[box]), -1.0)
+    row, column = np.unravel_index(int(distance.argmax()), distance.shape)
+    return float(distance[row, column]), (int(row) + box[0].start, int(column) + box[1].start)
 
 
-Line = tuple[tuple[float, float], tuple[float, float]]
 TIP_COLUMNS = 6  # outermost bead columns whose outlines locate a toe the fusion line misses
 
 
@@ -495,8 +547,9 @@ def _height_above_baseline(mask: np.ndarray, line: Line) -> np.ndarray:
     return (xs - x1) * uy - (ys - y1) * ux
 
 
-def _porosity(labels: np.ndarray, bead: np.ndarray, um_per_px: float) -> dict[str, float]:
-    pores, count = ndimage.label(_pores(labels, bead), structure=EIGHT_CONNECTED)
+def _porosity(
+    pores: np.ndarray, count: int, bead: np.ndarray, um_per_px: float
+) -> dict[str, float]:
     sizes = np.bincount(pores.ravel())[1:] if count else np.zeros(0, dtype=np.int64)
     largest = float(sizes.max()) if sizes.size else 0.0
     return {
@@ -507,17 +560,25 @@ def _porosity(labels: np.ndarray, bead: np.ndarray, um_per_px: float) -> dict[st
 
 
 def _carbides(
-    labels: np.ndarray, bead: np.ndarray, um_per_px: float, missing: dict[str, str]
-) -> dict[str, float]:
+    labels: np.ndarray,
+    bead: np.ndarray,
+    um_per_px: float,
+    values: dict[str, float],
+    missing: dict[str, str],
+) -> Quadrats | None:
+    """The carbide quantities into values (or their reasons into missing), and the
+    QUADRAT_MM grid carbide_cv was taken over."""
     carbide = bead & (labels == CARBIDE)
     fraction = float(carbide.sum()) / float(bead.sum())
-    values = {"carbide_fraction": fraction}
+    values["carbide_fraction"] = fraction
     if fraction == 0.0:
         for name in CARBIDE_SPREAD:
             missing[name] = "no carbides in the bead"
-        return values
+        return None
+    grids = {side: _quadrats(bead, carbide, um_per_px, side)
+             for side in (QUADRAT_MM, FINE_QUADRAT_MM)}
     for name, side in (("carbide_cv", QUADRAT_MM), ("carbide_cv_fine", FINE_QUADRAT_MM)):
-        cv = _quadrat_cv(bead, carbide, um_per_px, side)
+        cv = _quadrat_cv(grids[side])
         if cv is None:
             missing[name] = (
                 f"fewer than two {side} mm quadrats fit at least "
@@ -545,7 +606,7 @@ def _carbides(
         )
     else:
         values["carbide_clustering"] = clustering
-    return values
+    return grids[QUADRAT_MM]
 
 
 def _clustering(bead: np.ndarray, carbide: np.ndarray, um_per_px: float) -> float | None:
@@ -585,19 +646,19 @@ def _clustering(bead: np.ndarray, carbide: np.ndarray, um_per_px: float) -> floa
     return float(pairs_carbide[ring].sum()) / total / share**2 - 1.0
 
 
-def _quadrat_cv(
+def _quadrats(
     bead: np.ndarray, carbide: np.ndarray, um_per_px: float, side_mm: float
-) -> float | None:
-    """Coefficient of variation (population) of carbide fraction over square quadrats.
+) -> Quadrats | None:
+    """Square quadrats of side_mm over the bead; None when not one fits.
 
     The grid starts at the bead's bounding box so the result does not depend on where the
     bead sits in the picture.
     """
     side = max(int(round(side_mm * 1000.0 / um_per_px)), 1)
     rows, cols = np.nonzero(bead)
-    top, left = rows.min(), cols.min()
-    n_rows = (rows.max() - top + 1) // side
-    n_cols = (cols.max() - left + 1) // side
+    top, left = int(rows.min()), int(cols.min())
+    n_rows = (int(rows.max()) - top + 1) // side
+    n_cols = (int(cols.max()) - left + 1) // side
     if n_rows == 0 or n_cols == 0:
         return None
 
@@ -605,11 +666,17 @@ def _quadrat_cv(
         window = mask[top : top + n_rows * side, left : left + n_cols * side]
         return window.reshape(n_rows, side, n_cols, side).sum(axis=(1, 3), dtype=np.int64)
 
-    inside = per_quadrat(bead)
-    usable = inside >= QUADRAT_MIN_INSIDE * side * side
+    return Quadrats(top, left, side, per_quadrat(bead), per_quadrat(carbide))
+
+
+def _quadrat_cv(grid: Quadrats | None) -> float | None:
+    """Coefficient of variation (population) of carbide fraction over the usable quadrats."""
+    if grid is None:
+        return None
+    usable = grid.usable
     if usable.sum() < 2:
         return None
-    fractions = per_quadrat(carbide)[usable] / inside[usable]
+    fractions = grid.carbide[usable] / grid.inside[usable]
     mean = float(fractions.mean())
     return float(fractions.std() / mean) if mean > 0 else 0.0
 
