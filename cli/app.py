@@ -1196,6 +1196,11 @@ def serve(
         float, typer.Option("--session-hours", help="How long a browser sign-in lasts (hours).",
             metavar="NUMBER")
     ] = 12.0,
+    workers: Annotated[
+        int, typer.Option("--workers", help="Server processes, each loading the models once; "
+                          "more than 1 needs PostgreSQL or an SQLite file on a local disk.",
+                          metavar="N")
+    ] = 1,
     workspace: WorkspaceOption = None,
 ) -> None:
     """Serve the web pages and the JSON API (OpenAPI docs at /docs) until interrupted.
@@ -1207,7 +1212,8 @@ def serve(
 
     check_session_hours(session_hours)  # before anything is opened or bound
     run_server(Workspace.open(workspace), host, port, os.environ.get("KB_TOKEN"),
-               max_file_bytes=int(max_upload_mb * 1_000_000), session_hours=session_hours)
+               max_file_bytes=int(max_upload_mb * 1_000_000), session_hours=session_hours,
+               workers=workers)
 
 
 # --- the dual encoder -----------------------------------------------------------------------

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -211,8 +212,15 @@ class RayExecutor:
             raise VLKBError(f"the Ray executor failed: {_first_line(exc)}") from None
 
 
+# "ValueError: message" in a traceback's text, not Ray's own wrappers around it
+_RAISED = re.compile(r"^(?!ray\.)([A-Za-z_][\w.]*(?:Error|Exception)): (.+)$")
+
+
 def _first_line(exc: BaseException) -> str:
-    """The line of a (Ray) error that says what went wrong: the last non-empty one of its
-    text, which for a failed worker is the original exception."""
+    """What went wrong, in one line: for a failed worker the first exception its traceback
+    names (Ray's text also carries its own wrappers and advice), else the error's first line."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return lines[-1] if lines else type(exc).__name__
+    for line in lines:
+        if _RAISED.match(line):
+            return line
+    return lines[0] if lines else type(exc).__name__
