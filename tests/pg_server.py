@@ -75,6 +75,17 @@ class Server:
             connection.execute(f'CREATE DATABASE "{name}"')
         return self.url(name)
 
+    def copy_database(self, url: str) -> str:
+        """A new database holding a copy of the one at url (which nobody may be connected
+        to: PostgreSQL copies it as a template), and its URL."""
+        import psycopg
+
+        source = url.rsplit("/", 1)[1]
+        name = f"{source}_copy_{next(self._names)}"
+        with psycopg.connect(self.admin_url(), autocommit=True) as connection:
+            connection.execute(f'CREATE DATABASE "{name}" TEMPLATE "{source}"')
+        return self.url(name)
+
     def stop(self) -> None:
         _run(self.bindir / "pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop",
              check=False)
