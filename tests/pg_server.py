@@ -107,8 +107,11 @@ def _run(*command: object, check: bool = True) -> subprocess.CompletedProcess[st
     return done
 
 
-def start() -> Server:
-    """initdb and start a cluster; raise ServerError with the reason when it cannot."""
+def start(durable: bool = False) -> Server:
+    """initdb and start a cluster; raise ServerError with the reason when it cannot.
+
+    The tests run it with fsync off (nothing of it outlives the session); durable=True keeps
+    PostgreSQL's default, for benchmarks of the commit rate."""
     bindir = bin_dir()
     root = Path(tempfile.mkdtemp(prefix="vlkb-pg-"))
     if os.geteuid() == 0:
@@ -123,7 +126,8 @@ def start() -> Server:
         last = ""
         for _ in range(3):  # the port chosen may be taken by someone else before we bind it
             port = free_port()
-            options = f"-h 127.0.0.1 -p {port} -k {root} -c fsync=off -c max_connections=100"
+            fsync = "on" if durable else "off"
+            options = f"-h 127.0.0.1 -p {port} -k {root} -c fsync={fsync} -c max_connections=100"
             done = _run(bindir / "pg_ctl", "-D", root / "data", "-l", root / "server.log",
                         "-o", options, "-w", "-t", START_TIMEOUT_S, "start", check=False)
             if done.returncode == 0:
