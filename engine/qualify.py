@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
@@ -19,39 +20,36 @@ from typing import Protocol
 import numpy as np
 from sqlmodel import Session
 
-from engine.assess import judge_assessment, measurement_evidence, not_a_phase_map
 from engine.calibrate import calibrated_thresholds, with_threshold
 from engine.encoders.roles import ModelSet
-from engine.evidence import OUTSIDE, RoleEvidence, RolePlan, chunk_evidence, plan_roles
+from engine.evidence import RolePlan, plan_roles
 from engine.few_shot import ReferenceThreshold, reference_thresholds
-from engine.metrology.overlay import measure_with_overlay
-from engine.metrology.quantities import NotASegmentationMap
-from engine.report_files import output_dir, write_run_reports
-from engine.results import (
-    Applicability,
-    ItemSimilarity,
-    NodeResult,
-    QualificationResult,
-    SampleFailure,
-    VLREvidence,
+from engine.judging import (
+    Judged,
+    RunPlan,
+    SampleDeltas,
+    deltas_of_files,
+    embed_batches,
+    judge_files,
 )
-from engine.samples import Sample, load_sample, read_image_bytes
-from engine.scoring import population_stats, zscore
+from engine.report_files import output_dir, write_run_reports
+from engine.results import QualificationResult, SampleFailure
+from engine.samples import Sample, read_image_bytes
+from engine.scoring import population_stats
 from engine.session import VLKB
 from engine.sync import current_ruleset, prepare_embeddings
-from engine.tree import held_for_review, walk
 from kb.audit import NodeRecord, append_qualification, check_writable, is_blank, os_user
-from kb.config import ROLES, Workspace, check_pixel_size_option
+from kb.config import ROLES, check_pixel_size_option
 from kb.embeddings import cached_embeddings, store_embeddings
 from kb.errors import AuditKeyError, DatabaseError, ImageError, OptionError, VLKBError
 from kb.history import documents_under_ruleset
-from kb.image_store import store_image
-from kb.rules import Assessment, Decision, Ruleset
+from kb.image_store import add_image
+from kb.rules import Decision, Ruleset
 from kb.rulesets import software_version
 from kb.statistics import latest_calibration
 from kb.store import KnowledgeBase
 from kb.tables import RulesetVersion, utcnow
-from kb.vocabulary import FUSIONS, NORMALIZATIONS
+from kb.vocabulary import EXECUTORS, FUSIONS, NORMALIZATIONS
 
 # Where a qualification's operator name came from: recorded beside it, so an auditor can tell
 # a person who named themselves from the account a process happened to run as.
@@ -75,6 +73,7 @@ class QualifyOptions:
     report: bool = False  # write each stored qualification's HTML report (and a run index)
     skip_existing: bool = False  # skip files already judged under the same conditions
     decision: DecisionOverride | None = None  # this request's fusion / threshold, not the rules'
+    executor: ExecutorOptions = field(default_factory=lambda: ExecutorOptions())
 
     def __post_init__(self) -> None:
         """Every option checked here, once, whoever built it (the CLI, the web, a script)."""
@@ -95,6 +94,29 @@ class QualifyOptions:
         if not is_blank(self.operator):
             return (self.operator or "").strip(), self.operator_source
         return os_user(), "os-user"
+
+
+@dataclass(frozen=True)
+class ExecutorOptions:
+    """Where the embedding and judging run: in this process (the default, no Ray needed) or
+    on Ray workers (`ray`: a cluster at `address`, else a local one; `workers` actors, else
+    one per CPU of the cluster). The results are the same either way; the driver stores."""
+
+    kind: str = "in-process"
+    address: str | None = None
+    workers: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in EXECUTORS:
+            raise OptionError("executor", f"{self.kind!r} is unknown; use one of "
+                              f"{', '.join(EXECUTORS)}")
+        if self.workers is not None and self.workers < 1:
+            raise OptionError("workers", f"must be at least 1, got {self.workers}")
+        if self.kind != "ray":
+            for option, value in (("ray_address", self.address), ("workers", self.workers)):
+                if value is not None:
+                    raise OptionError(option, "is an option of the Ray executor: add "
+                                      "--executor ray")
 
 
 @dataclass(frozen=True)
@@ -180,6 +202,23 @@ class QualifyOutcome:
     warnings: list[str] = field(default_factory=list)  # judged, but a person should know why
 
 
+class Executor(Protocol):
+    """Who embeds and judges: both executors stream one item per file, in input order; the
+    caller (the driver) is the only one that writes to the knowledge base."""
+
+    def deltas(
+        self, plan: RunPlan, paths: Sequence[Path]
+    ) -> Iterator[SampleFailure | SampleDeltas]:
+        """Pass one of --normalize batch."""
+        ...
+
+    def judged(
+        self, plan: RunPlan, paths: Sequence[Path]
+    ) -> Iterator[SampleFailure | Judged]:
+        """Each file judged (or why it could not be)."""
+        ...
+
+
 def qualify_paths(
     vlkb: VLKB,
     paths: Sequence[Path],
@@ -198,11 +237,65 @@ def qualify_paths(
     upload lives in a temporary file; its record keeps the name it was uploaded under).
     """
     options = options or QualifyOptions()
-    workspace, kb, models = vlkb.workspace, vlkb.kb, vlkb.models
     if options.report:
-        output_dir(workspace)  # refuse a bad output folder before anything is stored
+        output_dir(vlkb.workspace)  # refuse a bad output folder before anything is stored
     progress = progress or (lambda stage, done, total: None)
     outcome = QualifyOutcome()
+    chosen = executor_for(vlkb, options.executor)  # a missing Ray is refused before anything
+    row, plan, judged_before = _plan_run(vlkb, options)
+    with chosen as executor:
+        pending = _without_judged(paths, judged_before, outcome)
+        outcome.warnings += _warnings(plan.setup, options.normalize, len(pending))
+        skip: frozenset[int] = frozenset()
+        if options.normalize == "batch":
+            skip = _batch_normalization(executor, plan, pending, outcome, progress)
+        done = 0
+        for position, item in enumerate(executor.judged(plan, pending)):
+            if position in skip:
+                continue  # failed in pass one, reported there, not in its statistics
+            done += 1
+            progress("judging", done, len(pending) - len(skip))
+            if isinstance(item, SampleFailure):
+                outcome.failures.append(item)
+                continue
+            result = item.result
+            if sample_names and Path(item.shown) in sample_names:
+                result.sample_path = sample_names[Path(item.shown)]
+            try:
+                _store(vlkb.kb, row, item)
+            except AuditKeyError:
+                raise  # the key is wrong for every file alike: refuse the run
+            except (VLKBError, OSError) as exc:  # locked, read-only, disk full...
+                cause = "database" if isinstance(exc, DatabaseError | OSError) else "input"
+                outcome.failures.append(
+                    SampleFailure(item.shown, f"{item.shown}: not stored: {exc}", cause)
+                )
+                continue
+            outcome.stored += 1
+            if keep_results:
+                outcome.results.append(result)
+            if on_result is not None:
+                on_result(result)
+    if options.report:
+        _write_reports(vlkb, outcome)
+    return outcome
+
+
+def executor_for(vlkb: VLKB, options: ExecutorOptions) -> AbstractContextManager[Executor]:
+    """The executor a run asked for; Ray is imported only when it is the one."""
+    if options.kind == "ray":
+        from engine.ray_executor import RayExecutor
+
+        return RayExecutor(vlkb.workspace, options)
+    return nullcontext(InProcess(vlkb.kb, vlkb.models))
+
+
+def _plan_run(
+    vlkb: VLKB, options: QualifyOptions
+) -> tuple[RulesetVersion, RunPlan, frozenset[str]]:
+    """The run's ruleset, statistics and thresholds, fixed once in one transaction (which
+    also embeds prompts and references the cache lacks), and the files judged before."""
+    workspace, kb, models = vlkb.workspace, vlkb.kb, vlkb.models
     um_per_px = workspace.config.pixel_size(options.um_per_px)
     operator, operator_source = options.who()
     models.encoders()  # load before taking the write lock: other writers need not wait for it
@@ -247,44 +340,63 @@ def qualify_paths(
     sources = _threshold_sources(
         ruleset, thresholds, base.calibration, options.decision, from_references
     )
-
-    pending = _without_judged(paths, judged_before, outcome)
-    outcome.warnings += _warnings(setup, options.normalize, len(pending))
-    if options.normalize == "batch":
-        pending = _batch_normalization(kb, ruleset, models, pending, setup, outcome, progress)
     needs_metrology = any(a.measurements for a in ruleset.assessments.values())
-    done = 0
-    for chunk in _chunks(pending):
-        samples = _load(chunk, outcome)
-        done += len(chunk) - len(samples)  # files that failed to load are done too
-        _embed_unlocked(kb, models, samples, _modalities(setup))
-        with kb.transaction() as session:
-            evidence = chunk_evidence(session, ruleset, models, samples, setup)
-        for index, sample in enumerate(samples):
-            result = _judge(sample, index, ruleset, evidence, models, base, um_per_px,
-                            workspace if needs_metrology else None, sources)
-            if sample_names and sample.path in sample_names:
-                result.sample_path = sample_names[sample.path]
-            done += 1
-            progress("judging", done, len(pending))
-            try:
-                _store(kb, row, result, sample)
-            except AuditKeyError:
-                raise  # the key is wrong for every file alike: refuse the run
-            except (VLKBError, OSError) as exc:  # locked, read-only, disk full...
-                cause = "database" if isinstance(exc, DatabaseError | OSError) else "input"
-                outcome.failures.append(
-                    SampleFailure(str(sample.path), f"{sample.path}: not stored: {exc}", cause)
-                )
-                continue
-            outcome.stored += 1
-            if keep_results:
-                outcome.results.append(result)
-            if on_result is not None:
-                on_result(result)
-    if options.report:
-        _write_reports(vlkb, outcome)
-    return outcome
+    plan = RunPlan(ruleset, setup, base, um_per_px,
+                   workspace.config.legend if needs_metrology else None, sources)
+    return row, plan, judged_before
+
+
+class InProcess:
+    """The default executor: this process embeds through the knowledge base's cache (so each
+    image is embedded once per model, ever) and judges, chunk by chunk."""
+
+    def __init__(self, kb: KnowledgeBase, models: ModelSet) -> None:
+        self.kb = kb
+        self.models = models
+
+    def deltas(
+        self, plan: RunPlan, paths: Sequence[Path]
+    ) -> Iterator[SampleFailure | SampleDeltas]:
+        for chunk in chunks(paths):
+            yield from deltas_of_files(plan, self.models, chunk, lambda s: self._vectors(s, plan))
+
+    def judged(
+        self, plan: RunPlan, paths: Sequence[Path]
+    ) -> Iterator[SampleFailure | Judged]:
+        for chunk in chunks(paths):
+            yield from judge_files(plan, self.models, chunk, lambda s: self._vectors(s, plan),
+                                   keep_vectors=False)
+
+    def _vectors(
+        self, samples: Sequence[Sample], plan: RunPlan
+    ) -> dict[tuple[str, str], dict[str, np.ndarray]]:
+        """The chunk's vectors as the cache holds them (float32), embedding what it lacks."""
+        self._embed_unlocked(samples, plan.modalities())
+        shas = [s.sha256 for s in samples]
+        found: dict[tuple[str, str], dict[str, np.ndarray]] = {}
+        with self.kb.reading() as session:
+            for encoder in self.models.encoders():
+                for modality in plan.modalities():
+                    found[(encoder.fingerprint, modality)] = cached_embeddings(
+                        session, encoder.fingerprint, modality, shas
+                    )
+        return found
+
+    def _embed_unlocked(self, samples: Sequence[Sample], modalities: Sequence[str]) -> None:
+        """Fill the embedding cache for a chunk with no lock held while the model runs, so a
+        long chunk never keeps another writer (a server beside this run) waiting; only the
+        insert takes the write lock."""
+        shas = list(dict.fromkeys(s.sha256 for s in samples))
+        for encoder in self.models.encoders():
+            for modality in modalities:
+                with self.kb.reading() as session:
+                    cached = cached_embeddings(session, encoder.fingerprint, modality, shas)
+                missing = [sha for sha in shas if sha not in cached]
+                if not missing:
+                    continue
+                vectors = embed_batches(encoder, samples, modality, missing)
+                with self.kb.transaction() as session:
+                    store_embeddings(session, encoder.fingerprint, modality, vectors)
 
 
 def qualified_shas(session: Session, ruleset_id: int, run: QualificationResult) -> frozenset[str]:
@@ -324,48 +436,10 @@ def _without_judged(
     return pending
 
 
-def _modalities(setup: Mapping[tuple[str, str], RolePlan]) -> tuple[str, ...]:
-    """What a chunk's images need: embeddings, and appearance when a range is measured."""
-    return ("image", "appearance") if any(p.range for p in setup.values()) else ("image",)
-
-
-def _embed_unlocked(
-    kb: KnowledgeBase, models: ModelSet, samples: Sequence[Sample], modalities: Sequence[str]
-) -> None:
-    """Fill the embedding cache for a chunk with no lock held while the model runs, so a long
-    chunk never keeps another writer (a server beside this run) waiting; only the insert
-    takes the write lock. Same batches as embed_images, so the same vectors."""
-    by_sha = {s.sha256: s for s in samples}
-    for encoder in models.encoders():
-        for modality in modalities:
-            embed = encoder.appearance if modality == "appearance" else encoder.embed_images
-            with kb.reading() as session:
-                cached = cached_embeddings(session, encoder.fingerprint, modality, by_sha)
-            missing = [sha for sha in by_sha if sha not in cached]
-            if not missing:
-                continue
-            vectors: dict[str, np.ndarray] = {}
-            for start in range(0, len(missing), encoder.spec.batch_size):
-                batch = missing[start : start + encoder.spec.batch_size]
-                fresh = embed([by_sha[sha].image for sha in batch])
-                vectors.update(zip(batch, fresh, strict=True))
-            with kb.transaction() as session:
-                store_embeddings(session, encoder.fingerprint, modality, vectors)
-
-
-def _chunks(paths: Sequence[Path]) -> Iterator[Sequence[Path]]:
+def chunks(paths: Sequence[Path]) -> Iterator[Sequence[Path]]:
+    """Files in chunks of CHUNK: decoded and embedded together, so memory stays flat."""
     for start in range(0, len(paths), CHUNK):
         yield paths[start : start + CHUNK]
-
-
-def _load(paths: Sequence[Path], outcome: QualifyOutcome) -> list[Sample]:
-    samples = []
-    for path in paths:
-        try:
-            samples.append(load_sample(path))
-        except VLKBError as exc:
-            outcome.failures.append(SampleFailure(str(path), str(exc)))
-    return samples
 
 
 def _warnings(
@@ -440,99 +514,41 @@ def _threshold_sources(
     return sources
 
 
-def _with_threshold_source(node: NodeResult, sources: Mapping[str, str]) -> NodeResult:
-    if node.decision_rule is None or node.key not in sources or node.kind != "assessment":
-        return node
-    return replace(node, decision_rule={**node.decision_rule,
-                                        "threshold_source": sources[node.key]})
-
-
 def _batch_normalization(
-    kb: KnowledgeBase,
-    ruleset: Ruleset,
-    models: ModelSet,
+    executor: Executor,
+    plan: RunPlan,
     paths: Sequence[Path],
-    setup: dict[tuple[str, str], RolePlan],
     outcome: QualifyOutcome,
     progress: Progress,
-) -> list[Path]:
+) -> frozenset[int]:
     """First pass of a batch run: every delta, for statistics over all images of the run.
 
-    Returns the files that loaded; the embeddings are cached, so the second pass only reads.
+    Returns the positions of the files that failed. The second pass goes over the same list,
+    so every chunk holds the same images as here (and so the same vectors), and leaves those
+    out.
     """
-    deltas: dict[tuple[str, str], list[np.ndarray]] = {key: [] for key in setup}
-    readable: list[Path] = []
-    done = 0
-    for chunk in _chunks(paths):
-        samples = _load(chunk, outcome)
-        readable.extend(s.path for s in samples)
-        _embed_unlocked(kb, models, samples, _modalities(setup))
-        with kb.transaction() as session:
-            for key, evidence in chunk_evidence(session, ruleset, models, samples, setup).items():
-                deltas[key].append(evidence.deltas)
-        done += len(chunk)
-        progress("embedding", done, len(paths))
-    for key, parts in deltas.items():
-        values = np.concatenate(parts) if parts else np.zeros(0)
-        if setup[key].items is None:
+    deltas: dict[tuple[str, str], list[float]] = {key: [] for key in plan.setup}
+    failed: set[int] = set()
+    for position, item in enumerate(executor.deltas(plan, paths)):
+        if isinstance(item, SampleFailure):
+            outcome.failures.append(item)
+            failed.add(position)
+        else:
+            for key, delta in item.deltas.items():
+                deltas[key].append(delta)
+        progress("embedding", position + 1, len(paths))
+    for key, values in deltas.items():
+        if plan.setup[key].items is None:
             continue
-        if values.size < 2:
-            setup[key].note = (
+        if len(values) < 2:
+            plan.setup[key].note = (
                 "batch normalisation needs at least 2 images; use --normalize calibrated"
             )
         else:
-            setup[key].norm = population_stats(values, f"batch (n={values.size})")
-    return readable
-
-
-def _judge(
-    sample: Sample,
-    index: int,
-    ruleset: Ruleset,
-    evidence: dict[tuple[str, str], RoleEvidence],
-    models: ModelSet,
-    base: QualificationResult,
-    um_per_px: float,
-    metrology: Workspace | None,
-    threshold_sources: Mapping[str, str],
-) -> QualificationResult:
-    """Walk the tree for one image of a chunk.
-
-    A sample that is not a phase map, in a workspace with measurement rules, gets those
-    assessments not_assessed with the reason and an overall review.
-    """
-    quantities: dict[str, float] = {}
-    unmeasurable: dict[str, str] = {}
-    overlay: dict | None = None
-    not_a_map: str | None = None
-    if metrology is not None:
-        try:
-            quantities, unmeasurable, overlay = _measure(sample, metrology, um_per_px)
-        except NotASegmentationMap as exc:
-            not_a_map = str(exc)
-    held: set[str] = set()
-
-    def judge(a: Assessment) -> NodeResult:
-        vlr = [_sample_evidence(a.key, role, index, evidence, models)
-               for role in ROLES if a.items_of(role)]
-        if not_a_map is not None and a.measurements:
-            held.add(a.key)
-            return not_a_phase_map(a, vlr, not_a_map)
-        return judge_assessment(a, vlr, measurement_evidence(a, quantities, unmeasurable))
-
-    nodes = [_with_threshold_source(n, threshold_sources) for n in walk(ruleset, judge)]
-    if not_a_map is not None:
-        nodes = held_for_review(ruleset, nodes, held, f"the sample is {not_a_map}")
-    return replace(
-        base,
-        nodes=nodes,
-        sample_path=str(sample.path.resolve()),
-        sample_sha256=sample.sha256,
-        verdict=nodes[0].verdict,
-        conversion=sample.conversion,
-        overlay=overlay,
-        sample_size=sample.image.size,
-    )
+            plan.setup[key].norm = population_stats(
+                np.asarray(values, dtype=np.float64), f"batch (n={len(values)})"
+            )
+    return frozenset(failed)
 
 
 def _write_reports(vlkb: VLKB, outcome: QualifyOutcome) -> None:
@@ -545,89 +561,19 @@ def _write_reports(vlkb: VLKB, outcome: QualifyOutcome) -> None:
     outcome.report_errors.extend(written.errors)
 
 
-def _sample_evidence(
-    key: str,
-    role: str,
-    index: int,
-    evidence: dict[tuple[str, str], RoleEvidence],
-    models: ModelSet,
-) -> VLREvidence:
-    spec = models.spec(role)
-    if spec is None:
-        return VLREvidence(
-            role,
-            None,
-            None,
-            note=_unbound_note(role),
-        )
-    fingerprint = models.encoder(role).fingerprint
-    ev = evidence[(key, role)]
-    if ev.items is None:
-        return VLREvidence(role, spec.name, fingerprint, note=ev.note)
-    delta = float(ev.deltas[index])
-    set_ = ev.items
-    items = tuple(
-        ItemSimilarity(p, label, sha, float(sim))
-        for p, label, sha, sim in zip(
-            set_.polarities, set_.labels, set_.shas, ev.similarities[index], strict=True
-        )
-    )
-    looks = ev.applicability[index] if ev.applicability is not None else None
-    if ev.norm is None:
-        return VLREvidence(role, spec.name, fingerprint, delta=delta, items=items, note=ev.note,
-                           applicability=looks)
-    outside = looks is not None and not looks.within
-    return VLREvidence(
-        role,
-        spec.name,
-        fingerprint,
-        delta=delta,
-        z=None if outside else float(zscore(delta, ev.norm)),  # outside: not assessed
-        mu=ev.norm.mu,
-        sigma=ev.norm.sigma,
-        normalization=ev.norm.source,
-        items=items,
-        note=_outside_note(looks) if outside else None,
-        applicability=looks,
-    )
-
-
-def _outside_note(looks: Applicability) -> str:
-    return (
-        f"{OUTSIDE}: the sample lies {looks.ratio:.1f} times the references' spread from the "
-        f"nearest one ({looks.nearest}), beyond the limit of {looks.limit:g}"
-    )
-
-
-def _unbound_note(role: str) -> str:
-    """Why a role gave no evidence: a text role needs a vision-language model."""
-    if role == "text":
-        return ("text prompts need a vision-language model (such as CLIP, from a local folder "
-                "or the Hugging Face cache) and role 'text' is not bound to one in kb.toml "
-                "[roles]; `kb models` shows how to bind one")
-    return (f"role {role!r} is not bound to a model in kb.toml [roles]; "
-            "`kb models` shows how to bind one")
-
-
-def _measure(
-    sample: Sample, workspace: Workspace, um_per_px: float
-) -> tuple[dict[str, float], dict[str, str], dict]:
-    """Quantities, reasons for the missing ones and the overlay of what was measured (the
-    report draws it from the record); NotASegmentationMap as kb measure has it."""
-    m, overlay = measure_with_overlay(sample.image, workspace.config.legend, um_per_px)
-    return dict(m.quantities), dict(m.unmeasurable), overlay.to_dict()
-
-
-def _store(
-    kb: KnowledgeBase, row: RulesetVersion, result: QualificationResult, sample: Sample
-) -> None:
-    """Append one qualification atomically; its time is in the stored document, its ID after."""
+def _store(kb: KnowledgeBase, row: RulesetVersion, judged: Judged) -> None:
+    """Append one qualification atomically, with its image and the vectors embedded for it;
+    its time is in the stored document, its ID after."""
     assert row.id is not None
+    result, image = judged.result, judged.image
     moment = utcnow()
     result.created_at = moment.isoformat()
     with kb.transaction() as session:
-        image = store_image(session, sample.sha256, sample.image, sample.format)
-        result.thumbnail_sha256 = hashlib.sha256(image.thumbnail_png).hexdigest()
+        for (fingerprint, modality), vector in judged.vectors.items():
+            store_embeddings(session, fingerprint, modality, {image.sha256: vector})
+        stored = add_image(session, image.sha256, image.width, image.height, image.format,
+                           image.thumbnail_png)
+        result.thumbnail_sha256 = hashlib.sha256(stored.thumbnail_png).hexdigest()
         record = append_qualification(
             session,
             sample_path=result.sample_path,

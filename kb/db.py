@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from sqlalchemy import event, inspect, text
 from sqlalchemy.engine import Connection, Engine, make_url
@@ -124,6 +125,58 @@ def driver_url(url: str) -> str:
         if url.startswith(plain):
             return "postgresql+psycopg://" + url[len(plain) :]
     return url
+
+
+# File systems on which SQLite's file lock cannot be trusted between processes (SQLite's own
+# advice: "use a client/server database instead" there).
+NETWORK_FILE_SYSTEMS = frozenset({
+    "nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "afs", "ceph", "glusterfs", "lustre",
+    "gpfs", "davfs", "fuse.sshfs", "fuse.glusterfs", "fuse.rclone", "fuse.s3fs",
+})
+
+
+MOUNTS = Path("/proc/self/mounts")
+
+
+def shared_by_processes(url: str, mounts: Path = MOUNTS) -> str | None:
+    """Why several processes (`kb serve --workers N`) cannot write this knowledge base
+    safely, or None. PostgreSQL serialises them on its advisory lock; SQLite on its file lock
+    (BEGIN IMMEDIATE), which holds across processes only for one file on a local disk."""
+    url = driver_url(url)
+    if url.startswith("postgresql"):
+        return None
+    try:
+        database = make_url(url).database
+    except ArgumentError:
+        return None  # open_engine says what is wrong with it
+    if not database or database == ":memory:" or "mode=memory" in url:
+        return ("the knowledge base is an in-memory SQLite database, one per process: each "
+                "worker would keep its own audit log")
+    kind = file_system_of(Path(database.removeprefix("file:")), mounts)
+    if kind in NETWORK_FILE_SYSTEMS:
+        return (f"the SQLite file {database} lies on a network file system ({kind}), where "
+                "its lock does not hold between processes")
+    return None
+
+
+def file_system_of(path: Path, mounts: Path = MOUNTS) -> str | None:
+    """The type of the file system holding path, from a mount table (Linux's own by default);
+    None when there is none to read."""
+    try:
+        table = mounts.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    target = str(path.resolve())
+    best, kind = "", None
+    for line in table.splitlines():
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        point = fields[1].replace("\\040", " ")
+        inside = target == point or target.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best):
+            best, kind = point, fields[2]
+    return kind
 
 
 RESTORE_HINT = (

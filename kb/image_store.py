@@ -30,19 +30,37 @@ def store_image(
     session: Session, sha256: str, image: Image.Image, fmt: str, data: bytes | None = None
 ) -> ImageRecord:
     """Insert the image once; later calls with the same SHA-256 return the existing row."""
+    return _existing(session, sha256, data) or _insert(
+        session, sha256, image.width, image.height, fmt, thumbnail_png(image), data
+    )
+
+
+def add_image(
+    session: Session, sha256: str, width: int, height: int, fmt: str, thumbnail: bytes
+) -> ImageRecord:
+    """store_image for an image whose thumbnail was made elsewhere (by whoever decoded it, a
+    Ray worker say), so the writer holding the lock only inserts."""
+    return _existing(session, sha256, None) or _insert(
+        session, sha256, width, height, fmt, thumbnail, None
+    )
+
+
+def _existing(session: Session, sha256: str, data: bytes | None) -> ImageRecord | None:
+    """The stored row, given its original bytes if it lacked them (a sample that became a
+    reference); None when the image is new."""
     existing = session.get(ImageRecord, sha256)
-    if existing is not None:
-        if data is not None and existing.data is None:
-            existing.data = data
-            session.add(existing)
-        return existing
+    if existing is not None and data is not None and existing.data is None:
+        existing.data = data
+        session.add(existing)
+    return existing
+
+
+def _insert(
+    session: Session, sha256: str, width: int, height: int, fmt: str, thumbnail: bytes,
+    data: bytes | None,
+) -> ImageRecord:
     record = ImageRecord(
-        sha256=sha256,
-        width=image.width,
-        height=image.height,
-        format=fmt,
-        thumbnail_png=thumbnail_png(image),
-        data=data,
+        sha256=sha256, width=width, height=height, format=fmt, thumbnail_png=thumbnail, data=data
     )
     session.add(record)
     return record

@@ -48,6 +48,10 @@ def strictest(verdicts: Iterable[str]) -> str:
 NORMALIZATIONS: tuple[str, ...] = ("batch", "calibrated")
 """Where z-score statistics come from: the run's own images, or references and calibrations."""
 
+EXECUTORS: tuple[str, ...] = ("in-process", "ray")
+"""Where `kb qualify` embeds and judges: in its own process, or on the workers of a Ray cluster
+(the driver still stores every record, so the audit chain has one writer)."""
+
 FUSIONS: tuple[str, ...] = ("zsum", "weighted")
 """How per-role z-scores become one score: their sum (the article) or their weighted mean."""
 

@@ -70,6 +70,17 @@ def postgres() -> Iterator[pg_server.Server]:
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[None]:
+    """This session's one local Ray cluster (2 CPUs, no dashboard), shared by every test of
+    the Ray executor; VLKB joins a cluster that is running instead of starting its own."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A new, empty knowledge base on each backend: an SQLite file or a PostgreSQL database."""

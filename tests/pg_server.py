@@ -75,6 +75,17 @@ class Server:
             connection.execute(f'CREATE DATABASE "{name}"')
         return self.url(name)
 
+    def copy_database(self, url: str) -> str:
+        """A new database holding a copy of the one at url (which nobody may be connected
+        to: PostgreSQL copies it as a template), and its URL."""
+        import psycopg
+
+        source = url.rsplit("/", 1)[1]
+        name = f"{source}_copy_{next(self._names)}"
+        with psycopg.connect(self.admin_url(), autocommit=True) as connection:
+            connection.execute(f'CREATE DATABASE "{name}" TEMPLATE "{source}"')
+        return self.url(name)
+
     def stop(self) -> None:
         _run(self.bindir / "pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop",
              check=False)
@@ -96,8 +107,11 @@ def _run(*command: object, check: bool = True) -> subprocess.CompletedProcess[st
     return done
 
 
-def start() -> Server:
-    """initdb and start a cluster; raise ServerError with the reason when it cannot."""
+def start(durable: bool = False) -> Server:
+    """initdb and start a cluster; raise ServerError with the reason when it cannot.
+
+    The tests run it with fsync off (nothing of it outlives the session); durable=True keeps
+    PostgreSQL's default, for benchmarks of the commit rate."""
     bindir = bin_dir()
     root = Path(tempfile.mkdtemp(prefix="vlkb-pg-"))
     if os.geteuid() == 0:
@@ -112,7 +126,8 @@ def start() -> Server:
         last = ""
         for _ in range(3):  # the port chosen may be taken by someone else before we bind it
             port = free_port()
-            options = f"-h 127.0.0.1 -p {port} -k {root} -c fsync=off -c max_connections=100"
+            fsync = "on" if durable else "off"
+            options = f"-h 127.0.0.1 -p {port} -k {root} -c fsync={fsync} -c max_connections=100"
             done = _run(bindir / "pg_ctl", "-D", root / "data", "-l", root / "server.log",
                         "-o", options, "-w", "-t", START_TIMEOUT_S, "start", check=False)
             if done.returncode == 0:

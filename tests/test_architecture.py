@@ -34,6 +34,28 @@ def test_the_qualification_runtime_never_loads_training_code():
     assert done.stdout.strip() == "[]"
 
 
+def test_only_the_ray_executor_imports_ray_and_the_default_run_never_loads_it(example):
+    for folder in ("kb", "engine", "cli", "reports"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            if path == ROOT / "engine" / "ray_executor.py":
+                continue
+            bad = {m for m in imported_modules(path) if m.split(".")[0] == "ray"}
+            assert not bad, f"{path.relative_to(ROOT)} imports {sorted(bad)}"
+    code = (
+        "import sys\n"
+        "from cli.app import main\n"
+        f"try: main(['qualify', {str(ROOT / 'examples' / 'porous-bead.png')!r}, "
+        f"'-w', {str(example.root)!r}, '--json'])\n"
+        "except SystemExit as done: assert done.code in (0, None), done.code\n"
+        "print('ray loaded' if 'ray' in sys.modules else 'no ray', file=sys.stderr)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == "no ray"
+    assert '"verdict"' in done.stdout
+
+
 def test_the_knowledge_base_imports_neither_engine_nor_torch():
     for path in sorted((ROOT / "kb").rglob("*.py")):
         bad = {m for m in imported_modules(path)
@@ -62,6 +84,7 @@ WORD_LISTS = {
     "comparisons": {"<=", "<", ">=", ">"},
     "combinations": {"strictest", "measurement-led"},
     "deciders": {"measurement", "vision-language", "disagreement"},
+    "executors": {"in-process", "ray"},
 }
 
 

@@ -1,5 +1,6 @@
 """Reports and the audit trail through the real CLI: `qualify --report`, `report`, `show`,
-`history`, `feedback` and `audit verify`, on real SQLite files and tiny real models."""
+`history`, `feedback` and `audit verify`, with tiny real models, on real SQLite files and
+(every test that stores or tampers, @both_backends) this session's PostgreSQL."""
 
 from __future__ import annotations
 
@@ -12,12 +13,14 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+from sqlalchemy.exc import DBAPIError
 
 import reports
 from engine.session import VLKB
 from engine.sync import sync_workspace
+from tests.backends import both_backends, is_postgres, sql, unguard, url_of, without_foreign_keys
 from tests.cli_runner import kb
-from tests.workspaces import micrograph, new_workspace, write_carbide_assessment
+from tests.workspaces import micrograph, new_workspace, use_database, write_carbide_assessment
 
 SCHEMA_2 = Path(__file__).resolve().parent / "data" / "kb-schema-2.sqlite"
 
@@ -34,10 +37,30 @@ def synced(tmp_path_factory, tiny_clip_dir, tiny_flava_dir) -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def synced_on_postgres(tmp_path_factory, tiny_clip_dir, tiny_flava_dir, postgres) -> Path:
+    """The same workspace synced into a PostgreSQL database that tests copy (a template)."""
+    root = tmp_path_factory.mktemp("synced-pg") / "ws"
+    new_workspace(root, tiny_clip_dir, tiny_flava_dir)
+    ws = use_database(root, postgres.new_database("audit"))
+    write_carbide_assessment(ws)
+    with VLKB(ws) as vlkb:  # closed: PostgreSQL copies only a database nobody is connected to
+        sync_workspace(vlkb)
+    return root
+
+
 @pytest.fixture
-def ws(synced: Path, tmp_path: Path) -> Path:
+def ws(request: pytest.FixtureRequest, synced: Path, tmp_path: Path) -> Path:
+    """A copy of the synced workspace; on PostgreSQL when the test runs @both_backends."""
     root = tmp_path / "ws"
-    shutil.copytree(synced, root)
+    url = request.getfixturevalue("database_url") if "database_url" in request.fixturenames \
+        else None
+    if url is not None and is_postgres(url):
+        template = request.getfixturevalue("synced_on_postgres")
+        shutil.copytree(template, root)
+        use_database(root, request.getfixturevalue("postgres").copy_database(url_of(template)))
+    else:
+        shutil.copytree(synced, root)
     return root
 
 
@@ -50,15 +73,6 @@ def samples(folder: Path, n: int) -> list[Path]:
 def qualify(ws: Path, files: list[Path], *extra: object) -> tuple[int, dict, str]:
     code, out, err = kb("qualify", *files, "--json", "-w", ws, *extra)
     return code, json.loads(out), err
-
-
-def sql(ws: Path, *statements: str) -> list[tuple]:
-    """Edit the database behind the tool's back, as someone with file access could."""
-    rows: list[tuple] = []
-    with sqlite3.connect(ws / "kb.sqlite") as con:
-        for statement in statements:
-            rows = con.execute(statement).fetchall()
-    return rows
 
 
 class Links(HTMLParser):
@@ -137,6 +151,7 @@ def test_one_sample_gets_a_report_and_no_index(ws, tmp_path):
     assert not list((ws / "out").glob("run-*"))
 
 
+@both_backends
 def test_stored_document_carries_time_operator_version_reasons_and_rules(ws, tmp_path):
     code, doc, err = qualify(ws, samples(tmp_path / "in", 1), "--normalize", "batch")
     assert code == 0, err
@@ -155,6 +170,7 @@ def test_stored_document_carries_time_operator_version_reasons_and_rules(ws, tmp
 # --- kb report ------------------------------------------------------------------------------
 
 
+@both_backends
 def test_report_rerenders_the_stored_record_even_after_the_sample_is_gone(ws, tmp_path):
     files = samples(tmp_path / "in", 2)
     code, doc, err = qualify(ws, files, "--report")
@@ -220,6 +236,7 @@ def test_output_folder_inside_the_reports_package_is_refused_before_storing(ws, 
 # --- expert feedback ------------------------------------------------------------------------
 
 
+@both_backends
 def test_feedback_round_trip_through_show_history_and_report(ws, tmp_path):
     code, doc, err = qualify(ws, samples(tmp_path / "in", 2), "--report")
     q = doc["qualifications"][0]
@@ -269,6 +286,7 @@ def test_feedback_round_trip_through_show_history_and_report(ws, tmp_path):
     assert summary["ok"] and summary["qualifications"] == 2 and summary["feedback"] == 2
 
 
+@both_backends
 def test_feedback_refuses_unknown_ids_nodes_and_verdicts_and_stores_nothing(ws, tmp_path):
     code, doc, _ = qualify(ws, samples(tmp_path / "in", 1))
     ident = doc["qualifications"][0]["id"]
@@ -287,18 +305,16 @@ def test_feedback_refuses_unknown_ids_nodes_and_verdicts_and_stores_nothing(ws, 
 # --- the hash chain -------------------------------------------------------------------------
 
 
-def test_verify_passes_then_names_a_verdict_edited_in_sqlite(ws, tmp_path):
+@both_backends
+def test_verify_passes_then_names_a_verdict_edited_behind_the_tools_back(ws, tmp_path):
     code, doc, _ = qualify(ws, samples(tmp_path / "in", 3))
     ids = [q["id"] for q in doc["qualifications"]]
     code, out, err = kb("audit", "verify", "-w", ws)
     assert code == 0 and "Audit log intact: " in out and "3 qualification(s)" in out and err == ""
     current = sql(ws, f"SELECT verdict FROM qualification WHERE id = {ids[1]}")[0][0]
     forged = "reject" if current == "accept" else "accept"
-    sql(
-        ws,
-        "DROP TRIGGER qualification_no_update",  # an attacker removes the guard first
-        f"UPDATE qualification SET verdict = '{forged}' WHERE id = {ids[1]}",
-    )
+    unguard(ws, "qualification")  # an attacker removes the guard first
+    sql(ws, f"UPDATE qualification SET verdict = '{forged}' WHERE id = {ids[1]}")
     code, out, err = kb("audit", "verify", "-w", ws)
     assert code == 1 and out == "" and err.count("\n") == 1
     assert f"broken: qualification {ids[1]} content differs" in err
@@ -310,12 +326,13 @@ def test_verify_passes_then_names_a_verdict_edited_in_sqlite(ws, tmp_path):
     assert report["checked"] == seq - 1
 
 
+@both_backends
 def test_verify_names_an_edited_result_document(ws, tmp_path):
     code, doc, _ = qualify(ws, samples(tmp_path / "in", 2))
     last = doc["qualifications"][-1]["id"]
+    unguard(ws, "qualification")
     sql(
         ws,
-        "DROP TRIGGER qualification_no_update",
         "UPDATE qualification SET result_json = replace(result_json, '\"threshold\": 0.0', "
         f"'\"threshold\": -5.0') WHERE id = {last}",
     )
@@ -324,6 +341,7 @@ def test_verify_names_an_edited_result_document(ws, tmp_path):
     assert code == 1 and f"qualification {last}" in err
 
 
+@both_backends
 def test_verify_names_an_edited_feedback_comment(ws, tmp_path):
     code, doc, _ = qualify(ws, samples(tmp_path / "in", 1))
     ident = doc["qualifications"][0]["id"]
@@ -332,15 +350,16 @@ def test_verify_names_an_edited_feedback_comment(ws, tmp_path):
     code, doc2, _ = qualify(ws, samples(tmp_path / "in2", 1))
     code, out, _ = kb("audit", "verify", "-w", ws)
     assert code == 0 and "2 qualification(s), 2 feedback" in out
+    unguard(ws, "feedback")
     sql(
         ws,
-        "DROP TRIGGER feedback_no_update",
         "UPDATE feedback SET comment = 'looks fine to me' WHERE comment = 'second look'",
     )
     code, _, err = kb("audit", "verify", "-w", ws)
     assert code == 1 and "broken: feedback 2 content differs" in err
 
 
+@both_backends
 def test_feedback_and_qualifications_share_one_chain(ws, tmp_path):
     code, doc, _ = qualify(ws, samples(tmp_path / "in", 1))
     first = doc["qualifications"][0]["id"]
@@ -358,10 +377,9 @@ def test_feedback_and_qualifications_share_one_chain(ws, tmp_path):
     (feedback_hash,) = sql(ws, "SELECT record_hash FROM feedback")[0]
     assert feedback_hash == chain[-2][3]
     # Removing the feedback and its chain entry breaks the link to the next qualification.
+    unguard(ws, "feedback", "audit_chain")
     sql(
         ws,
-        "DROP TRIGGER feedback_no_delete",
-        "DROP TRIGGER audit_chain_no_delete",
         "DELETE FROM audit_chain WHERE kind = 'feedback'",
         "DELETE FROM feedback",
     )
@@ -369,6 +387,7 @@ def test_feedback_and_qualifications_share_one_chain(ws, tmp_path):
     assert code == 1 and f"broken: qualification {second} does not follow" in err
 
 
+@both_backends
 def test_a_record_slipped_in_without_a_chain_entry_is_caught(ws, tmp_path):
     code, doc, _ = qualify(ws, samples(tmp_path / "in", 1))
     ident = doc["qualifications"][0]["id"]
@@ -385,6 +404,7 @@ def test_a_record_slipped_in_without_a_chain_entry_is_caught(ws, tmp_path):
 # --- history filters ------------------------------------------------------------------------
 
 
+@both_backends
 def test_history_filters_by_verdict_and_time(ws, tmp_path):
     code, doc, _ = qualify(ws, samples(tmp_path / "in", 4), "--normalize", "batch")
     verdicts = {q["id"]: q["verdict"] for q in doc["qualifications"]}
@@ -412,6 +432,7 @@ def test_history_filters_by_verdict_and_time(ws, tmp_path):
     assert code == 1 and "use one of accept, reject, review, not_assessed" in err
 
 
+@both_backends
 def test_history_until_a_day_includes_it_and_sample_matches_part_of_the_path(ws, tmp_path):
     _, doc, _ = qualify(ws, samples(tmp_path / "in", 3), "--normalize", "batch")
     created = doc["qualifications"][0]["created_at"]
@@ -484,14 +505,6 @@ def test_a_schema_1_database_migrates_and_its_chain_still_verifies(tmp_path):
 # --- everything a verdict depends on is covered ---------------------------------------------
 
 
-def unguard(ws: Path, *tables: str) -> None:
-    """Drop every trigger of these tables, as an attacker with file access would first."""
-    for table in tables:
-        for (name,) in sql(ws, f"SELECT name FROM sqlite_master WHERE type = 'trigger' "
-                               f"AND tbl_name = '{table}'"):
-            sql(ws, f"DROP TRIGGER {name}")
-
-
 def verify(ws: Path, *extra: object) -> tuple[int, dict, str]:
     code, out, err = kb("audit", "verify", "--json", "-w", ws, *extra)
     return code, json.loads(out), err
@@ -501,6 +514,7 @@ def chain_kinds(ws: Path) -> list[tuple[str, int]]:
     return [(k, i) for k, i in sql(ws, "SELECT kind, record_id FROM audit_chain ORDER BY seq")]
 
 
+@both_backends
 def test_an_edited_ruleset_snapshot_is_caught_by_verify_and_refused_at_use(ws, tmp_path):
     code, doc, err = qualify(ws, samples(tmp_path / "in", 1))
     assert code == 0, err
@@ -520,10 +534,11 @@ def test_an_edited_ruleset_snapshot_is_caught_by_verify_and_refused_at_use(ws, t
     assert sql(ws, "SELECT COUNT(*) FROM qualification") == [(1,)]
 
 
+@both_backends
 def test_an_edited_normalisation_mu_is_caught_by_verify_and_refused_at_use(ws, tmp_path):
     stats = sql(ws, "SELECT id FROM normalization_stat ORDER BY id")
     assert stats, "the synced workspace has reference statistics"
-    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+    with pytest.raises(DBAPIError, match="append-only"):
         sql(ws, "UPDATE normalization_stat SET mu = mu + 1")
     unguard(ws, "normalization_stat")
     sql(ws, f"UPDATE normalization_stat SET mu = mu - 0.5 WHERE id = {stats[-1][0]}")
@@ -534,12 +549,13 @@ def test_an_edited_normalisation_mu_is_caught_by_verify_and_refused_at_use(ws, t
     assert sql(ws, "SELECT COUNT(*) FROM qualification") == [(0,)]
 
 
+@both_backends
 def test_an_edited_calibration_is_caught_by_verify_and_refused_at_use(ws, tmp_path):
     cal = samples(tmp_path / "cal", 4)
     code, out, err = kb("calibrate", cal[0].parent, "--json", "-w", ws)
     assert code == 0, err
     version = json.loads(out)["calibration"]
-    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+    with pytest.raises(DBAPIError, match="append-only"):
         sql(ws, "DELETE FROM calibration")
     unguard(ws, "calibration", "normalization_stat")
     sql(ws, f"UPDATE normalization_stat SET sigma = sigma * 10 "
@@ -553,26 +569,22 @@ def test_an_edited_calibration_is_caught_by_verify_and_refused_at_use(ws, tmp_pa
     assert code == 1 and report["first_bad"] == {"kind": "calibration", "id": version}
 
 
+@both_backends
 def test_an_edited_reference_image_is_caught_by_verify_and_report(ws, tmp_path):
     (sha,) = sql(ws, "SELECT sha256 FROM image WHERE data IS NOT NULL ORDER BY sha256")[0]
     other = micrograph(tmp_path / "other.png", seed=99, pink_share=0.5).read_bytes()
-    with pytest.raises(sqlite3.IntegrityError):
-        con = sqlite3.connect(ws / "kb.sqlite")
-        try:
-            con.execute("UPDATE image SET data = ? WHERE sha256 = ?", (other, sha))
-        finally:
-            con.close()
+    edit = ("UPDATE image SET data = :data WHERE sha256 = :sha", {"data": other, "sha": sha})
+    with pytest.raises(DBAPIError, match="append-only"):
+        sql(ws, edit)
     unguard(ws, "image")
-    con = sqlite3.connect(ws / "kb.sqlite")
-    with con:
-        con.execute("UPDATE image SET data = ? WHERE sha256 = ?", (other, sha))
-    con.close()
+    sql(ws, edit)
     code, report, _ = verify(ws)
     assert code == 1 and report["first_bad"] == {"kind": "image", "id": sha}
     code, out, err = kb("audit", "verify", "-w", ws)
     assert code == 1 and f"image {sha[:12]}" in err
 
 
+@both_backends
 def test_an_edited_sample_thumbnail_is_caught_by_verify_and_report(ws, tmp_path):
     code, doc, err = qualify(ws, samples(tmp_path / "in", 2))
     assert code == 0, err
@@ -580,11 +592,8 @@ def test_an_edited_sample_thumbnail_is_caught_by_verify_and_report(ws, tmp_path)
     assert q["sample"]["thumbnail_sha256"]
     other = micrograph(tmp_path / "other.png", seed=98, pink_share=0.6).read_bytes()
     unguard(ws, "image")
-    con = sqlite3.connect(ws / "kb.sqlite")
-    with con:
-        con.execute("UPDATE image SET thumbnail_png = ? WHERE sha256 = ?",
-                    (other, q["sample"]["sha256"]))
-    con.close()
+    sql(ws, ("UPDATE image SET thumbnail_png = :png WHERE sha256 = :sha",
+             {"png": other, "sha": q["sample"]["sha256"]}))
     code, report, _ = verify(ws)
     assert code == 1 and report["first_bad"] == {"kind": "qualification", "id": q["id"]}
     assert "thumbnail" in report["problem"]
@@ -592,6 +601,7 @@ def test_an_edited_sample_thumbnail_is_caught_by_verify_and_report(ws, tmp_path)
     assert code == 1 and "thumbnail" in err and err.count("\n") == 1
 
 
+@both_backends
 def test_swapping_the_ids_of_two_qualifications_is_caught(ws, tmp_path):
     code, doc, err = qualify(ws, samples(tmp_path / "in", 3))
     a, b = doc["qualifications"][0]["id"], doc["qualifications"][1]["id"]
@@ -601,7 +611,7 @@ def test_swapping_the_ids_of_two_qualifications_is_caught(ws, tmp_path):
     swap = "CASE {col} WHEN {a} THEN {b} WHEN {b} THEN {a} ELSE {col} END"
     sql(
         ws,
-        "PRAGMA foreign_keys = OFF",
+        without_foreign_keys(ws),
         f"UPDATE qualification SET id = -id WHERE id IN ({a}, {b})",
         f"UPDATE qualification SET id = {swap.format(col='-id', a=a, b=b)} WHERE id < 0",
         f"UPDATE node_verdict SET qualification_id = "
@@ -693,6 +703,7 @@ def use_key(ws: Path, key: str = "the auditor keeps this secret") -> Path:
     return key_file
 
 
+@both_backends
 def test_audit_head_prints_the_head_its_position_and_time(ws, tmp_path):
     code, doc, _ = qualify(ws, samples(tmp_path / "in", 2))
     code, out, err = kb("audit", "head", "--json", "-w", ws)
@@ -706,6 +717,7 @@ def test_audit_head_prints_the_head_its_position_and_time(ws, tmp_path):
     assert code == 0 and digest in out and f"seq {seq}" in out
 
 
+@both_backends
 def test_a_middle_record_rehashed_to_the_head_fails_the_anchored_head(ws, tmp_path):
     code, doc, _ = qualify(ws, samples(tmp_path / "in", 3))
     middle = doc["qualifications"][1]["id"]
@@ -723,6 +735,7 @@ def test_a_middle_record_rehashed_to_the_head_fails_the_anchored_head(ws, tmp_pa
     assert code == 1 and err.count("\n") == 1 and "0000000000000000" in err
 
 
+@both_backends
 def test_a_keyed_chain_catches_a_rehashed_middle_record_and_names_it(ws, tmp_path):
     use_key(ws)
     code, doc, err = qualify(ws, samples(tmp_path / "in", 3))
@@ -738,6 +751,7 @@ def test_a_keyed_chain_catches_a_rehashed_middle_record_and_names_it(ws, tmp_pat
     assert "MAC" in report["problem"]
 
 
+@both_backends
 def test_a_forged_tail_record_is_caught_by_the_key(ws, tmp_path):
     key_file = use_key(ws)
     code, doc, err = qualify(ws, samples(tmp_path / "in", 2))
@@ -755,6 +769,7 @@ def test_a_forged_tail_record_is_caught_by_the_key(ws, tmp_path):
     assert "3 record(s) carry a MAC that was not checked" in out
 
 
+@both_backends
 def test_a_forged_tail_record_without_a_mac_on_a_keyed_chain_is_caught_without_the_key(
     ws, tmp_path
 ):
@@ -767,6 +782,7 @@ def test_a_forged_tail_record_without_a_mac_on_a_keyed_chain_is_caught_without_t
     assert code == 1 and report["first_bad"] == {"kind": "qualification", "id": forged}
 
 
+@both_backends
 def test_writers_refuse_a_keyed_chain_without_the_key_or_with_another_key(
     ws, tmp_path, monkeypatch
 ):
@@ -789,6 +805,7 @@ def test_writers_refuse_a_keyed_chain_without_the_key_or_with_another_key(
     assert code == 0 and report["macs"]["unchecked"] == 0
 
 
+@both_backends
 def test_a_key_given_to_verify_when_no_record_is_keyed_fails(ws, tmp_path):
     qualify(ws, samples(tmp_path / "in", 1))
     key = tmp_path / "k"

@@ -1,21 +1,20 @@
-"""The knowledge base on real SQLite files: schema versions, append-only log, hash chain,
-embedding cache, and readable errors for locked or read-only databases."""
+"""The knowledge base itself: schema versions and the hash chain on SQLite and PostgreSQL,
+and readable errors for SQLite files that are damaged, locked or read-only. (The append-only
+triggers, the embedding cache and concurrent writers on both: tests/test_postgres.py.)"""
 
-import multiprocessing
 import sqlite3
 from pathlib import Path
 
-import numpy as np
 import pytest
 from PIL import Image
 
 from kb import db
 from kb.audit import NodeRecord, append_qualification, chain_record, verify_chain
-from kb.embeddings import cached_embeddings, store_embeddings
 from kb.errors import DatabaseError
 from kb.image_store import store_image
 from kb.store import KnowledgeBase
 from kb.tables import RulesetVersion
+from tests.backends import sql, unguard
 
 
 @pytest.fixture
@@ -23,8 +22,9 @@ def kb_path(tmp_path: Path) -> Path:
     return tmp_path / "kb.sqlite"
 
 
-def open_kb(path: Path, timeout: float = 0.2) -> KnowledgeBase:
-    url = f"sqlite:///{path}"
+def open_kb(where: Path | str, timeout: float = 0.2) -> KnowledgeBase:
+    """The knowledge base in an SQLite file (a path) or at a URL."""
+    url = f"sqlite:///{where}" if isinstance(where, Path) else where
     return KnowledgeBase(url, db.open_engine(url, timeout))
 
 
@@ -56,12 +56,11 @@ def add_record(kb: KnowledgeBase, verdict: str = "accept") -> int:
         return q.id
 
 
-def test_newer_schema_is_refused_with_a_clear_error(kb_path):
-    open_kb(kb_path).close()
-    with sqlite3.connect(kb_path) as con:
-        con.execute("UPDATE schema_info SET version = 99")
+def test_newer_schema_is_refused_with_a_clear_error(database_url):
+    open_kb(database_url).close()
+    sql(database_url, "UPDATE schema_info SET version = 99")
     with pytest.raises(DatabaseError, match="schema version 99, newer than this VLKB"):
-        open_kb(kb_path)
+        open_kb(database_url)
 
 
 def test_not_a_database(tmp_path):
@@ -71,64 +70,32 @@ def test_not_a_database(tmp_path):
         open_kb(path)
 
 
-def test_audit_log_is_append_only(kb_path):
-    kb = open_kb(kb_path)
-    add_record(kb)
-    with (
-        sqlite3.connect(kb_path) as con,
-        pytest.raises(sqlite3.IntegrityError, match="append-only"),
-    ):
-        con.execute("UPDATE qualification SET verdict = 'reject'")
-    with (
-        sqlite3.connect(kb_path) as con,
-        pytest.raises(sqlite3.IntegrityError, match="append-only"),
-    ):
-        con.execute("DELETE FROM node_verdict")
-
-
-def test_chain_verifies_then_catches_an_edit_behind_the_tools_back(kb_path):
-    kb = open_kb(kb_path)
+def test_chain_verifies_then_catches_an_edit_behind_the_tools_back(database_url):
+    kb = open_kb(database_url)
     ids = [add_record(kb) for _ in range(3)]
-    with kb.transaction() as s:
+    with kb.reading() as s:
         report = verify_chain(s)
     assert report.ok and dict(report.counts)["qualification"] == 3
-    with sqlite3.connect(kb_path) as con:  # a determined editor drops the guard first
-        con.execute("DROP TRIGGER node_verdict_no_update")
-        con.execute(
-            "UPDATE node_verdict SET verdict = 'accept', score = 9.9 "
-            "WHERE qualification_id = ? AND key = 'EA-1'",
-            (ids[1],),
-        )
-    with kb.transaction() as s:
+    unguard(database_url, "node_verdict")  # a determined editor drops the guard first
+    sql(database_url, ("UPDATE node_verdict SET verdict = 'accept', score = 9.9 "
+                       "WHERE qualification_id = :id AND key = 'EA-1'", {"id": ids[1]}))
+    with kb.reading() as s:
         report = verify_chain(s)
+    kb.close()
     assert not report.ok and report.first_bad_id == ids[1]
     assert "edited" in report.problem
 
 
-def test_chain_catches_a_deleted_record(kb_path):
-    kb = open_kb(kb_path)
+def test_chain_catches_a_deleted_record(database_url):
+    kb = open_kb(database_url)
     ids = [add_record(kb) for _ in range(3)]
-    with sqlite3.connect(kb_path) as con:
-        con.execute("DROP TRIGGER node_verdict_no_delete")
-        con.execute("DROP TRIGGER qualification_no_delete")
-        con.execute("DELETE FROM node_verdict WHERE qualification_id = ?", (ids[1],))
-        con.execute("DELETE FROM qualification WHERE id = ?", (ids[1],))
-    with kb.transaction() as s:
+    unguard(database_url, "node_verdict", "qualification")
+    sql(database_url, f"DELETE FROM node_verdict WHERE qualification_id = {ids[1]}",
+        f"DELETE FROM qualification WHERE id = {ids[1]}")
+    with kb.reading() as s:
         report = verify_chain(s)
+    kb.close()
     assert report.first_bad == f"qualification {ids[1]}" and "deleted" in report.problem
-
-
-def test_embedding_cache_round_trip_is_exact_float32(kb_path):
-    kb = open_kb(kb_path)
-    vector = np.random.default_rng(0).normal(size=16).astype(np.float32)
-    with kb.transaction() as s:
-        store_embeddings(s, "fp", "image", {"s1": vector})
-        store_embeddings(s, "fp", "image", {"s1": vector})  # second store is a no-op
-    with kb.transaction() as s:
-        found = cached_embeddings(s, "fp", "image", ["s1", "s2"])
-        assert cached_embeddings(s, "other-model", "image", ["s1"]) == {}
-    assert list(found) == ["s1"]
-    assert np.array_equal(found["s1"], vector)
 
 
 def test_locked_database_gives_a_clear_error_and_writes_nothing(kb_path):
@@ -168,25 +135,3 @@ def test_the_image_table_allows_only_gaining_the_bytes_of_a_stored_image(kb_path
     ):
         with sqlite3.connect(kb_path) as con, pytest.raises(sqlite3.IntegrityError):
             con.execute(statement)
-
-
-def _append_many(path: str, count: int) -> None:
-    store = open_kb(Path(path), timeout=10.0)
-    for _ in range(count):
-        add_record(store)
-    store.close()
-
-
-def test_two_processes_appending_at_once_extend_one_chain(kb_path):
-    add_record(open_kb(kb_path))
-    context = multiprocessing.get_context("spawn")
-    workers = [context.Process(target=_append_many, args=(str(kb_path), 40)) for _ in range(2)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join(timeout=300)
-    assert [w.exitcode for w in workers] == [0, 0]
-    with open_kb(kb_path).transaction() as s:
-        report = verify_chain(s)
-    assert report.ok, report.problem
-    assert dict(report.counts)["qualification"] == 1 + 2 * 40

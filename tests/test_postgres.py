@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import psycopg
 import pytest
-import sqlalchemy
 from fastapi.testclient import TestClient
 from sqlalchemy.exc import DBAPIError
 
@@ -31,31 +30,18 @@ from kb.audit import (
     verify_chain,
 )
 from kb.config import Workspace
-from kb.db import APPEND_ONLY_TABLES, BEGIN_ATTEMPTS, driver_url
+from kb.db import APPEND_ONLY_TABLES, BEGIN_ATTEMPTS
 from kb.embeddings import cached_embeddings, store_embeddings
 from kb.errors import DatabaseError
 from kb.tables import Calibration, NormalizationStat
 from tests import chain_writers
+from tests.backends import raw
 from tests.cli_runner import kb
 from tests.pg_server import Server
 from tests.workspaces import REPO, example_copy, use_database
 
 EXAMPLES = REPO / "examples"
 BACKENDS = ("sqlite", "postgresql")
-
-
-def raw(url: str, *statements: str) -> list[tuple]:
-    """Run SQL behind the tool's back, as someone with database access could."""
-    engine = sqlalchemy.create_engine(driver_url(url))
-    rows: list[tuple] = []
-    try:
-        with engine.begin() as connection:
-            for statement in statements:
-                result = connection.exec_driver_sql(statement)
-                rows = [tuple(r) for r in result.fetchall()] if result.returns_rows else []
-    finally:
-        engine.dispose()
-    return rows
 
 
 def chain_report(url: str) -> ChainReport:

@@ -1,6 +1,6 @@
 """The vertical slice through the real CLI: init, add-assessment, add-reference, sync,
 qualify --json, with tiny real CLIP and FLAVA models, checked against an independent
-computation of the article's formulas."""
+computation of the article's formulas; what stores runs on SQLite and PostgreSQL."""
 
 import json
 from pathlib import Path
@@ -10,8 +10,9 @@ import pytest
 import torch
 from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel, FlavaModel
 
+from tests.backends import both_backends, sql
 from tests.cli_runner import kb
-from tests.workspaces import micrograph
+from tests.workspaces import micrograph, use_database
 
 POSITIVE = ["many pink carbide particles in the green bead", "dense carbides in the matrix"]
 NEGATIVE = ["few pink carbides, mostly green matrix", "carbides dissolved in the bead"]
@@ -20,10 +21,13 @@ NEGATIVE = ["few pink carbides, mostly green matrix", "carbides dissolved in the
 
 
 @pytest.fixture
-def workspace(tmp_path, tiny_clip_dir, tiny_flava_dir) -> Path:
+def workspace(request, tmp_path, tiny_clip_dir, tiny_flava_dir) -> Path:
+    """A workspace made through the CLI; its knowledge base on each backend @both_backends."""
     root = tmp_path / "ws"
     code, _, err = kb("init", root, "--clip", tiny_clip_dir, "--flava", tiny_flava_dir)
     assert code == 0, err
+    if "database_url" in request.fixturenames:
+        use_database(root, request.getfixturevalue("database_url"))
     args = [
         "add-assessment",
         "EA-5",
@@ -183,6 +187,7 @@ def test_batch_of_one_is_not_silently_judged(workspace, tmp_path):
     assert "at least 2 images" in node["rationale"]
 
 
+@both_backends
 def test_sync_is_idempotent_and_versions_changes(workspace):
     code, out, _ = kb("sync", "-w", workspace)
     assert code == 0 and "unchanged" in out
@@ -204,6 +209,7 @@ def test_qualify_refuses_unsynced_rules(workspace, tmp_path):
     assert code == 1 and "run `kb sync`" in err and out == ""
 
 
+@both_backends
 def test_bad_files_fail_alone_and_the_rest_are_stored(workspace, tmp_path):
     good = samples(tmp_path, 3)
     missing = tmp_path / "nowhere.png"
@@ -227,6 +233,7 @@ def test_bad_files_fail_alone_and_the_rest_are_stored(workspace, tmp_path):
     assert code == 0 and "(3 qualification(s), 0 feedback" in out
 
 
+@both_backends
 def test_show_returns_the_stored_record(workspace, tmp_path):
     code, out, _ = kb("qualify", *samples(tmp_path, 2), "--json", "-w", workspace)
     stored = json.loads(out)["qualifications"][1]
@@ -237,22 +244,15 @@ def test_show_returns_the_stored_record(workspace, tmp_path):
     assert code == 1 and "no qualification with ID 999" in err
 
 
+@both_backends
 def test_embeddings_are_cached_once_per_model(workspace, tmp_path):
-    import sqlite3
-
     files = samples(tmp_path, 3)
     kb("qualify", *files, "-w", workspace)
-    with sqlite3.connect(workspace / "kb.sqlite") as con:
-        before = con.execute("SELECT COUNT(*) FROM embedding").fetchone()[0]
-        per_model = dict(
-            con.execute(
-                "SELECT modality, COUNT(DISTINCT model_fingerprint) "
-                "FROM embedding GROUP BY modality"
-            )
-        )
+    ((before,),) = sql(workspace, "SELECT COUNT(*) FROM embedding")
+    per_model = dict(sql(workspace, "SELECT modality, COUNT(DISTINCT model_fingerprint) "
+                                    "FROM embedding GROUP BY modality"))
     kb("qualify", *files, "-w", workspace)
-    with sqlite3.connect(workspace / "kb.sqlite") as con:
-        after = con.execute("SELECT COUNT(*) FROM embedding").fetchone()[0]
+    ((after,),) = sql(workspace, "SELECT COUNT(*) FROM embedding")
     # 6 references + 3 samples for each of 2 models, embedded and described by appearance,
     # and 4 prompts for the text model
     assert before == after == (6 + 3) * 2 * 2 + 4

@@ -1,4 +1,5 @@
-"""`kb serve`: the JSON API and pages against the real app, real SQLite and real tiny models."""
+"""`kb serve`: the JSON API and pages against the real app, real tiny models and real SQLite
+and (the tests that store, @both_backends) this session's PostgreSQL."""
 
 from __future__ import annotations
 
@@ -31,8 +32,9 @@ from engine.session import VLKB
 from engine.sync import sync_workspace
 from kb.config import Workspace
 from kb.errors import VLKBError
+from tests.backends import both_backends
 from tests.cli_runner import kb
-from tests.workspaces import micrograph, new_workspace, write_carbide_assessment
+from tests.workspaces import micrograph, new_workspace, use_database, write_carbide_assessment
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
@@ -64,8 +66,9 @@ def uploads_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture
-def example(tmp_path: Path, uploads_dir: Path) -> Workspace:
-    """A synced copy of the repo-root example workspace, roles unbound (measurements only)."""
+def example(request: pytest.FixtureRequest, tmp_path: Path, uploads_dir: Path) -> Workspace:
+    """A synced copy of the repo-root example workspace, roles unbound (measurements only);
+    its knowledge base on each backend when the test runs @both_backends."""
     root = tmp_path / "example"
     root.mkdir()
     config = (REPO / "kb.toml").read_text(encoding="utf-8")
@@ -73,6 +76,8 @@ def example(tmp_path: Path, uploads_dir: Path) -> Workspace:
     (root / "kb.toml").write_text(config, encoding="utf-8")
     shutil.copytree(REPO / "rules", root / "rules")
     ws = Workspace.open(root)
+    if "database_url" in request.fixturenames:
+        ws = use_database(root, request.getfixturevalue("database_url"))
     sync_workspace(VLKB(ws))
     return ws
 
@@ -105,6 +110,7 @@ def truncated_png() -> bytes:
 # --- qualify -------------------------------------------------------------------------------------
 
 
+@both_backends
 def test_one_upload_answers_what_kb_qualify_json_prints(client: TestClient, example: Workspace):
     sample = EXAMPLES / "sound-bead-a.png"
     response = client.post("/api/qualify", files=upload(sample))
@@ -130,6 +136,7 @@ def test_one_upload_answers_what_kb_qualify_json_prints(client: TestClient, exam
     assert client.get(web["links"]["json"]).json()["id"] == web["id"]
 
 
+@both_backends
 def test_many_uploads_get_the_expected_verdicts(client: TestClient, example: Workspace):
     labels = expected_verdicts()
     samples = sorted(EXAMPLES.glob("*.png"))
@@ -146,6 +153,7 @@ def test_many_uploads_get_the_expected_verdicts(client: TestClient, example: Wor
     assert stored(example) == len(samples)
 
 
+@both_backends
 def test_a_corrupt_image_is_422_and_nothing_is_stored(
     client: TestClient, example: Workspace, uploads_dir: Path
 ):
@@ -184,6 +192,7 @@ def test_content_is_sniffed_not_trusted_from_the_name(client: TestClient, exampl
     assert stored(example) == 1
 
 
+@both_backends
 def test_good_files_are_stored_and_bad_ones_listed(client: TestClient, example: Workspace):
     files = [
         ("files", ("broken.png", truncated_png(), "image/png")),
@@ -326,6 +335,7 @@ def test_the_page_fragment_shows_badges_rationale_and_report_links(client: TestC
 # --- history, show, feedback ---------------------------------------------------------------------
 
 
+@both_backends
 def test_history_filters_by_day_verdict_and_sample_name(client: TestClient):
     names = ["sound-bead-a.png", "deep-dilution.png", "porous-bead.png"]
     client.post("/api/qualify", files=upload(*[EXAMPLES / n for n in names]))
@@ -355,6 +365,7 @@ def test_history_filters_by_day_verdict_and_sample_name(client: TestClient):
     assert bad.status_code == 400 and "is not a date" in bad.text
 
 
+@both_backends
 def test_show_is_what_kb_show_json_prints(client: TestClient, example: Workspace):
     client.post("/api/qualify", files=upload(EXAMPLES / "flat-deposit.png"))
     response = client.get("/api/qualifications/1")
@@ -381,6 +392,7 @@ def test_ids_are_integers_checked_by_the_router(client: TestClient):
     assert page.status_code == 404 and "no qualification with ID 3" in page.text
 
 
+@both_backends
 def test_feedback_round_trip_through_api_and_form(client: TestClient, example: Workspace):
     client.post("/api/qualify", files=upload(EXAMPLES / "clustered-carbides.png"))
     response = client.post(
@@ -417,6 +429,7 @@ def test_feedback_round_trip_through_api_and_form(client: TestClient, example: W
     assert code == 0 and json.loads(out)["feedback"] == 2 and json.loads(out)["ok"] is True
 
 
+@both_backends
 def test_feedback_errors_are_readable_and_store_nothing(client: TestClient, example: Workspace):
     client.post("/api/qualify", files=upload(EXAMPLES / "sound-bead-a.png"))
     post = client.post
@@ -550,6 +563,7 @@ def test_an_allowed_host_list_refuses_other_host_names(example: Workspace):
         assert rebound.status_code == 400 and "not served here" in rebound.json()["error"]
 
 
+@both_backends
 def test_eight_parallel_uploads_all_succeed(client: TestClient, example: Workspace):
     samples = sorted(EXAMPLES.glob("*.png"))
     jobs = [samples[i % len(samples)] for i in range(8)]

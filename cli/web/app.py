@@ -9,6 +9,8 @@ readable line: JSON for the API, a short page for a browser.
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -38,7 +40,8 @@ from cli.web.state import (
 )
 from engine.session import VLKB
 from kb.config import Workspace
-from kb.errors import VLKBError
+from kb.db import shared_by_processes
+from kb.errors import OptionError, VLKBError
 
 
 @asynccontextmanager
@@ -128,6 +131,11 @@ def add_error_handlers(app: FastAPI) -> None:
         return error_response(request.url.path, exc.status_code, message)
 
 
+# How `kb serve --workers N` hands the settings it checked to the worker processes uvicorn
+# starts (each builds its own app through `worker_app`); nothing else reads or sets it.
+WORKER_SETTINGS = "VLKB_SERVE_WORKER_SETTINGS"
+
+
 def serve(
     workspace: Workspace,
     host: str,
@@ -135,8 +143,14 @@ def serve(
     token: str | None,
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
     session_hours: float = DEFAULT_SESSION_HOURS,
+    workers: int = 1,
 ) -> None:
-    """`kb serve`: refuse to listen beyond this machine without a (strong) token, then run."""
+    """`kb serve`: refuse to listen beyond this machine without a (strong) token, then run.
+
+    workers > 1 runs that many uvicorn worker processes, each with its own app, models and
+    database connections; they serialise their writes on the knowledge base's own lock, so
+    that is refused where the lock does not hold between processes.
+    """
     import uvicorn
 
     token = token or None
@@ -149,6 +163,37 @@ def serve(
     if token is not None:
         check_token(token)
     allowed = LOOPBACK_NAMES | {host.strip("[]")} if loopback else None
-    app = create_app(workspace, token, max_file_bytes=max_file_bytes, allowed_hosts=allowed,
-                     session_hours=session_hours)
-    uvicorn.run(app, host=host.strip("[]"), port=port, log_level="info")
+    if workers < 1:
+        raise OptionError("workers", f"must be at least 1, got {workers}")
+    if workers == 1:
+        app = create_app(workspace, token, max_file_bytes=max_file_bytes, allowed_hosts=allowed,
+                         session_hours=session_hours)
+        uvicorn.run(app, host=host.strip("[]"), port=port, log_level="info")
+        return
+    problem = shared_by_processes(workspace.config.database_url)
+    if problem is not None:
+        raise OptionError("workers", f"{workers}: {problem}; serve with one worker, or put "
+                          "the knowledge base on PostgreSQL ([database] url)")
+    VLKB(workspace).close()  # opens (and on first use creates) the database once, here
+    os.environ[WORKER_SETTINGS] = json.dumps({
+        "workspace": str(workspace.root),
+        "token": token,
+        "max_file_bytes": max_file_bytes,
+        "allowed_hosts": sorted(allowed) if allowed is not None else None,
+        "session_hours": session_hours,
+    })
+    uvicorn.run("cli.web.app:worker_app", factory=True, workers=workers,
+                host=host.strip("[]"), port=port, log_level="info")
+
+
+def worker_app() -> FastAPI:
+    """The app of one worker process of `kb serve --workers N`, from its parent's settings."""
+    settings = json.loads(os.environ[WORKER_SETTINGS])
+    hosts = settings["allowed_hosts"]
+    return create_app(
+        Workspace.open(settings["workspace"]),
+        settings["token"],
+        max_file_bytes=settings["max_file_bytes"],
+        allowed_hosts=frozenset(hosts) if hosts is not None else None,
+        session_hours=settings["session_hours"],
+    )
