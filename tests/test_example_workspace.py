@@ -144,7 +144,8 @@ def test_synth_command_is_deterministic_and_writes_truth_and_labels(
                           "-w", example.root)
         assert code == 0, err
     names = sorted(p.name for p in (tmp_path / "a").iterdir())
-    assert names == ["labels.csv", *(f"sample-{i:04d}.png" for i in range(4)), "truth.csv"]
+    assert names == ["labels.csv", "labels.json", *(f"sample-{i:04d}.png" for i in range(4)),
+                     "truth.csv"]
     for name in names:
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
     with (tmp_path / "a" / "truth.csv").open() as handle:
