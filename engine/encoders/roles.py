@@ -78,6 +78,6 @@ class ModelSet:
                 fingerprint=self.fingerprint(role),
             )
             for role in self.bound_roles()
-            for spec in [self._config.model_for_role(role)]
-            if spec is not None
+            for spec in [self.spec(role)]
+            if spec is not None  # always: bound_roles are the roles with a spec
         ]
