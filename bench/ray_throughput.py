@@ -2,7 +2,8 @@
 at which the one chain writer stores records.
 
     HF_HUB_OFFLINE=1 nice .venv/bin/python bench/ray_throughput.py \\
-        [--n 96] [--long 10000] [--writes 300] [--json-out FILE]
+        [--n 96] [--long 10000] [--writes 300] [--parts throughput,writes,memory]
+        [--json-out FILE]
 
 Every part uses the repository's example workspace (kb.toml and rules/, both roles on the
 shipped dual encoder models/vlkb-dual-niwc), copied into a temporary folder with a fresh
@@ -98,12 +99,15 @@ def throughput(tmp: Path, images: list[Path]) -> dict:
                                     keep_results=False)
             seconds = time.perf_counter() - started
         assert outcome.stored == len(images) and not outcome.failures, outcome.failures
-        runs[name] = {"seconds": seconds, "images_per_s": len(images) / seconds}
-        say(f"  {name}: {seconds:.1f} s, {len(images) / seconds:.2f} images/s")
+        load = os.getloadavg()[0]  # this machine is shared: how busy it was meanwhile
+        runs[name] = {"seconds": seconds, "images_per_s": len(images) / seconds,
+                      "load_average_1min": load}
+        say(f"  {name}: {seconds:.1f} s, {len(images) / seconds:.2f} images/s (load {load:.1f})")
 
     run("in-process", ExecutorOptions())
     started = time.perf_counter()
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False,
+             log_to_driver=False)
     runs["ray cluster start"] = {"seconds": time.perf_counter() - started}
     for workers in (1, 2):
         run(f"ray, {workers} worker(s)", ExecutorOptions("ray", workers=workers))
@@ -177,8 +181,11 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=96, help="images of the throughput runs")
     parser.add_argument("--long", type=int, default=10_000, help="images of the memory run")
     parser.add_argument("--writes", type=int, default=300, help="records per write-rate run")
+    parser.add_argument("--parts", default="throughput,writes,memory",
+                        help="which of throughput, writes and memory to run (comma-separated)")
     parser.add_argument("--json-out", type=Path)
     args = parser.parse_args()
+    parts = set(args.parts.split(","))
 
     from engine.metrology.synthetic import write_dataset
 
@@ -188,17 +195,21 @@ def main() -> None:
             "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                         "load_average_at_start": os.getloadavg()},
         }
-        maps = write_dataset(tmp / "maps", n=max(args.n, args.writes, 100), seed=1901)
-        say(f"throughput, {args.n} images:")
-        report["throughput"] = throughput(tmp, maps[: args.n])
-        say(f"chain write rate, {args.writes} records:")
-        report["write_rate"] = write_rate(tmp, maps[: args.writes])
-        say(f"driver memory, {args.long} images on 2 workers:")
-        report["driver_memory"] = driver_memory(tmp, crops(maps[:100], tmp / "crops", args.long))
-        memory = report["driver_memory"]
-        say(f"  {memory['images_per_s']:.1f} images/s; driver RSS first quarter "
-            f"{memory['first_quarter_mb']} MiB, last {memory['last_quarter_mb']} MiB, "
-            f"flat: {memory['flat']}, slope {memory['slope_mb_per_1000']} MiB/1000")
+        wanted = [args.n] * ("throughput" in parts) + [args.writes] * ("writes" in parts)
+        maps = write_dataset(tmp / "maps", n=max([*wanted, 100]), seed=1901)
+        if "throughput" in parts:
+            say(f"throughput, {args.n} images:")
+            report["throughput"] = throughput(tmp, maps[: args.n])
+        if "writes" in parts:
+            say(f"chain write rate, {args.writes} records:")
+            report["write_rate"] = write_rate(tmp, maps[: args.writes])
+        if "memory" in parts:
+            say(f"driver memory, {args.long} images on 2 workers:")
+            memory = driver_memory(tmp, crops(maps[:100], tmp / "crops", args.long))
+            report["driver_memory"] = memory
+            say(f"  {memory['images_per_s']:.1f} images/s; driver RSS first quarter "
+                f"{memory['first_quarter_mb']} MiB, last {memory['last_quarter_mb']} MiB, "
+                f"flat: {memory['flat']}, slope {memory['slope_mb_per_1000']} MiB/1000")
         report["machine"]["load_average_at_end"] = os.getloadavg()
         text = json.dumps(report, indent=2)
         if args.json_out:

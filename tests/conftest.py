@@ -73,10 +73,11 @@ def postgres() -> Iterator[pg_server.Server]:
 @pytest.fixture(scope="session")
 def ray_cluster() -> Iterator[None]:
     """This session's one local Ray cluster (2 CPUs, no dashboard), shared by every test of
-    the Ray executor; VLKB joins a cluster that is running instead of starting its own."""
+    the Ray executor; VLKB joins a cluster that is running instead of starting its own.
+    Always a new one ("local"), never another user's found through /tmp/ray."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 
