@@ -20,10 +20,10 @@ SQLite knowledge base per run, so no run finds another's embeddings cached.
    as `kb qualify --json` runs; the driver's VmRSS (/proc/self/status) every 250 stored
    records. Flat: the last quarter's mean within 5 % (and 50 MiB) of the first quarter's.
 3. Chain write rate (--writes records): samples judged as a Ray worker judges them (with the
-   vectors it hands back), then stored one transaction each exactly as the driver stores them
-   (`engine.qualify._store`), on an SQLite file on local disk (journal and synchronous at
-   SQLite's defaults) and on a PostgreSQL 15 server started for the run (tests/pg_server.py,
-   with fsync on, unlike the tests' server).
+   vectors it hands back), then stored a chunk per transaction exactly as the driver stores
+   them (`engine.qualify.store_chunk`, chunks of `engine.qualify.CHUNK`), on an SQLite file
+   on local disk (journal and synchronous at SQLite's defaults) and on a PostgreSQL 15 server
+   started for the run (tests/pg_server.py, with fsync on, unlike the tests' server).
 """
 
 from __future__ import annotations
@@ -146,7 +146,7 @@ def driver_memory(tmp: Path, images: list[Path]) -> dict:
 def write_rate(tmp: Path, images: list[Path]) -> dict:
     """Records per second of the driver's store step on each backend."""
     from engine.judging import Judged, embed_chunk, judge_files
-    from engine.qualify import QualifyOptions, _plan_run, _store, chunks
+    from engine.qualify import CHUNK, QualifyOptions, _plan_run, chunks, store_chunk
     from engine.session import VLKB
     from tests import pg_server
 
@@ -165,8 +165,8 @@ def write_rate(tmp: Path, images: list[Path]) -> dict:
             root = workspace(tmp / f"ws-write-{backend}", url)
             with VLKB.open(root) as vlkb:  # synced: ruleset version 1, as where they were judged
                 started = time.perf_counter()
-                for item in judged:
-                    _store(vlkb.kb, row, item)
+                for start in range(0, len(judged), CHUNK):
+                    store_chunk(vlkb.kb, row, judged[start : start + CHUNK])
                 seconds = time.perf_counter() - started
             rates[backend] = {"records": len(judged), "seconds": seconds,
                               "records_per_s": len(judged) / seconds}

@@ -2,8 +2,8 @@
 
 Each image is decoded and embedded once per model; prompt and reference embeddings come from
 the KB cache; deltas are standardised over the batch or with stored statistics; the tree is
-walked per image; every qualification is stored in a transaction of its own so one bad file
-never loses the others.
+walked per image; the qualifications of a chunk are stored in one transaction, and if that
+fails one by one, so one bad file never loses the others.
 """
 
 from __future__ import annotations
@@ -250,6 +250,7 @@ def qualify_paths(
         if options.normalize == "batch":
             skip = _batch_normalization(executor, plan, pending, outcome, progress)
         done = 0
+        ready: list[Judged] = []
         for position, item in enumerate(executor.judged(plan, pending)):
             if position in skip:
                 continue  # failed in pass one, reported there, not in its statistics
@@ -258,24 +259,13 @@ def qualify_paths(
             if isinstance(item, SampleFailure):
                 outcome.failures.append(item)
                 continue
-            result = item.result
             if sample_names and Path(item.shown) in sample_names:
-                result.sample_path = sample_names[Path(item.shown)]
-            try:
-                _store(vlkb.kb, row, item)
-            except AuditKeyError:
-                raise  # the key is wrong for every file alike: refuse the run
-            except (VLKBError, OSError) as exc:  # locked, read-only, disk full...
-                cause = "database" if isinstance(exc, DatabaseError | OSError) else "input"
-                outcome.failures.append(
-                    SampleFailure(item.shown, f"{item.shown}: not stored: {exc}", cause)
-                )
-                continue
-            outcome.stored += 1
-            if keep_results:
-                outcome.results.append(result)
-            if on_result is not None:
-                on_result(result)
+                item.result.sample_path = sample_names[Path(item.shown)]
+            ready.append(item)
+            if len(ready) == CHUNK:
+                _store_ready(vlkb.kb, row, ready, outcome, keep_results, on_result)
+                ready = []
+        _store_ready(vlkb.kb, row, ready, outcome, keep_results, on_result)
     if options.report:
         _write_reports(vlkb, outcome)
     return outcome
@@ -561,33 +551,79 @@ def _write_reports(vlkb: VLKB, outcome: QualifyOutcome) -> None:
     outcome.report_errors.extend(written.errors)
 
 
-def _store(kb: KnowledgeBase, row: RulesetVersion, judged: Judged) -> None:
-    """Append one qualification atomically, with its image and the vectors embedded for it;
-    its time is in the stored document, its ID after."""
+def _store_ready(
+    kb: KnowledgeBase,
+    row: RulesetVersion,
+    ready: Sequence[Judged],
+    outcome: QualifyOutcome,
+    keep_results: bool,
+    on_result: Callable[[QualificationResult], None] | None,
+) -> None:
+    """Store a chunk of judged files in one transaction; if that fails, store them one by one,
+    so the file at fault is reported and the others are kept."""
+    if not ready:
+        return
+    try:
+        store_chunk(kb, row, ready)
+        stored = list(ready)
+    except AuditKeyError:
+        raise  # the key is wrong for every file alike: refuse the run
+    except (VLKBError, OSError):
+        stored = []
+        for item in ready:
+            try:
+                store_chunk(kb, row, [item])
+            except AuditKeyError:
+                raise
+            except (VLKBError, OSError) as exc:  # locked, read-only, disk full...
+                item.result.id = None
+                cause = "database" if isinstance(exc, DatabaseError | OSError) else "input"
+                outcome.failures.append(
+                    SampleFailure(item.shown, f"{item.shown}: not stored: {exc}", cause)
+                )
+                continue
+            stored.append(item)
+    for item in stored:
+        outcome.stored += 1
+        if keep_results:
+            outcome.results.append(item.result)
+        if on_result is not None:
+            on_result(item.result)
+
+
+def store_chunk(kb: KnowledgeBase, row: RulesetVersion, chunk: Sequence[Judged]) -> None:
+    """Append qualifications atomically, in order, with their images and the vectors embedded
+    for them: one transaction and one hold of the chain head for the whole chunk. Each time is
+    in its stored document, each ID set after."""
     assert row.id is not None
+    with kb.transaction() as session:
+        for judged in chunk:
+            _add_qualification(session, row.id, judged)
+
+
+def _add_qualification(session: Session, ruleset_id: int, judged: Judged) -> None:
     result, image = judged.result, judged.image
     moment = utcnow()
     result.created_at = moment.isoformat()
-    with kb.transaction() as session:
-        for (fingerprint, modality), vector in judged.vectors.items():
-            store_embeddings(session, fingerprint, modality, {image.sha256: vector})
-        stored = add_image(session, image.sha256, image.width, image.height, image.format,
-                           image.thumbnail_png)
-        result.thumbnail_sha256 = hashlib.sha256(stored.thumbnail_png).hexdigest()
-        record = append_qualification(
-            session,
-            sample_path=result.sample_path,
-            sample_sha256=result.sample_sha256,
-            ruleset_id=row.id,
-            verdict=result.verdict,
-            normalization=result.normalization,
-            operator=result.operator,
-            software_version=result.software_version,
-            document=result.document(),
-            created_at=moment,
-            nodes=[
-                NodeRecord(n.key, n.kind, n.parent, n.verdict, n.score, n.threshold, n.rationale)
-                for n in result.nodes
-            ],
-        )
-        result.id = record.id
+    for (fingerprint, modality), vector in judged.vectors.items():
+        store_embeddings(session, fingerprint, modality, {image.sha256: vector})
+    stored = add_image(session, image.sha256, image.width, image.height, image.format,
+                       image.thumbnail_png)
+    result.thumbnail_sha256 = hashlib.sha256(stored.thumbnail_png).hexdigest()
+    record = append_qualification(
+        session,
+        sample_path=result.sample_path,
+        sample_sha256=result.sample_sha256,
+        ruleset_id=ruleset_id,
+        verdict=result.verdict,
+        normalization=result.normalization,
+        operator=result.operator,
+        software_version=result.software_version,
+        document=result.document(),
+        created_at=moment,
+        nodes=[
+            NodeRecord(n.key, n.kind, n.parent, n.verdict, n.score, n.threshold, n.rationale)
+            for n in result.nodes
+        ],
+    )
+    result.id = record.id

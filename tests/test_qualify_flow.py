@@ -233,6 +233,31 @@ def test_bad_files_fail_alone_and_the_rest_are_stored(workspace, tmp_path):
     assert code == 0 and "(3 qualification(s), 0 feedback" in out
 
 
+
+def test_a_record_the_database_refuses_is_lost_alone_and_its_chunk_is_kept(workspace, tmp_path):
+    """A chunk of files is stored in one transaction; when the database refuses one record,
+    the chunk is stored again file by file, so only that file fails."""
+    import sqlite3
+
+    good = samples(tmp_path, 4)
+    with sqlite3.connect(workspace / "kb.sqlite") as con:  # a refusal of the database's own
+        con.execute(
+            "CREATE TRIGGER refuse_s2 BEFORE INSERT ON qualification "
+            "WHEN NEW.sample_path LIKE '%s2.png' BEGIN SELECT RAISE(ABORT, 'quota'); END"
+        )
+    code, out, err = kb("qualify", *good, "--json", "-w", workspace)
+    assert code == 1
+    doc = json.loads(out)
+    assert [Path(q["sample"]["path"]).name for q in doc["qualifications"]] == [
+        "s0.png", "s1.png", "s3.png"
+    ]
+    assert [Path(f["path"]).name for f in doc["failures"]] == ["s2.png"]
+    assert "s2.png: not stored" in err and "quota" in err
+    ids = [q["id"] for q in doc["qualifications"]]
+    assert ids == sorted(ids)
+    code, out, _ = kb("audit", "verify", "-w", workspace)
+    assert code == 0 and "(3 qualification(s), 0 feedback" in out
+
 @both_backends
 def test_show_returns_the_stored_record(workspace, tmp_path):
     code, out, _ = kb("qualify", *samples(tmp_path, 2), "--json", "-w", workspace)
