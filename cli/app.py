@@ -18,7 +18,7 @@ from cli.console import err, out, print_json, verdict_text
 from cli.help import KbGroup
 from kb.config import Workspace
 from kb.errors import OptionError, VLKBError
-from kb.vocabulary import EXECUTORS, FUSIONS, NORMALIZATIONS, VERDICTS, ExpertVerdict
+from kb.vocabulary import EXECUTORS, FUSIONS, NORMALIZATIONS, PURPOSES, VERDICTS, ExpertVerdict
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -660,10 +660,16 @@ def evaluate(
     executor: ExecutorOption = "in-process",
     ray_address: RayAddressOption = None,
     workers: WorkersOption = None,
+    no_store: Annotated[
+        bool, typer.Option("--no-store", help="Judge only: append nothing to the audit log.")
+    ] = False,
     workspace: WorkspaceOption = None,
     json_output: JsonOption = False,
 ) -> None:
     """Qualify a labelled folder and measure agreement per assessment and kind of evidence.
+
+    Its records are tagged `purpose: evaluation` in the audit log (`kb history --purpose
+    evaluation` lists them), or kept out of it with --no-store.
 
     Example: kb evaluate data/ --labels-from-folders EA-5 --accept good -w my-ws
     """
@@ -672,7 +678,7 @@ def evaluate(
     from engine.session import VLKB
     from reports.evaluation import write_evaluation
 
-    options = QualifyOptions(normalize=normalize, um_per_px=um_per_px,
+    options = QualifyOptions(normalize=normalize, um_per_px=um_per_px, store=not no_store,
                              executor=executor_options(executor, ray_address, workers))
     with VLKB.open(workspace) as vlkb:
         if accept and labels_from_folders is None:
@@ -936,6 +942,11 @@ def history(
         typer.Option(help="Only samples whose path contains this text (any case).",
                      metavar="TEXT"),
     ] = None,
+    purpose: Annotated[
+        str | None,
+        typer.Option(help="Only kb evaluate runs (evaluation) or only the others.",
+                     metavar=choices(PURPOSES)),
+    ] = None,
     workspace: WorkspaceOption = None,
     json_output: JsonOption = False,
 ) -> None:
@@ -948,7 +959,7 @@ def history(
 
     with VLKB.open(workspace) as vlkb:
         rows = list_qualifications(vlkb, limit=limit, since=since, verdict=verdict,
-                                   sample=sample, until=until)
+                                   sample=sample, until=until, purpose=purpose)
     if json_output:
         print_json({"qualifications": rows})
         return
@@ -963,7 +974,8 @@ def history(
             Path(r["sample"]["path"]).name,
             verdict_text(r["verdict"]),
             f"v{r['ruleset']['version']}",
-            r["operator"] + (" (OS user)" if r.get("operator_source") == "os-user" else ""),
+            r["operator"] + (" (OS user)" if r.get("operator_source") == "os-user" else "")
+            + (" (evaluation run)" if r.get("purpose") == "evaluation" else ""),
             "\n".join(
                 f"{f['node']} {verdict_text(f['verdict'])} ({f['expert']})" for f in r["feedback"]
             ),

@@ -31,7 +31,7 @@ from kb.db import damaged, integrity_problem
 from kb.errors import DatabaseError, VLKBError
 from kb.history import find_qualifications
 from kb.tables import Feedback
-from kb.vocabulary import VERDICTS
+from kb.vocabulary import PURPOSES, VERDICTS
 
 
 def iso_utc(moment: datetime) -> str:
@@ -109,11 +109,13 @@ def list_qualifications(
     verdict: str | None = None,
     sample: str | None = None,
     until: str | datetime | None = None,
+    purpose: str | None = None,
 ) -> list[dict[str, Any]]:
     """The newest `limit` qualifications from `since` up to `until` with this overall verdict.
 
     sample: only those whose sample path contains this text (any case; % and _ are literal).
     until: a day includes the whole day; a time includes that moment.
+    purpose: only `kb evaluate` runs (evaluation) or only the others (qualification).
     """
     moment = parse_since(since) if isinstance(since, str) else since
     before = parse_until(until) if isinstance(until, str) else (
@@ -122,8 +124,10 @@ def list_qualifications(
         check_verdict(verdict)
     if limit < 1:
         raise VLKBError("--limit must be at least 1")
+    if purpose is not None and purpose not in PURPOSES:
+        raise VLKBError(f"unknown purpose {purpose!r}; use one of {', '.join(PURPOSES)}")
     with vlkb.kb.reading() as session:
-        rows = find_qualifications(session, limit, moment, verdict, sample, before)
+        rows = find_qualifications(session, limit, moment, verdict, sample, before, purpose)
         feedback = feedback_by_qualification(session, [q.id for q in rows if q.id is not None])
         documents = {q.id: json.loads(q.result_json) for q in rows}
         return [
@@ -136,6 +140,7 @@ def list_qualifications(
                 "normalization": q.normalization,
                 "operator": q.operator,
                 "operator_source": documents[q.id].get("operator_source"),
+                "purpose": documents[q.id].get("purpose", "qualification"),
                 "feedback": feedback[q.id] if q.id is not None else [],
             }
             for q in rows

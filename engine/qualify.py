@@ -49,7 +49,7 @@ from kb.rulesets import software_version
 from kb.statistics import latest_calibration
 from kb.store import KnowledgeBase
 from kb.tables import RulesetVersion, utcnow
-from kb.vocabulary import EXECUTORS, FUSIONS, NORMALIZATIONS
+from kb.vocabulary import EXECUTORS, FUSIONS, NORMALIZATIONS, PURPOSES
 
 # Where a qualification's operator name came from: recorded beside it, so an auditor can tell
 # a person who named themselves from the account a process happened to run as.
@@ -74,6 +74,8 @@ class QualifyOptions:
     skip_existing: bool = False  # skip files already judged under the same conditions
     decision: DecisionOverride | None = None  # this request's fusion / threshold, not the rules'
     executor: ExecutorOptions = field(default_factory=lambda: ExecutorOptions())
+    purpose: str = "qualification"  # evaluation: recorded as a kb evaluate run
+    store: bool = True  # False: judge only, append nothing to the audit log (evaluate --no-store)
 
     def __post_init__(self) -> None:
         """Every option checked here, once, whoever built it (the CLI, the web, a script)."""
@@ -88,6 +90,12 @@ class QualifyOptions:
                 f"unknown operator source {self.operator_source!r}; "
                 f"use one of {', '.join(OPERATOR_SOURCES)}"
             )
+        if self.purpose not in PURPOSES:
+            raise VLKBError(
+                f"unknown purpose {self.purpose!r}; use one of {', '.join(PURPOSES)}"
+            )
+        if self.report and not self.store:
+            raise VLKBError("reports are rendered from stored records: --report needs storing")
 
     def who(self) -> tuple[str, str]:
         """(operator, where the name came from): the given name, else the OS user, said so."""
@@ -261,6 +269,9 @@ def qualify_paths(
                 continue
             if sample_names and Path(item.shown) in sample_names:
                 item.result.sample_path = sample_names[Path(item.shown)]
+            if not options.store:
+                _keep(item.result, outcome, keep_results, on_result)
+                continue
             ready.append(item)
             if len(ready) == CHUNK:
                 _store_ready(vlkb.kb, row, ready, outcome, keep_results, on_result)
@@ -310,6 +321,7 @@ def _plan_run(
             software_version=software_version(),
             operator=operator,
             operator_source=operator_source,
+            purpose=options.purpose,
             um_per_px=um_per_px,
             calibration=calibration.id if calibration is not None else None,
             decision=options.decision.to_dict() if options.decision else None,
@@ -585,10 +597,19 @@ def _store_ready(
             stored.append(item)
     for item in stored:
         outcome.stored += 1
-        if keep_results:
-            outcome.results.append(item.result)
-        if on_result is not None:
-            on_result(item.result)
+        _keep(item.result, outcome, keep_results, on_result)
+
+
+def _keep(
+    result: QualificationResult,
+    outcome: QualifyOutcome,
+    keep_results: bool,
+    on_result: Callable[[QualificationResult], None] | None,
+) -> None:
+    if keep_results:
+        outcome.results.append(result)
+    if on_result is not None:
+        on_result(result)
 
 
 def store_chunk(kb: KnowledgeBase, row: RulesetVersion, chunk: Sequence[Judged]) -> None:

@@ -232,6 +232,7 @@ class QualificationResult:
     calibration: int | None = None  # the calibration version of `calibrated` z-scores
     decision: dict[str, Any] | None = None  # a run's override of fusion / thresholds, if any
     operator_source: str = "os-user"  # cli-option, request, signed-in or os-user
+    purpose: str = "qualification"  # or evaluation: a kb evaluate run (kb/vocabulary.py)
     id: int | None = None
     created_at: str | None = None
     report: str | None = None
@@ -265,6 +266,7 @@ class QualificationResult:
             "software_version": self.software_version,
             "operator": self.operator,
             "operator_source": self.operator_source,
+            "purpose": self.purpose,
             "nodes": [n.to_dict() for n in self.nodes],
             "overlay": self.overlay,
         }

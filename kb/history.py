@@ -16,6 +16,8 @@ from sqlmodel import Session, col, select
 
 from kb.tables import Qualification
 
+EVALUATION_TAG = json.dumps({"purpose": "evaluation"})[1:-1]  # as it appears in result_json
+
 
 def find_qualifications(
     session: Session,
@@ -24,11 +26,15 @@ def find_qualifications(
     verdict: str | None = None,
     sample: str | None = None,
     before: datetime | None = None,
+    purpose: str | None = None,
 ) -> list[Qualification]:
     """The newest `limit` qualifications at or after `since` (and strictly before `before`)
     with this overall verdict.
 
     sample: only those whose sample path contains this text (any case; % and _ are literal).
+    purpose: only evaluation runs, or only the rest (records older than the purpose field are
+    qualifications). The stored document is canonical JSON (sorted keys, json.dumps's
+    separators), so its purpose is an exact piece of text on every backend.
     """
     query = select(Qualification)
     if since is not None:
@@ -37,6 +43,9 @@ def find_qualifications(
         query = query.where(col(Qualification.created_at) < _aware(before))
     if verdict is not None:
         query = query.where(Qualification.verdict == verdict)
+    if purpose is not None:
+        tagged = col(Qualification.result_json).contains(EVALUATION_TAG, autoescape=True)
+        query = query.where(tagged if purpose == "evaluation" else ~tagged)
     if sample:
         path = func.lower(col(Qualification.sample_path))
         query = query.where(path.contains(sample.lower(), autoescape=True))

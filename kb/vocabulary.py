@@ -48,6 +48,10 @@ def strictest(verdicts: Iterable[str]) -> str:
 NORMALIZATIONS: tuple[str, ...] = ("batch", "calibrated")
 """Where z-score statistics come from: the run's own images, or references and calibrations."""
 
+PURPOSES: tuple[str, ...] = ("qualification", "evaluation")
+"""Why a record was made: to judge a part, or to measure VLKB against expert labels
+(`kb evaluate`); history can show one or the other."""
+
 EXECUTORS: tuple[str, ...] = ("in-process", "ray")
 """Where `kb qualify` embeds and judges: in its own process, or on the workers of a Ray cluster
 (the driver still stores every record, so the audit chain has one writer)."""

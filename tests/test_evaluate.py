@@ -129,6 +129,42 @@ def test_evaluation_agrees_with_the_verdicts_stored_in_the_audit_log(
         assert set(blocks) == {"measurement", "final"}  # roles unbound in the example
 
 
+
+def test_evaluation_runs_are_tagged_in_the_audit_log_or_kept_out_of_it(tmp_path: Path) -> None:
+    from tests.workspaces import example_copy
+
+    example = example_copy(tmp_path / "example")  # its own audit log, counted from empty
+    data = tmp_path / "set"
+    write_dataset(data, n=6, seed=32, criteria=criteria_of(compile_workspace(example)))
+    part = micrograph(tmp_path / "part.png", seed=5, pink_share=0.2)
+    assert kb("qualify", part, "-w", example.root)[0] in (0, 2)
+    code, stdout, err = kb("evaluate", data, "--labels", data / "labels.csv", "--json",
+                           "--out", tmp_path / "e1", "-w", example.root)
+    assert code == 0, err
+    assert json.loads(stdout)["stored"] is True
+
+    def history(*args: str) -> list[dict]:
+        code, out, err = kb("history", "--json", "-w", example.root, *args)
+        assert code == 0, err
+        return json.loads(out)["qualifications"]
+
+    everything = history()
+    assert sorted(r["purpose"] for r in everything) == ["evaluation"] * 6 + ["qualification"]
+    assert [r["sample"]["path"] for r in history("--purpose", "qualification")] == [str(part)]
+    assert len(history("--purpose", "evaluation")) == 6
+    code, _, err = kb("history", "--purpose", "training", "-w", example.root)
+    assert code != 0 and "unknown purpose 'training'" in err
+
+    code, stdout, err = kb("evaluate", data, "--labels", data / "labels.csv", "--json",
+                           "--no-store", "--out", tmp_path / "e2", "-w", example.root)
+    assert code == 0, err
+    document = json.loads(stdout)
+    assert document["stored"] is False
+    assert all(s["qualification_id"] is None for s in document["samples"])
+    assert len(history()) == 7  # nothing appended
+    code, out, _ = kb("audit", "verify", "-w", example.root)
+    assert code == 0 and "(7 qualification(s)" in out
+
 def test_evaluate_cli_refuses_bad_labels_on_one_line(example: Workspace, tmp_path: Path) -> None:
     write_dataset(tmp_path, n=2, seed=3, criteria=criteria_of(compile_workspace(example)))
     labels = tmp_path / "labels.csv"

@@ -20,7 +20,7 @@ from engine.history import add_feedback, list_qualifications, load_qualification
 from engine.sync import compile_workspace
 from engine.tree import tree_document
 from kb.config import Workspace
-from kb.vocabulary import VERDICTS
+from kb.vocabulary import PURPOSES, VERDICTS
 
 QUALIFY_PATH = "/api/qualify"
 FILES_DESCRIPTION = "One or many micrographs (PNG, JPEG, TIFF, BMP)"
@@ -78,11 +78,13 @@ def api_history(
     since: Annotated[str | None, Query(description="YYYY-MM-DD (UTC) or ISO time.")] = None,
     verdict: Annotated[str | None, Query(description=", ".join(VERDICTS))] = None,
     q: Annotated[str | None, Query(description="Sample name contains (any case).")] = None,
+    purpose: Annotated[str | None, Query(description=", ".join(PURPOSES))] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
 ) -> dict[str, Any]:
     """The audit log, newest first, with expert feedback: `kb history --json`."""
     rows = list_qualifications(
-        state.vlkb, limit=limit, since=since or None, verdict=verdict or None, sample=q or None
+        state.vlkb, limit=limit, since=since or None, verdict=verdict or None, sample=q or None,
+        purpose=purpose or None,
     )
     return {"qualifications": rows}
 

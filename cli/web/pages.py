@@ -32,7 +32,7 @@ from engine.sync import compile_workspace
 from kb.audit import is_blank
 from kb.config import Workspace
 from kb.errors import NotFoundError, VLKBError
-from kb.vocabulary import VERDICTS
+from kb.vocabulary import PURPOSES, VERDICTS
 
 STATIC = Path(__file__).resolve().parent / "static"
 # Files the pages load from the app itself (so the policy needs no inline script). A request
@@ -132,19 +132,22 @@ def history_page(
     since: str | None = None,
     verdict: str | None = None,
     q: str | None = None,
+    purpose: str | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
 ) -> HTMLResponse:
-    filters = {"since": since or "", "verdict": verdict or "", "q": q or "", "limit": limit}
+    filters = {"since": since or "", "verdict": verdict or "", "q": q or "",
+               "purpose": purpose or "", "limit": limit}
+    choices = {"verdicts": VERDICTS, "purposes": PURPOSES}
     try:
         rows = list_qualifications(
             state.vlkb, limit=limit, since=since or None, verdict=verdict or None,
-            sample=q or None,
+            sample=q or None, purpose=purpose or None,
         )
     except VLKBError as exc:
         return page(state, "web_history.html.j2", status_of(exc), rows=[], filters=filters,
-                    error=str(exc), verdicts=VERDICTS)
+                    error=str(exc), **choices)
     return page(state, "web_history.html.j2", rows=rows, filters=filters, error=None,
-                verdicts=VERDICTS)
+                **choices)
 
 
 @router.get("/qualifications/{qualification_id:int}")

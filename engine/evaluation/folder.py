@@ -9,7 +9,7 @@ tree's final verdict.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from engine.evaluation.labels import folder_labels, labels_drawn_from_rules, read_labels
@@ -44,6 +44,7 @@ class Evaluation:
     decisions: dict[str, dict[str, float | None]] = field(default_factory=dict)
     # assessments whose labels were drawn from the same limits as their measurement rules
     labels_from_rules: list[str] = field(default_factory=list)
+    stored: bool = True  # whether the run's records are in the audit log (purpose evaluation)
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -59,6 +60,7 @@ class Evaluation:
             "names": self.names,
             "decisions": self.decisions,
             "labels_from_rules": self.labels_from_rules,
+            "stored": self.stored,
         }
 
 
@@ -84,7 +86,8 @@ def evaluate_folder(
     if (labels_path is None) == (classes is None):
         raise VLKBError("give the labels either as a CSV (--labels FILE) or by class "
                         "subfolder (--labels-from-folders KEY --accept NAME)")
-    options = options or QualifyOptions()
+    # Its records are tagged, so history can tell a measurement of VLKB from a part's verdict.
+    options = replace(options or QualifyOptions(), purpose="evaluation")
     ruleset = compile_workspace(vlkb.workspace)
     keys = list(ruleset.assessments)
     if classes is not None:
@@ -101,6 +104,7 @@ def evaluate_folder(
     by_path = {str(p.resolve()): name for p, name in names.items()}  # as results record it
     evaluation = score_results(outcome.results, labels, keys, top_k, by_path)
     evaluation.failures = [f.to_dict() for f in outcome.failures]
+    evaluation.stored = options.store
     if labels_path is not None:
         evaluation.labels_from_rules = labels_drawn_from_rules(labels_path, ruleset.assessments)
     return evaluation
