@@ -76,14 +76,20 @@ def report_images(session: Session, document: dict[str, Any]) -> dict[str, bytes
         record = stored_image(session, sha)
         if record is None:
             continue
-        recorded = sample.get("thumbnail_sha256") if sha == sample.get("sha256") else None
-        if recorded and hashlib.sha256(record.thumbnail_png).hexdigest() != recorded:
-            raise DatabaseError(
-                f"qualification {document.get('id')}: the stored thumbnail of its sample differs "
-                "from the one it recorded (edited behind the tool's back); run `kb audit verify`"
-            )
+        if sha == sample.get("sha256"):
+            _check_thumbnail(document, record.thumbnail_png)
         images[sha] = record.data or record.thumbnail_png
     return images
+
+
+def _check_thumbnail(document: dict[str, Any], thumbnail: bytes) -> None:
+    """Refuse a sample thumbnail that is not the one its qualification recorded."""
+    recorded = (document.get("sample") or {}).get("thumbnail_sha256")
+    if recorded and hashlib.sha256(thumbnail).hexdigest() != recorded:
+        raise DatabaseError(
+            f"qualification {document.get('id')}: the stored thumbnail of its sample differs "
+            "from the one it recorded (edited behind the tool's back); run `kb audit verify`"
+        )
 
 
 def render_stored(session: Session, qualification_id: int) -> tuple[dict[str, Any], str]:
@@ -100,6 +106,18 @@ def render_stored_report(vlkb: VLKB, qualification_id: int) -> str:
     """One qualification's report HTML, from the knowledge base alone."""
     with vlkb.kb.reading() as session:
         return render_stored(session, qualification_id)[1]
+
+
+def stored_thumbnail(vlkb: VLKB, qualification_id: int) -> bytes:
+    """The PNG thumbnail stored with a qualification's sample, checked against the hash the
+    qualification recorded (what the web shows beside the verdicts)."""
+    with vlkb.kb.reading() as session:
+        document = stored_document(session, qualification_id)
+        record = stored_image(session, str((document.get("sample") or {}).get("sha256")))
+    if record is None:
+        raise DatabaseError(f"qualification {qualification_id}: its sample's thumbnail is missing")
+    _check_thumbnail(document, record.thumbnail_png)
+    return record.thumbnail_png
 
 
 def render_stored_micrograph(vlkb: VLKB, qualification_id: int) -> str:

@@ -328,6 +328,11 @@ def test_the_page_fragment_shows_badges_rationale_and_report_links(client: TestC
         assert f'href="/qualifications/{ident}/report"' in html
         report = client.get(f"/qualifications/{ident}/report")
         assert report.status_code == 200 and "VLKB qualification report" in report.text
+        assert f'src="/qualifications/{ident}/thumbnail.png"' in html  # beside its verdicts
+        thumbnail = client.get(f"/qualifications/{ident}/thumbnail.png")
+        assert thumbnail.status_code == 200 and thumbnail.headers["content-type"] == "image/png"
+        assert Image.open(io.BytesIO(thumbnail.content)).size == (640, 480)
+    assert client.get("/qualifications/999999/thumbnail.png").status_code == 404
     bad = client.post("/qualify", files=[("files", ("x.png", b"nope", "image/png"))])
     assert bad.status_code == 415 and 'class="web-error"' in bad.text
 
@@ -358,6 +363,10 @@ def test_history_filters_by_day_verdict_and_sample_name(client: TestClient):
     assert response.status_code == 400 and "unknown verdict" in response.json()["error"]
     response = client.get("/api/qualifications", params={"limit": 0})
     assert response.status_code == 400 and "limit" in response.json()["error"]
+    assert listed(purpose="evaluation") == []
+    assert len(listed(purpose="qualification")) == 3
+    response = client.get("/api/qualifications", params={"purpose": "fun"})
+    assert response.status_code == 400 and "unknown purpose" in response.json()["error"]
     page = client.get("/history", params={"q": "dilution", "verdict": "reject"})
     assert page.status_code == 200
     assert "deep-dilution.png" in page.text and "sound-bead-a.png" not in page.text

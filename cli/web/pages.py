@@ -27,7 +27,7 @@ from cli.web.responses import render, status_of
 from cli.web.state import State, WebState
 from cli.web.uploads import human_bytes
 from engine.history import add_feedback, list_qualifications, load_qualification
-from engine.report_files import render_stored_micrograph, render_stored_report
+from engine.report_files import render_stored_micrograph, render_stored_report, stored_thumbnail
 from engine.sync import compile_workspace
 from kb.audit import is_blank
 from kb.config import Workspace
@@ -161,6 +161,13 @@ def show_page(
 @router.get("/qualifications/{qualification_id:int}/report")
 def report_page(qualification_id: int, state: State) -> HTMLResponse:
     return HTMLResponse(render_stored_report(state.vlkb, check_id(qualification_id)))
+
+
+@router.get("/qualifications/{qualification_id:int}/thumbnail.png")
+def thumbnail_image(qualification_id: int, state: State) -> Response:
+    """The sample's stored thumbnail, shown beside its verdicts."""
+    png = stored_thumbnail(state.vlkb, check_id(qualification_id))
+    return Response(png, media_type="image/png")
 
 
 @router.post("/qualifications/{qualification_id:int}/feedback")
