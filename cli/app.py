@@ -1313,23 +1313,51 @@ def train_vlr(
         typer.Option("--eval-seed", help="Seed of the evaluation set [default: the model "
                      "card's, 5151, used for nothing else].", metavar="N"),
     ] = None,
+    family: Annotated[
+        list[str] | None,
+        typer.Option("--family", metavar="FAMILY", help="Randomise over this kb synth family "
+                     "(repeatable; all for every one): bead-shape, haz, carbides, pores, "
+                     "framing, acquisition."),
+    ] = None,
+    hold_out: Annotated[
+        list[str] | None,
+        typer.Option("--hold-out", metavar="FAMILY",
+                     help="Leave this family out of --family (repeatable), to test on it."),
+    ] = None,
+    family_share: Annotated[
+        float | None, typer.Option("--family-share", metavar="P",
+                                   help="Chance an image takes each family [default: 0.5].")
+    ] = None,
     workspace: WorkspaceOption = None,
 ) -> None:
     """Train VLKB's dual encoder (a CNN against the frozen MiniLM text tower) on generated maps.
 
     The model card evaluates it with the workspace's prompts and references, if there is one.
+    With --family, every image takes each named family of variation with probability
+    --family-share (domain randomisation); --hold-out leaves families out for a
+    leave-one-family-out test.
 
-    Example: kb train-vlr out/my-model --seed 7 --n-images 2000
+    Example: kb train-vlr out/my-model --seed 7 --n-images 2000 --family all --hold-out haz
     """
+    from engine.metrology.families import parse_families
     from engine.training.card_evaluation import CARD_SEED
     from engine.training.train import TrainConfig, train
     from kb.errors import WorkspaceError
 
     defaults = TrainConfig()
+    try:
+        held = set(parse_families(hold_out or []))
+        families = tuple(f for f in parse_families(family or []) if f not in held)
+    except ValueError as exc:
+        raise VLKBError(f"--family / --hold-out: {exc}") from exc
+    if hold_out and not family:
+        raise VLKBError("--hold-out leaves families out of --family: give --family too")
     config = TrainConfig(
         seed=seed,
         n_images=n_images or defaults.n_images,
         epochs=epochs or defaults.epochs,
+        families=families,
+        family_share=defaults.family_share if family_share is None else family_share,
     )
     try:
         rules_dir: Path | None = Workspace.open(workspace).rules_dir
@@ -1338,6 +1366,8 @@ def train_vlr(
     command = (
         f"kb train-vlr {outdir} --seed {seed} --n-images {config.n_images} "
         f"--epochs {config.epochs}"
+        + "".join(f" --family {f}" for f in config.families)
+        + (f" --family-share {config.family_share}" if config.families else "")
     )
     train(
         outdir, config, log=lambda line: err.print(line, markup=False),

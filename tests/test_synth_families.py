@@ -246,3 +246,18 @@ def test_dilution_holds_on_beads_drawn_by_another_generator(haz_beside: bool) ->
         labels, drawn = parabolic_bead(rng, haz_beside)
         errors.append(abs(measure_labels(labels, 10.0).quantities["dilution_fraction"] - drawn))
     assert np.mean(errors) <= 0.005, np.round(errors, 4)
+
+
+def test_a_family_share_mixes_varied_and_default_beads_without_moving_any_draw() -> None:
+    """Domain randomisation for training: each image takes the family with the given chance;
+    an image that takes it gets exactly what it would draw with every image taking it."""
+    every = sample_variants(40, 9, ["pores"])
+    none = sample_variants(40, 9)
+    mixed = sample_variants(40, 9, ["pores"], share=0.5)
+    took = [v.family.startswith("pores:") for v in mixed]
+    assert 5 < sum(took) < 35
+    for variant, kept, full, plain in zip(mixed, took, every, none, strict=True):
+        assert variant.spec == (full.spec if kept else plain.spec)
+        assert kept or variant.family == "default"
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        sample_variants(4, 9, ["pores"], share=1.5)

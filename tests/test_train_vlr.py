@@ -16,7 +16,7 @@ from engine.encoders import text_tower as dual
 from engine.encoders.backends import load_encoder
 from engine.encoders.vlkb_dual import VlkbDualEncoder
 from engine.metrology.quantities import BACKGROUND, BEAD, CARBIDE, PHASES, POROSITY
-from engine.metrology.synthetic import BeadSpec, paint, render_bead
+from engine.metrology.synthetic import BeadSpec, Degradation, Frame, Variant, paint, render_bead
 from engine.training.captions import (
     ASSESSMENTS,
     POLARITIES,
@@ -125,7 +125,9 @@ def test_training_preprocessing_is_the_encoders() -> None:
     spec = BeadSpec(porosity=0.04, max_pore_um=200.0, distribution="clustered")
     image = paint(render_bead(spec, 10.0, seed=5), DEFAULT_LEGEND)
     size = (config.image_height, config.image_width)
-    resized, labels, quantities, cells = render_resized(spec, 5, size, int(processor.resample))
+    resized, labels, quantities, cells = render_resized(
+        Variant(spec, Frame(), Degradation(), "default"), 5, size, int(processor.resample)
+    )
     assert cells is None
     raw = processor(images=[image], return_tensors="pt", do_rescale=False, do_normalize=False)
     np.testing.assert_array_equal(resized, raw["pixel_values"][0].numpy())  # the same pixels
@@ -147,7 +149,8 @@ def test_phase_cells_are_each_phases_share_of_a_grid_cell() -> None:
     assert cells[BEAD, 1, 2] == 1.0 and cells[CARBIDE, 1, 1] == 0.25
     assert cells[POROSITY].sum() == 0.25 and cells[BACKGROUND, 0, 1] == 1.0
     spec = BeadSpec(porosity=0.04)
-    sample = render_resized(spec, 5, (60, 80), int(make_processor(TINY).resample), grid=(8, 10))
+    sample = render_resized(Variant(spec, Frame(), Degradation(), "default"), 5, (60, 80),
+                            int(make_processor(TINY).resample), grid=(8, 10))
     assert sample.cells.shape == (len(PHASES), 8, 10)
     assert 0 < sample.cells[POROSITY].mean() < 0.1
 
@@ -222,3 +225,21 @@ def test_cli_train_vlr_is_registered_and_refuses_a_used_folder(tmp_path: Path) -
     result = runner.invoke(app, ["train-vlr", str(tmp_path / "used"), "--seed", "1"])
     assert result.exit_code == 1
     assert "not an empty folder" in result.output
+
+
+def test_training_images_can_be_drawn_as_any_family_varies_them() -> None:
+    """A JPEG-degraded variant trains on what its file would hold, with the same truth."""
+    size, resample = (60, 80), int(make_processor(TINY).resample)
+    spec = BeadSpec(porosity=0.03)
+    clean = render_resized(Variant(spec, Frame(), Degradation(), "default"), 5, size, resample)
+    jpeg = Degradation(noise_sigma=6.0, jpeg_quality=70)
+    degraded = render_resized(Variant(spec, Frame(), jpeg, "acquisition:jpeg"), 5, size, resample)
+    assert degraded.labels == clean.labels and degraded.quantities == clean.quantities
+    assert np.abs(degraded.pixels.astype(int) - clean.pixels).mean() > 1.0
+    assert TrainConfig(families=("all",)).families == (
+        "bead-shape", "haz", "carbides", "pores", "framing", "acquisition"
+    )
+    with pytest.raises(VLKBError, match="unknown family 'shiny'"):
+        TrainConfig(families=("shiny",))
+    code = CliRunner().invoke(app, ["train-vlr", "/tmp/never", "--hold-out", "haz"])
+    assert code.exit_code != 0 and "give --family too" in code.output

@@ -47,29 +47,54 @@ def parse_families(names: Sequence[str]) -> tuple[str, ...]:
 
 
 def sample_variants(
-    n: int, seed: int, families: Sequence[str] = (), degradation: Degradation | None = None
+    n: int, seed: int, families: Sequence[str] = (), degradation: Degradation | None = None,
+    share: float = 1.0,
 ) -> list[Variant]:
-    """n micrographs: the default generator's beads, varied by the chosen families."""
+    """n micrographs: the default generator's beads, varied by the chosen families.
+
+    share: the chance that an image takes each chosen family, drawn independently per image
+    and family (domain randomisation for training: 0.5 gives every mix of families, the
+    default bead included). Every image draws every family's values whether it keeps them or
+    not, so the share never changes what a kept family draws; 1.0 keeps all.
+    """
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"share {share} is not between 0 and 1")
     chosen = parse_families(families)
     specs = sample_specs(n, seed)
     how = Degradation() if degradation is None else degradation
     variants = [Variant(s, Frame(), how, "default") for s in specs]
     if not chosen:
         return variants
+    keeps = {family: _kept(n, seed, family, share) for family in chosen}
     tags: list[list[str]] = [[] for _ in specs]
     for family in chosen:
         rng = np.random.default_rng([seed, 1 + FAMILIES.index(family)])
         draw = _DRAWS[family]
         for i, variant in enumerate(variants):
-            variants[i], tag = draw(variant, i, rng)
-            tags[i].append(f"{family}:{tag}")
+            drawn, tag = draw(variant, i, rng)
+            if keeps[family][i]:
+                variants[i] = drawn
+                tags[i].append(f"{family}:{tag}")
     # The frame follows the bead last, once every family has shaped it.
-    if "framing" in chosen:
-        rng = np.random.default_rng([seed, 100])
-        variants = [replace(v, frame=_frame_around(v.spec, rng)) for v in variants]
-    else:
-        variants = [replace(v, frame=_fitting_frame(v.spec)) for v in variants]
-    return [replace(v, family=";".join(t)) for v, t in zip(variants, tags, strict=True)]
+    framing = keeps.get("framing", np.zeros(n, dtype=bool))
+    rng = np.random.default_rng([seed, 100])
+    framed = []
+    for variant, around in zip(variants, framing, strict=True):
+        if "framing" in chosen:
+            frame = _frame_around(variant.spec, rng)  # drawn for every image, kept where chosen
+        framed.append(replace(
+            variant, frame=frame if around else _fitting_frame(variant.spec)
+        ))
+    return [replace(v, family=";".join(t) or "default")
+            for v, t in zip(framed, tags, strict=True)]
+
+
+def _kept(n: int, seed: int, family: str, share: float) -> np.ndarray:
+    """Which images take this family; its own stream, so the share moves no family's draws."""
+    if share >= 1.0:
+        return np.ones(n, dtype=bool)
+    rng = np.random.default_rng([seed, 200 + FAMILIES.index(family)])
+    return rng.random(n) < share
 
 
 def _either(rng: np.random.Generator, good: tuple[float, float], bad: tuple[float, float],

@@ -8,12 +8,14 @@ keeps the two in step.
 
 from __future__ import annotations
 
+import io
 from typing import NamedTuple
 
 import numpy as np
+from PIL import Image
 
 from engine.metrology.quantities import PHASES, measure_labels
-from engine.metrology.synthetic import BeadSpec, label_sample, paint, render_bead
+from engine.metrology.synthetic import Variant, draw_variant, encode, label_sample
 from kb.config import DEFAULT_LEGEND
 from kb.rules import MeasurementRule
 
@@ -40,16 +42,19 @@ class TrainingSample(NamedTuple):
 
 
 def render_resized(
-    spec: BeadSpec, seed: int, size: tuple[int, int], resample: int, um_per_px: float = 10.0,
+    variant: Variant, seed: int, size: tuple[int, int], resample: int, um_per_px: float = 10.0,
     grid: tuple[int, int] | None = None,
 ) -> TrainingSample:
-    """One training sample: the map resized as the encoder's image processor does it (PIL,
-    before rescaling and normalisation), its labels, true quantities and, on a grid, phase
-    shares. Torch-free, for worker processes; tests check it against the processor itself.
+    """One training sample: the map drawn as its variant says (frame, blur, noise, JPEG),
+    resized as the encoder's image processor does it (PIL, before rescaling and
+    normalisation), its labels, true quantities and, on a grid, phase shares. Torch-free, for
+    worker processes; tests check it against the processor itself.
     """
-    label_map = render_bead(spec, um_per_px, seed=seed)
-    quantities = measure_labels(label_map, um_per_px).quantities
-    image = paint(label_map, DEFAULT_LEGEND).resize((size[1], size[0]), resample=resample)
+    label_map, scale, image = draw_variant(variant, um_per_px, seed, DEFAULT_LEGEND)
+    if variant.degradation.jpeg_quality is not None:  # what a JPEG file holds once read back
+        image = Image.open(io.BytesIO(encode(image, variant.degradation)[0])).convert("RGB")
+    quantities = measure_labels(label_map, scale).quantities
+    image = image.resize((size[1], size[0]), resample=resample)
     pixels = np.asarray(image, dtype=np.uint8).transpose(2, 0, 1).copy()
     cells = None if grid is None else phase_cells(label_map, grid)
     labels = label_sample(quantities, EXAMPLE_CRITERIA)

@@ -93,10 +93,7 @@ def _training(record: dict) -> list[str]:
     return [
         command,
         f"- seed: {c['seed']}",
-        f"- data: {c['n_images']} micrographs drawn by `engine.metrology.synthetic` "
-        f"(`sample_specs({c['n_images']}, {c['seed']})`, 640x480 px at 10 um/px, default "
-        "legend, PNG-exact), labelled from their ground truth with the example limits of "
-        "EA-1..EA-6 (`label_sample`)",
+        _data_line(c),
         f"- captions: {record['captions']} sentences generated from templates "
         "(engine/training/captions.py): per assessment and polarity, metallurgical, plain-word and "
         "colour-aware wording, many words per slot, quantifiers and size words on both "
@@ -180,3 +177,23 @@ def _limits() -> list[str]:
         "sentence encoder's sense of similarity; check a reworded prompt with `kb evaluate` "
         "before trusting it.",
     ]
+
+
+def _data_line(c: dict) -> str:
+    """What the model was trained on: the default generator, or domain randomisation."""
+    families = c.get("families") or []
+    if not families:
+        return (
+            f"- data: {c['n_images']} micrographs drawn by `engine.metrology.synthetic` "
+            f"(`sample_specs({c['n_images']}, {c['seed']})`, 640x480 px at 10 um/px, default "
+            "legend, PNG-exact), labelled from their ground truth with the example limits of "
+            "EA-1..EA-6 (`label_sample`)"
+        )
+    return (
+        f"- data: {c['n_images']} micrographs drawn by `engine.metrology.families` "
+        f"(`sample_variants({c['n_images']}, {c['seed']}, {tuple(families)}, "
+        f"share={c['family_share']})`: each image takes each of the families "
+        f"{', '.join(families)} with probability {c['family_share']}, the rest drawn as the "
+        "default generator draws them; 10 um/px, default legend), labelled from their ground "
+        "truth with the example limits of EA-1..EA-6 (`label_sample`)"
+    )

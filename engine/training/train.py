@@ -44,8 +44,8 @@ from transformers import (
 )
 
 from engine.encoders import text_tower
+from engine.metrology.families import parse_families, sample_variants
 from engine.metrology.quantities import PHASES, POROSITY
-from engine.metrology.synthetic import sample_specs
 from engine.training.captions import ASSESSMENTS, caption_bank
 from engine.training.card_evaluation import CARD_SEED, ModelEvaluation
 from engine.training.example import EXAMPLE_CRITERIA, TrainingSample, render_resized
@@ -93,6 +93,18 @@ class TrainConfig:
     flip: bool = True  # horizontal mirror: no quantity changes
     workers: int = 2
     captions_per_group: int = 0  # 0: the whole bank; else this many per (EA, polarity, register)
+    # Domain randomisation over kb synth's families of variation (engine/metrology/families.py):
+    # each image takes each family with probability family_share; () draws the default bead.
+    families: tuple[str, ...] = ()
+    family_share: float = 0.5
+
+    def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "families", parse_families(self.families))
+        except ValueError as exc:
+            raise VLKBError(f"--family: {exc}") from exc
+        if not 0.0 < self.family_share <= 1.0:
+            raise VLKBError(f"--family-share {self.family_share} is not in (0, 1]")
 
 
 @dataclass
@@ -133,16 +145,19 @@ class TrainingData:
 
 
 def _render(job: tuple) -> TrainingSample:
-    spec, seed, size, resample, grid = job
-    return render_resized(spec, seed, size, resample, grid=grid)
+    variant, seed, size, resample, grid = job
+    return render_resized(variant, seed, size, resample, grid=grid)
 
 
 def generate(config: TrainConfig, processor: ViTImageProcessorPil, log: Log) -> TrainingData:
     """Render the training set in worker processes (numpy, scipy and PIL only)."""
     size, grid = (config.image_height, config.image_width), grid_of(config)
+    variants = sample_variants(
+        config.n_images, config.seed, config.families, share=config.family_share
+    )  # without families: the default generator's beads, as the shipped model was trained
     jobs = [
-        (spec, config.seed * 100_003 + index, size, int(processor.resample), grid)
-        for index, spec in enumerate(sample_specs(config.n_images, config.seed))
+        (variant, config.seed * 100_003 + index, size, int(processor.resample), grid)
+        for index, variant in enumerate(variants)
     ]
     n = len(jobs)
     data = TrainingData(
@@ -171,7 +186,9 @@ def generate(config: TrainConfig, processor: ViTImageProcessorPil, log: Log) -> 
         for index, job in enumerate(jobs):
             store(index, _render(job))
     shares = ", ".join(f"{k} {data.accept[:, i].mean():.0%}" for i, k in enumerate(ASSESSMENTS))
-    log(f"generated {len(jobs)} micrographs (accept share: {shares})")
+    varied = sum(v.family != "default" for v in variants)
+    mix = f"; {varied} varied by {', '.join(config.families)}" if config.families else ""
+    log(f"generated {len(jobs)} micrographs (accept share: {shares}{mix})")
     return data
 
 
