@@ -209,10 +209,26 @@ def test_qualify_move_a_verdict_report_and_feedback_in_chromium(
     assert page.locator(f'table.history tr[data-id="{dropped_id}"]').count() == 0
     page.screenshot(path=str(tmp_path / "web-history.png"), full_page=True)
 
-    # Save the qualify page as a test artefact and check it is not blank.
+    # A batch is judged file by file, with its progress said; a bad file fails alone.
     page.goto(server + "/")
-    page.set_input_files("#files", [str(sample), str(second)])
+    notes = tmp_path / "notes.png"
+    notes.write_text("not an image")
+    page.set_input_files("#files", [str(sample), str(notes), str(second)])
     run_and_wait(page, None)
+    page.wait_for_function(
+        "() => document.getElementById('busy').textContent.startsWith('Done')", timeout=WAIT_MS
+    )
+    assert page.locator("#busy").inner_text() == "Done: 2 of 3 judged; see below for the rest."
+    assert page.locator("#run-results table.results tbody tr").count() == 2
+    assert page.locator("#run-results details.why").count() == 2
+    assert page.locator("#run-results h2").count() == 1  # one results section, not three
+    assert "notes.png" in page.locator("#run-results ul.failures").inner_text()
+    widths = page.eval_on_selector_all(
+        "#run-results td.thumb img", "images => images.map(i => i.naturalWidth)"
+    )
+    assert len(widths) == 2 and all(w > 0 for w in widths)  # the stored thumbnails load
+
+    # Save the qualify page as a test artefact and check it is not blank.
     shot = tmp_path / "web.png"
     page.screenshot(path=str(shot), full_page=True)
     print(f"\nscreenshot: {shot}")
@@ -223,6 +239,9 @@ def test_qualify_move_a_verdict_report_and_feedback_in_chromium(
     assert green.sum() > 50  # accept badges are drawn
     context.close()
 
+    refused = [p for p in problems if "status of 415" in p]
+    assert len(refused) == 1  # the browser logs the answer to notes.png, nothing else
+    problems = [p for p in problems if p not in refused]
     assert problems == [], problems  # no script error, no blocked resource
     outside = [u for u in requests if not (u.startswith(server) or u.startswith("data:"))]
     assert outside == [], outside
