@@ -223,9 +223,11 @@ def test_the_legend_refusal_of_kb_measure_names_the_file(tmp_path: Path) -> None
     assert str(photo) in line and "phase map" in line
 
 
-def test_a_locked_database_fails_the_one_sample_naming_it_and_the_batch_goes_on(
+def test_a_locked_database_fails_each_sample_naming_it_and_a_rerun_stores_them(
     tmp_path: Path,
 ) -> None:
+    """Files are stored a chunk at a time; a lock held through that store fails the chunk and
+    then each file alone, each failure naming its file, and nothing is half-written."""
     workspace = example_copy(tmp_path / "ws")
     config = workspace.root / "kb.toml"
     config.write_text(
@@ -237,16 +239,19 @@ def test_a_locked_database_fails_the_one_sample_naming_it_and_the_batch_goes_on(
     holder: dict[str, sqlite3.Connection] = {}
 
     def progress(stage: str, done: int, total: int) -> None:
-        # Called just before each sample is stored: lock the database for the second only.
-        if stage == "judging" and done == 2:
+        # Called as the last file is judged, before the chunk is stored.
+        if stage == "judging" and done == 3:
             holder["lock"] = sqlite3.connect(workspace.root / "kb.sqlite", isolation_level=None)
             holder["lock"].execute("BEGIN EXCLUSIVE")
-        elif stage == "judging" and done == 3:
-            holder["lock"].execute("ROLLBACK")
-            holder["lock"].close()
 
-    outcome = qualify_paths(VLKB(workspace), paths, QualifyOptions(), progress=progress)
-    assert outcome.stored == 2
-    (failure,) = outcome.failures
-    assert failure.path == str(paths[1])
-    assert str(paths[1]) in failure.error and "locked" in failure.error
+    try:
+        outcome = qualify_paths(VLKB(workspace), paths, QualifyOptions(), progress=progress)
+    finally:
+        holder["lock"].execute("ROLLBACK")
+        holder["lock"].close()
+    assert outcome.stored == 0
+    assert [failure.path for failure in outcome.failures] == [str(path) for path in paths]
+    for failure, path in zip(outcome.failures, paths, strict=True):
+        assert str(path) in failure.error and "locked" in failure.error
+    again = qualify_paths(VLKB(workspace), paths, QualifyOptions())
+    assert again.stored == 3 and not again.failures
