@@ -17,6 +17,7 @@ from PIL import Image
 
 from engine.scoring import l2_normalize
 from kb.config import ModelSpec
+from kb.errors import ModelLoadError
 
 Item = TypeVar("Item")
 
@@ -54,6 +55,32 @@ class Encoder(ABC):
         """(n, dim) float32, unit rows; texts are padded and truncated to the model's max length."""
         return self._batched([str(text) for text in texts], self._embed_text_batch)
 
+    def patch_features(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """(n, h, w, d) float32: one feature vector per patch, for the `local` role.
+
+        The maps of one or two layers of the image tower, the coarser resized to the finer
+        grid and concatenated, each averaged over its 3x3 neighbourhood (PatchCore's local
+        context). The images must give the same grid (the same size); `patch_grids` takes
+        any mix.
+        """
+        grids = self.patch_grids(images)
+        if not grids:
+            return np.zeros((0, 0, 0, 0), dtype=np.float32)
+        return np.stack(grids)
+
+    def patch_grids(self, images: Sequence[Image.Image]) -> list[np.ndarray]:
+        """One (h, w, d) float32 grid per image, each image on its own (sizes may differ)."""
+        with torch.inference_mode():
+            return [self._patch_grid(image.convert("RGB")).float().numpy().astype(np.float32)
+                    for image in images]
+
+    def _patch_grid(self, image: Image.Image) -> torch.Tensor:
+        """(h, w, d) patch features of one RGB image; a tower without them refuses."""
+        raise ModelLoadError(
+            f"model {self.spec.name!r} (backend {self.spec.backend}) gives no patch features; "
+            "bind role `local` in kb.toml to a cnn model or the dual encoder"
+        )
+
     def _batched(
         self, items: list[Item], embed: Callable[[list[Item]], torch.Tensor]
     ) -> np.ndarray:
@@ -76,6 +103,19 @@ class Encoder(ABC):
     @abstractmethod
     def _embed_text_batch(self, texts: list[str]) -> torch.Tensor:
         """(batch, dim) text embeddings, not yet normalised."""
+
+
+def local_grid(maps: Sequence[torch.Tensor]) -> torch.Tensor:
+    """(h, w, d): (1, c, h, w) layer maps averaged over 3x3 neighbourhoods, resized to the
+    finest one's grid and concatenated along channels."""
+    pooled = [torch.nn.functional.avg_pool2d(m.float(), 3, stride=1, padding=1,
+                                             count_include_pad=False) for m in maps]
+    size = pooled[0].shape[-2:]
+    resized = [pooled[0]] + [
+        torch.nn.functional.interpolate(m, size=size, mode="bilinear", align_corners=False)
+        for m in pooled[1:]
+    ]
+    return torch.cat(resized, dim=1)[0].permute(1, 2, 0).contiguous()
 
 
 def rgb(images: Sequence[Image.Image]) -> list[Image.Image]:

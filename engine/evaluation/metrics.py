@@ -159,3 +159,77 @@ def widest_best_threshold(scores: Sequence[float] | np.ndarray, truth: Sequence[
     ranked = [(balanced_accuracy_at(scores, truth, m) or 0.0, w, m)
               for m, w in zip(mids, widths, strict=True)]
     return float(max(ranked)[2])
+
+
+def binary_auroc(positive: np.ndarray, scores: np.ndarray) -> float | None:
+    """AUROC of scores for a boolean truth (ties count half, by average ranks); None when
+    one class is empty. Used per pixel: positive = defect, a high score = anomalous."""
+    truth = np.asarray(positive, dtype=bool).ravel()
+    values = np.asarray(scores, dtype=np.float64).ravel()
+    n_pos = int(truth.sum())
+    n_neg = truth.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return None
+    order = np.argsort(values, kind="mergesort")
+    sorted_values = values[order]
+    ranks = np.empty(values.size, dtype=np.float64)
+    # average rank of each run of equal values (1-based)
+    starts = np.flatnonzero(np.r_[True, sorted_values[1:] != sorted_values[:-1]])
+    ends = np.r_[starts[1:], values.size]
+    for start, end in zip(starts, ends, strict=True):
+        ranks[order[start:end]] = (start + end + 1) / 2.0
+    return float((ranks[truth].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def pixel_auroc(masks: Sequence[np.ndarray], maps: Sequence[np.ndarray]) -> float | None:
+    """AUROC over every pixel of every image: defect pixels (mask non-zero) against the rest."""
+    if not masks:
+        return None
+    truth = np.concatenate([np.asarray(m).ravel() != 0 for m in masks])
+    values = np.concatenate([np.asarray(a, dtype=np.float64).ravel() for a in maps])
+    return binary_auroc(truth, values)
+
+
+def aupro(masks: Sequence[np.ndarray], maps: Sequence[np.ndarray], max_fpr: float = 0.3,
+          steps: int = 200) -> float | None:
+    """Area under the per-region-overlap curve up to `max_fpr`, divided by max_fpr (MVTec AD).
+
+    At each threshold, PRO is the mean over every connected defect region (of every image) of
+    the share of its pixels above the threshold, and the false-positive rate the share of
+    defect-free pixels above it; the curve PRO(FPR) is integrated from 0 to max_fpr, so one
+    large defect cannot outweigh many small ones. None without defect regions.
+    """
+    from scipy import ndimage
+
+    region_ids, region_values, free = [], [], []
+    offset = 0
+    for mask, anomaly in zip(masks, maps, strict=True):
+        defect = np.asarray(mask) != 0
+        values = np.asarray(anomaly, dtype=np.float64)
+        labels, count = ndimage.label(defect)
+        region_ids.append(labels[defect] + offset - 1)
+        region_values.append(values[defect])
+        free.append(values[~defect])
+        offset += count
+    if offset == 0:
+        return None
+    ids = np.concatenate(region_ids)
+    inside = np.concatenate(region_values)
+    outside = np.sort(np.concatenate(free))
+    if outside.size == 0:
+        return None
+    sizes = np.bincount(ids, minlength=offset).astype(np.float64)
+    # thresholds: quantiles of the defect-free values spanning FPR 0..max_fpr
+    fprs = np.linspace(0.0, max_fpr, steps + 1)
+    thresholds = np.quantile(outside, 1.0 - fprs)
+    actual_fpr = 1.0 - np.searchsorted(outside, thresholds, side="right") / outside.size
+    pro = np.array([
+        np.mean(np.bincount(ids, weights=(inside > t), minlength=offset) / sizes)
+        for t in thresholds
+    ])
+    fpr = np.clip(actual_fpr, 0.0, max_fpr)
+    order = np.argsort(fpr, kind="mergesort")
+    fpr, pro = fpr[order], pro[order]
+    # the curve from (0, pro at fpr 0) to (max_fpr, ...): trapezoids
+    area = float(np.sum((fpr[1:] - fpr[:-1]) * (pro[1:] + pro[:-1]) / 2.0))
+    return area / max_fpr
