@@ -26,6 +26,7 @@ from engine.evidence import (
     evidence_of,
     needs_appearance,
 )
+from engine.local_evidence import LocalPlan, local_evidence
 from engine.metrology.overlay import measure_with_overlay
 from engine.metrology.quantities import NotASegmentationMap
 from engine.results import (
@@ -39,7 +40,7 @@ from engine.results import (
 from engine.samples import Sample, load_sample
 from engine.scoring import zscore
 from engine.tree import held_for_review, walk
-from kb.config import RGB, ROLES
+from kb.config import RGB, VECTOR_ROLES
 from kb.errors import VLKBError
 from kb.image_store import thumbnail_png
 from kb.rules import Assessment, Ruleset
@@ -61,6 +62,7 @@ class RunPlan:
     um_per_px: float
     legend: dict[str, RGB] | None  # None: no measurement rules, nothing to measure
     sources: dict[str, str]
+    local: dict[str, LocalPlan] = field(default_factory=dict)  # by assessment key
 
     def modalities(self) -> tuple[str, ...]:
         """What a chunk's images need: embeddings, and appearance when a range is measured."""
@@ -220,10 +222,24 @@ def judge_sample(
         except NotASegmentationMap as exc:
             not_a_map = str(exc)
     held: set[str] = set()
+    grid: list = []  # the sample's patch features, computed once for every local assessment
+
+    def local(a: Assessment) -> VLREvidence:
+        if models.spec("local") is None:
+            return VLREvidence("local", None, None, note=_unbound_note("local"))
+        encoder = models.encoder("local")
+        if not grid:
+            grid.append(encoder.patch_grids([sample.image])[0])
+        image_role = evidence.get((a.key, "image"))
+        looks = (image_role.applicability[index]
+                 if image_role is not None and image_role.applicability is not None else None)
+        return local_evidence(plan.local[a.key], encoder, sample, grid[0], looks)
 
     def judge(a: Assessment) -> NodeResult:
         vlr = [_sample_evidence(a.key, role, index, evidence, models)
-               for role in ROLES if a.items_of(role)]
+               for role in VECTOR_ROLES if a.items_of(role)]
+        if a.local is not None and (a.key in plan.local or models.spec("local") is None):
+            vlr.append(local(a))
         if not_a_map is not None and a.measurements:
             held.add(a.key)
             return not_a_phase_map(a, vlr, not_a_map)

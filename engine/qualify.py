@@ -32,6 +32,7 @@ from engine.judging import (
     embed_batches,
     judge_files,
 )
+from engine.local_evidence import plan_local
 from engine.report_files import output_dir, write_run_reports
 from engine.results import QualificationResult, SampleFailure
 from engine.samples import Sample, read_image_bytes
@@ -330,6 +331,8 @@ def _plan_run(
             qualified_shas(session, row.id, base) if options.skip_existing else frozenset()
         )
         setup = plan_roles(session, row.id, ruleset, models, options.normalize)
+        local = (plan_local(session, ruleset, models.encoder("local"))
+                 if models.spec("local") is not None else {})
         thresholds = calibrated_thresholds(calibration)
         from_references = {
             key: choice
@@ -344,7 +347,7 @@ def _plan_run(
     )
     needs_metrology = any(a.measurements for a in ruleset.assessments.values())
     plan = RunPlan(ruleset, setup, base, um_per_px,
-                   workspace.config.legend if needs_metrology else None, sources)
+                   workspace.config.legend if needs_metrology else None, sources, local)
     return row, plan, judged_before
 
 

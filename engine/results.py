@@ -77,6 +77,10 @@ class VLREvidence:
     items: tuple[ItemSimilarity, ...] = ()
     note: str | None = None  # why the evidence could not be used, when it could not
     applicability: Applicability | None = None  # None: not measured (fewer than 2 references)
+    # role `local` only: where the sample departs from the good references
+    regions: tuple[dict[str, Any], ...] = ()  # {"x","y","width","height","score"}, strongest first
+    map: str | None = None  # the anomaly map as a small greyscale PNG data URI
+    rationale: str | None = None
 
     @property
     def usable(self) -> bool:
@@ -108,6 +112,8 @@ class VLREvidence:
             "closest_positive": closest["positive"].to_dict() if closest["positive"] else None,
             "closest_negative": closest["negative"].to_dict() if closest["negative"] else None,
             "items": [i.to_dict() for i in self.items],
+            **({"regions": [dict(r) for r in self.regions], "map": self.map,
+                "rationale": self.rationale} if self.role == "local" else {}),
         }
 
 

@@ -12,9 +12,13 @@ from kb.errors import OptionError, VLKBError, WorkspaceError
 
 CONFIG_FILE = "kb.toml"
 RULES_DIR = "rules"
-ROLES = ("text", "image")
+ROLES = ("text", "image", "local")
+# The roles whose evidence is a net similarity of embeddings (prompts, reference images);
+# `local` compares patch features with a memory bank instead (engine/local.py).
+VECTOR_ROLES = ("text", "image")
 # Backends that embed images only (engine/encoders/cnn.py): they cannot play the `text` role.
 IMAGE_ONLY_BACKENDS = ("cnn",)
+LOCAL_BACKENDS = ("cnn", "dual")  # backends whose encoder gives patch features
 
 RGB = tuple[int, int, int]
 
@@ -251,6 +255,12 @@ def _roles(section: dict, models: dict, path: Path) -> dict[str, str | None]:
                 f"{path}: role {role!r} is bound to model {name!r}, which has no [models.{name}]"
             )
         backend = models[name].get("backend") if name is not None else None
+        if role == "local" and backend not in (None, *LOCAL_BACKENDS):
+            raise WorkspaceError(
+                f"{path}: role 'local' is bound to model {name!r}, whose backend {backend!r} "
+                f"gives no patch features; bind it to a model of backend "
+                f"{' or '.join(LOCAL_BACKENDS)}, or leave it unbound"
+            )
         if role == "text" and backend in IMAGE_ONLY_BACKENDS:
             raise WorkspaceError(
                 f"{path}: role 'text' is bound to model {name!r}, whose backend {backend!r} "

@@ -27,7 +27,10 @@ ASSESSMENTS_DIR = "assessments"
 REFERENCES_DIR = "references"
 POLARITIES = ("positive", "negative")
 GATE_RULES = ("all", "any", "k_of_n", "consensus")
-ROLE_ITEMS = {"text": "prompts", "image": "reference images"}
+ROLE_ITEMS = {"text": "prompts", "image": "reference images", "local": "reference images"}
+# Defaults of an assessment's [local] table (docs/rules.md, "Local evidence").
+LOCAL_QUANTILE = 0.999
+LOCAL_CORESET = 2000
 # How far (in z units) a fused vision-language score must lie from its threshold before, in
 # measurement-led combination, it may contradict the measurements: two standard deviations of
 # one role's reference spread, i.e. about one for each of two agreeing roles.
@@ -88,6 +91,19 @@ class MeasurementRule:
 
 
 @dataclass(frozen=True)
+class LocalRule:
+    """[local] of an assessment: compare patch features with a bank of its positive references.
+
+    The image score is the map's `quantile`, or the mean of its `top_k` highest values when
+    that is set; `coreset` caps the bank's patches.
+    """
+
+    quantile: float = LOCAL_QUANTILE
+    top_k: int | None = None
+    coreset: int = LOCAL_CORESET
+
+
+@dataclass(frozen=True)
 class Decision:
     fusion: str = "zsum"
     weights: dict[str, float] = field(default_factory=lambda: {role: 1.0 for role in ROLES})
@@ -115,6 +131,7 @@ class Assessment:
     measurements: tuple[MeasurementRule, ...] = ()
     decision: Decision = field(default_factory=Decision)
     preconditions: tuple[Precondition, ...] = ()
+    local: LocalRule | None = None  # None: no local evidence (opt-in per assessment)
 
     def prompts_of(self, polarity: str) -> list[Prompt]:
         return [p for p in self.prompts if p.polarity == polarity]
@@ -123,12 +140,18 @@ class Assessment:
         return [r for r in self.references if r.polarity == polarity]
 
     def items_of(self, role: str) -> tuple[Prompt, ...] | tuple[Reference, ...]:
-        """What a role compares the sample with: prompts for `text`, references for `image`."""
+        """What a role compares the sample with: prompts for `text`, references for `image`,
+        the positive references for `local` when the assessment opts in."""
+        if role == "local":
+            return tuple(self.references_of("positive")) if self.local is not None else ()
         return self.prompts if role == "text" else self.references
 
     def one_sided(self, role: str) -> str | None:
         """Why the role's items cannot give a net similarity yet (references accumulate)."""
         items = self.items_of(role)
+        if role == "local":
+            return None if len(items) >= 1 or self.local is None else (
+                "local evidence needs at least one positive reference image")
         counts = {p: sum(i.polarity == p for i in items) for p in POLARITIES}
         if items and 0 in counts.values():
             return (
@@ -150,7 +173,7 @@ class Ruleset:
         return {
             "root": self.root,
             "gates": {k: asdict(g) for k, g in sorted(self.gates.items())},
-            "assessments": {k: asdict(a) for k, a in sorted(self.assessments.items())},
+            "assessments": {k: _assessment_dict(a) for k, a in sorted(self.assessments.items())},
         }
 
     @property
@@ -174,6 +197,7 @@ class Ruleset:
                     "measurements": tuple(MeasurementRule(**m) for m in a["measurements"]),
                     "decision": _decision_of(a["decision"]),
                     "preconditions": _preconditions_from(a["preconditions"]),
+                    "local": LocalRule(**a["local"]) if a.get("local") else None,
                 }
             )
         return cls(root=data["root"], gates=gates, assessments=assessments)
@@ -184,6 +208,17 @@ class Ruleset:
         gates = [g.key for g in sorted(below, key=lambda g: (g.position, g.key))]
         leaves = sorted(a.key for a in self.assessments.values() if a.parent == key)
         return gates + leaves
+
+
+def _assessment_dict(assessment: Assessment) -> dict[str, Any]:
+    """asdict, without `local` where it is not set: a ruleset from before local evidence
+    keeps its content hash."""
+    data = asdict(assessment)
+    if data.get("local") is None:
+        data.pop("local", None)
+        if data["decision"]["weights"].get("local") == 1.0:
+            del data["decision"]["weights"]["local"]
+    return data
 
 
 def _preconditions_from(items: list[dict[str, Any]]) -> tuple[Precondition, ...]:
@@ -438,6 +473,29 @@ def _read_measurements(doc: _Table) -> tuple[MeasurementRule, ...]:
     return tuple(rules)
 
 
+def _read_local(doc: _Table) -> LocalRule | None:
+    """[local]: enabled (required), quantile in (0, 1], top_k >= 1, coreset >= 16."""
+    if "local" not in doc.data:
+        return None
+    t = doc.table("local")
+    t.check_keys({"enabled"}, {"quantile", "top_k", "coreset"})
+    enabled = t.data["enabled"]
+    if not isinstance(enabled, bool):
+        raise t.fail(f"`enabled` must be true or false, got {enabled!r}")
+    if not enabled:
+        return None
+    quantile = t.number("quantile", LOCAL_QUANTILE)
+    if not 0.0 < quantile <= 1.0:
+        raise t.fail(f"`quantile` must be in (0, 1], got {quantile}")
+    top_k = t.integer("top_k") if "top_k" in t.data else None
+    if top_k is not None and top_k < 1:
+        raise t.fail(f"`top_k` must be a positive integer, got {top_k}")
+    size = t.integer("coreset") if "coreset" in t.data else LOCAL_CORESET
+    if size < 16:
+        raise t.fail(f"`coreset` must be at least 16 patches, got {size}")
+    return LocalRule(quantile, top_k, size)
+
+
 def _decision_of(data: dict[str, Any]) -> Decision:
     """A stored decision (JSON lists back into tuples; older snapshots lack newer fields)."""
     return Decision(**{**data, "from_references": tuple(data.get("from_references", ()))})
@@ -477,7 +535,7 @@ def _read_assessment(path: Path, rules_dir: Path, defaults: dict[str, Any]) -> A
     doc = _read_toml(path, rules_dir)
     doc.check_keys(
         {"key", "name", "criterion", "parent"},
-        {"prompts", "references", "measurements", "decision", "preconditions"},
+        {"prompts", "references", "measurements", "decision", "preconditions", "local"},
     )
     key = doc.text("key")
     if key != path.stem:
@@ -493,7 +551,11 @@ def _read_assessment(path: Path, rules_dir: Path, defaults: dict[str, Any]) -> A
         measurements=_read_measurements(doc),
         decision=_read_decision(doc, defaults),
         preconditions=_read_preconditions(doc),
+        local=_read_local(doc),
     )
+    if assessment.local is not None and not assessment.references_of("positive"):
+        raise doc.fail("[local] needs at least one positive reference image (references/"
+                       f"{key}/positive/)")
     if not (assessment.prompts or assessment.references or assessment.measurements):
         raise doc.fail("assessment has no evidence: add prompts, reference images or measurements")
     return assessment

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from engine.results import ModelUse
-from kb.config import ROLES, ModelSpec, WorkspaceConfig
+from kb.config import ROLES, VECTOR_ROLES, ModelSpec, WorkspaceConfig
 from kb.errors import ModelLoadError
 
 if TYPE_CHECKING:  # the backends import torch: only a command that embeds pays for it
@@ -29,6 +29,11 @@ class ModelSet:
         return spec is not None and spec.name in self._loaded
 
     def bound_roles(self) -> list[str]:
+        """The bound roles whose evidence is embeddings (text, image); `local` is apart."""
+        return [role for role in VECTOR_ROLES if self.spec(role) is not None]
+
+    def all_bound_roles(self) -> list[str]:
+        """Every bound role, `local` included."""
         return [role for role in ROLES if self.spec(role) is not None]
 
     def encoder(self, role: str) -> Encoder:
@@ -45,7 +50,8 @@ class ModelSet:
         """Every distinct encoder of the bound roles, loading them now."""
         return list(
             {
-                self.encoder(role).spec.name: self.encoder(role) for role in self.bound_roles()
+                self.encoder(role).spec.name: self.encoder(role)
+                for role in self.all_bound_roles()
             }.values()
         )
 
@@ -77,7 +83,7 @@ class ModelSet:
                 source=spec.source,
                 fingerprint=self.fingerprint(role),
             )
-            for role in self.bound_roles()
+            for role in self.all_bound_roles()
             for spec in [self.spec(role)]
             if spec is not None  # always: bound_roles are the roles with a spec
         ]
