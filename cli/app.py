@@ -540,6 +540,8 @@ def synth(
                      "carbides, pores, framing, acquisition, or all. Default: none, the "
                      "standard generator.", metavar="NAME"),
     ] = None,
+    masks: Annotated[bool, typer.Option("--masks", help="Also write masks/<assessment>/<image "
+                     "stem>.png (non-zero = defect): pores, carbide clusters.")] = False,
     workspace: WorkspaceOption = None,
     json_output: JsonOption = False,
 ) -> None:
@@ -562,7 +564,7 @@ def synth(
         raise VLKBError(f"--family: {exc}") from exc
     try:
         paths = write_workspace_dataset(
-            outdir, n, seed, _workspace_or_none(workspace), um_per_px, how, families
+            outdir, n, seed, _workspace_or_none(workspace), um_per_px, how, families, masks
         )
     except OSError as exc:
         raise VLKBError(f"cannot write to {outdir}: {exc.strerror or exc}") from exc
@@ -657,6 +659,11 @@ def evaluate(
         Path | None, typer.Option("--out", help="Folder for evaluation.html and plots.",
             metavar="PATH")
     ] = None,
+    masks: Annotated[
+        Path | None, typer.Option("--masks", help="Folder of defect masks, MASKDIR/<assessment>/"
+                                  "<image stem>.png (kb synth --masks): adds pixel_auroc and "
+                                  "aupro to each local block.", metavar="MASKDIR")
+    ] = None,
     executor: ExecutorOption = "in-process",
     ray_address: RayAddressOption = None,
     workers: WorkersOption = None,
@@ -686,7 +693,7 @@ def evaluate(
                             "--labels-from-folders KEY")
         classes = (ClassFolders(labels_from_folders, tuple(accept or ()))
                    if labels_from_folders is not None else None)
-        evaluation = evaluate_folder(vlkb, directory, labels, options, top_k, classes)
+        evaluation = evaluate_folder(vlkb, directory, labels, options, top_k, classes, masks)
     folder = out_dir or vlkb.workspace.config.output_dir / f"evaluation-{directory.resolve().name}"
     document = evaluation.to_dict()
     try:

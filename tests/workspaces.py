@@ -87,7 +87,7 @@ def example_copy(root: Path, unbind_roles: bool = True) -> Workspace:
     root.mkdir(parents=True, exist_ok=True)
     config = (REPO / "kb.toml").read_text(encoding="utf-8")
     if unbind_roles:
-        config = re.sub(r'(?m)^(text|image)\s*=\s*"[^"]*"', r'\1 = ""', config)
+        config = re.sub(r'(?m)^(text|image|local)\s*=\s*"[^"]*"', r'\1 = ""', config)
     (root / "kb.toml").write_text(config, encoding="utf-8")
     shutil.copytree(REPO / "rules", root / "rules")
     workspace = Workspace.open(root)

@@ -68,6 +68,12 @@ class MobileNetV1(nn.Module):
             float(vision_config.get("layer_norm_eps", 1e-3)),
         )
 
+    def patch_layers(self) -> list[int]:
+        """Indices of the last layers before the 2nd and 3rd stride-2 blocks after the stem
+        (output strides 4 and 8): fine patch features for the local role."""
+        ends = [2 * i - 1 for i, stride in enumerate(STRIDES) if stride == 2]
+        return ends[1:3]
+
     def layer_output(self, x: torch.Tensor, index: int) -> torch.Tensor:
         """The output of layer `index` after the stem (transformers' hidden_states[index])."""
         x = self.conv_stem(x)

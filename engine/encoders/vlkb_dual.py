@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from engine.encoders import text_tower
-from engine.encoders.base import Encoder, rgb
+from engine.encoders.base import Encoder, local_grid, rgb
 from engine.encoders.fingerprint import model_fingerprint
 from engine.encoders.mobilenet import MobileNetV1, Preprocessing
 from kb.config import ModelSpec
@@ -105,6 +105,19 @@ class VlkbDualEncoder(Encoder):
         """Channel means of the layer a quarter of the way up the tower (as every backend)."""
         quarter = len(self.tower.layer) // 4
         return self.tower.layer_output(self.preprocess(rgb(images)), quarter).mean(dim=(2, 3))
+
+    def _patch_grid(self, image: Image.Image) -> torch.Tensor:
+        """The local role: the tower's outputs at strides 4 and 8 (MobileNetV1.patch_layers), at the input size it was trained on."""
+        pixels = self.preprocess([image])
+        maps, x = [], self.tower.conv_stem(pixels)
+        wanted = set(self.tower.patch_layers())
+        for index, layer in enumerate(self.tower.layer):
+            x = layer(x)
+            if index in wanted:
+                maps.append(x)
+            if len(maps) == len(wanted):
+                break
+        return local_grid(maps)
 
     def _embed_text_batch(self, texts: list[str]) -> torch.Tensor:
         tower = self.text_tower

@@ -8,12 +8,17 @@ tree's final verdict.
 
 from __future__ import annotations
 
+import base64
+import io
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
+from PIL import Image
+
 from engine.evaluation.labels import folder_labels, labels_drawn_from_rules, read_labels
-from engine.evaluation.metrics import agreement
+from engine.evaluation.metrics import agreement, aupro, pixel_auroc
 from engine.inputs import image_files
 from engine.qualify import QualifyOptions, qualify_paths
 from engine.results import MeasurementEvidence, NodeResult, QualificationResult, VLREvidence
@@ -23,7 +28,7 @@ from engine.sync import compile_workspace
 from kb.errors import VLKBError
 from kb.vocabulary import strictest
 
-MODES = ("text", "image", "hybrid", "measurement", "final")
+MODES = ("text", "image", "local", "hybrid", "measurement", "final")
 
 
 @dataclass
@@ -80,6 +85,7 @@ def evaluate_folder(
     options: QualifyOptions | None = None,
     top_k: int = 5,
     classes: ClassFolders | None = None,
+    masks_dir: Path | None = None,
 ) -> Evaluation:
     """Qualify every image of the folder and score the verdicts against the labels: a CSV
     (labels_path) or the class subfolders the images sit in (classes), one of the two."""
@@ -107,7 +113,56 @@ def evaluate_folder(
     evaluation.stored = options.store
     if labels_path is not None:
         evaluation.labels_from_rules = labels_drawn_from_rules(labels_path, ruleset.assessments)
+    if masks_dir is not None:
+        add_pixel_metrics(evaluation, outcome.results, masks_dir, keys)
     return evaluation
+
+
+def add_pixel_metrics(evaluation: Evaluation, results: Sequence[QualificationResult],
+                      masks_dir: Path, keys: Sequence[str]) -> None:
+    """pixel_auroc and aupro in each assessment's `local` block, from the stored anomaly
+    maps (scaled to each mask's size) against masks_dir/<key>/<image stem>.png."""
+    if not masks_dir.is_dir():
+        raise VLKBError(f"{masks_dir}: no such folder of masks (kb synth --masks writes one)")
+    for key in keys:
+        folder = masks_dir / key
+        if not folder.is_dir():
+            continue
+        masks, maps = [], []
+        for result in results:
+            evidence = next((e for e in _node(result, key).evidence
+                             if isinstance(e, VLREvidence) and e.role == "local"), None)
+            path = folder / f"{Path(result.sample_path).stem}.png"
+            if evidence is None or evidence.map is None:
+                continue
+            if not path.is_file():
+                raise VLKBError(f"{path}: no mask for {Path(result.sample_path).name}")
+            mask = read_mask(path)
+            masks.append(mask)
+            maps.append(decode_map(evidence.map, (mask.shape[1], mask.shape[0])))
+        if not masks:
+            continue
+        block = evaluation.assessments.setdefault(key, {}).setdefault("local", {})
+        block["pixel_auroc"] = pixel_auroc(masks, maps)
+        block["aupro"] = aupro(masks, maps)
+        block["masks"] = len(masks)
+
+
+def read_mask(path: Path) -> np.ndarray:
+    """(height, width) bool: non-zero = defect; one readable line if it is not an image."""
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("L")) > 0
+    except (OSError, ValueError) as exc:
+        raise VLKBError(f"{path}: not a readable mask image ({exc})") from exc
+
+
+def decode_map(uri: str, size: tuple[int, int]) -> np.ndarray:
+    """A stored anomaly map (PNG data URI) as floats at `size` (width, height)."""
+    data = base64.b64decode(uri.split(",", 1)[1])
+    with Image.open(io.BytesIO(data)) as image:
+        grey = image.convert("F").resize(size, Image.Resampling.BILINEAR)
+    return np.asarray(grey, dtype=np.float64)
 
 
 def score_results(

@@ -219,17 +219,20 @@ def aupro(masks: Sequence[np.ndarray], maps: Sequence[np.ndarray], max_fpr: floa
     if outside.size == 0:
         return None
     sizes = np.bincount(ids, minlength=offset).astype(np.float64)
-    # thresholds: quantiles of the defect-free values spanning FPR 0..max_fpr
-    fprs = np.linspace(0.0, max_fpr, steps + 1)
-    thresholds = np.quantile(outside, 1.0 - fprs)
-    actual_fpr = 1.0 - np.searchsorted(outside, thresholds, side="right") / outside.size
+    # thresholds: quantiles of the defect-free values spanning FPR 0..max_fpr, and the two
+    # ends (nothing above: FPR 0, PRO 0; everything above: FPR 1, PRO 1)
+    grid = np.quantile(outside, 1.0 - np.linspace(0.0, max_fpr, steps + 1))
+    thresholds = np.unique(np.r_[np.inf, grid, -np.inf])[::-1]
+    fpr = 1.0 - np.searchsorted(outside, thresholds, side="right") / outside.size
     pro = np.array([
         np.mean(np.bincount(ids, weights=(inside > t), minlength=offset) / sizes)
         for t in thresholds
     ])
-    fpr = np.clip(actual_fpr, 0.0, max_fpr)
-    order = np.argsort(fpr, kind="mergesort")
+    order = np.lexsort((pro, fpr))
     fpr, pro = fpr[order], pro[order]
-    # the curve from (0, pro at fpr 0) to (max_fpr, ...): trapezoids
+    # the curve up to max_fpr (interpolated there), integrated by trapezoids
+    at_limit = float(np.interp(max_fpr, fpr, pro))
+    keep = fpr < max_fpr
+    fpr, pro = np.r_[fpr[keep], max_fpr], np.r_[pro[keep], at_limit]
     area = float(np.sum((fpr[1:] - fpr[:-1]) * (pro[1:] + pro[:-1]) / 2.0))
     return area / max_fpr

@@ -426,6 +426,7 @@ def write_dataset(
     degradation: Degradation = Degradation(),
     criteria: Criteria | None = None,
     families: Sequence[str] = (),
+    masks: Mapping[str, str] | None = None,
 ) -> list[Path]:
     """Write sample-NNNN images and truth.csv, and labels.csv when criteria are given; the
     same seed and families give the same bytes. The acquisition family, where chosen, draws
@@ -443,6 +444,12 @@ def write_dataset(
         path = outdir / f"sample-{index:04d}{suffix}"
         path.write_bytes(data)
         paths.append(path)
+        for key, kind in (masks or {}).items():
+            folder = outdir / "masks" / key
+            folder.mkdir(parents=True, exist_ok=True)
+            marked = defect_mask(labels, scale, kind, image.size)
+            Image.fromarray(marked.astype(np.uint8) * 255, mode="L").save(
+                folder / f"{path.stem}.png")
         truth_rows.append(
             {"image": path.name, **{q: _cell(truth.quantities.get(q)) for q in QUANTITIES},
              "family": variant.family,
@@ -501,6 +508,47 @@ def draw_variant(
     return labels, um_per_px / k, degrade(image, how, seed=seed)
 
 
+# What `kb synth --masks` marks, by the quantities an assessment's rules measure: pores for
+# porosity rules, carbide clusters for the carbide spread (EA-4 and EA-6 of the example).
+MASK_KINDS = {"porosity_fraction": "pores", "max_pore_diameter_um": "pores",
+              "carbide_cv": "carbide-clusters", "carbide_clustering": "carbide-clusters"}
+CLUSTER_WINDOW_MM = 0.3  # the neighbourhood a carbide's local share is counted in
+CLUSTER_FACTOR = 2.0  # a carbide is in a cluster where that share is this many times the bead's
+
+
+def defect_mask(labels: np.ndarray, scale_um: float, kind: str, size: tuple[int, int]
+                ) -> np.ndarray:
+    """(height, width) bool at the picture's size: the pores, or the carbides lying where
+    their local share is CLUSTER_FACTOR times the bead's mean (a cluster, not the spread)."""
+    if kind == "pores":
+        marked = labels == POROSITY
+    else:
+        carbide = labels == CARBIDE
+        material = np.isin(labels, (BEAD, CARBIDE))
+        window = max(3, int(round(CLUSTER_WINDOW_MM * 1000.0 / scale_um)))
+        share = ndimage.uniform_filter(carbide.astype(np.float64), window)
+        room = ndimage.uniform_filter(material.astype(np.float64), window)
+        local = np.divide(share, room, out=np.zeros_like(share), where=room > 0.05)
+        mean = carbide.sum() / max(int(material.sum()), 1)
+        marked = carbide & (local > CLUSTER_FACTOR * mean) if mean > 0 else carbide & False
+    width, height = size
+    if marked.shape != (height, width):  # drawn finer (anti-aliasing): any marked subpixel
+        k = marked.shape[0] // height
+        marked = marked[: height * k, : width * k].reshape(height, k, width, k).any(axis=(1, 3))
+    return marked
+
+
+def mask_kinds(criteria: Criteria) -> dict[str, str]:
+    """Which mask each assessment gets, from the quantities its rules measure."""
+    kinds = {}
+    for key, rules in criteria.items():
+        for rule in rules:
+            if rule.quantity in MASK_KINDS:
+                kinds[key] = MASK_KINDS[rule.quantity]
+                break
+    return kinds
+
+
 def write_workspace_dataset(
     outdir: Path,
     n: int,
@@ -509,6 +557,7 @@ def write_workspace_dataset(
     um_per_px: float = 10.0,
     degradation: Degradation = Degradation(),
     families: Sequence[str] = (),
+    masks: bool = False,
 ) -> list[Path]:
     """`kb synth`: maps in the workspace's legend, labelled by its measurement rules; outside
     a workspace, in the default legend with truth.csv only (there are no limits to label by)."""
@@ -520,7 +569,7 @@ def write_workspace_dataset(
     criteria = criteria_of(compile_rules(workspace.rules_dir))
     return write_dataset(
         outdir, n, seed, um_per_px, workspace.config.legend, degradation, criteria or None,
-        families,
+        families, mask_kinds(criteria) if masks else None,
     )
 
 

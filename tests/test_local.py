@@ -1,0 +1,214 @@
+"""The `local` role: memory bank, anomaly maps, regions, pixel metrics, rules and masks."""
+
+from __future__ import annotations
+
+import base64
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from engine.evaluation.metrics import aupro, binary_auroc, pixel_auroc
+from engine.local import (
+    LocalSettings,
+    coreset,
+    fit,
+    image_score,
+    map_png,
+    nearest_distances,
+    regions,
+    score,
+)
+from engine.metrology.synthetic import write_workspace_dataset
+from kb.errors import RulesError
+from kb.rules import compile_rules
+from tests.workspaces import REPO, example_copy, shipped_copy
+
+# --- the bank and the map -----------------------------------------------------------------
+
+
+def test_the_coreset_keeps_the_rare_patch_and_is_deterministic():
+    rng = np.random.default_rng(0)
+    common = rng.normal(0.0, 0.01, (200, 4))
+    rare = np.array([[5.0, 5.0, 5.0, 5.0]])
+    features = np.vstack([common, rare])
+    chosen = coreset(features, 5)
+    assert 200 in chosen  # the farthest patch is taken in the first steps
+    assert len(set(chosen.tolist())) == 5
+    assert np.array_equal(chosen, coreset(features, 5))
+    assert np.array_equal(coreset(features, 500), np.arange(201))  # small enough: all of it
+
+
+def test_nearest_distances_by_hand():
+    bank = np.array([[0.0, 0.0], [3.0, 4.0]])
+    patches = np.array([[0.0, 1.0], [3.0, 4.0], [6.0, 8.0]])
+    assert np.allclose(nearest_distances(patches, bank), [1.0, 0.0, 5.0], atol=1e-5)
+
+
+def test_image_score_is_a_quantile_or_a_top_k_mean():
+    values = np.arange(10, dtype=float).reshape(2, 5)
+    assert image_score(values, LocalSettings(quantile=1.0)) == 9.0
+    assert image_score(values, LocalSettings(top_k=3)) == pytest.approx(8.0)
+
+
+def test_regions_are_components_above_the_threshold_strongest_first():
+    anomaly = np.zeros((20, 30))
+    anomaly[2:5, 3:7] = 2.0  # 4 wide, 3 high
+    anomaly[10:18, 20:22] = 3.0
+    found = regions(anomaly, 1.0)
+    assert [(r.x, r.y, r.width, r.height) for r in found] == [(20, 10, 2, 8), (3, 2, 4, 3)]
+    assert found[0].score == 3.0
+    assert regions(anomaly, 5.0) == []
+
+
+def test_the_map_png_is_small_greyscale_and_scaled():
+    anomaly = np.zeros((480, 640))
+    anomaly[:, 320:] = 10.0
+    uri = map_png(anomaly, 5.0)
+    image = Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1])))
+    assert image.mode == "L" and image.size == (160, 120)
+    pixels = np.asarray(image)
+    assert pixels[:, :70].max() == 0 and pixels[:, 90:].min() == 255
+
+
+def _grid(seed: int, spot: tuple[int, int] | None = None) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    grid = rng.normal(0.0, 0.05, (12, 16, 3)).astype(np.float32)
+    if spot is not None:
+        grid[spot] += 4.0
+    return grid
+
+
+def test_a_spot_no_reference_shows_is_the_strongest_region_and_scores_worse():
+    size = (64, 48)
+    model = fit([_grid(s) for s in range(4)], [size] * 4, LocalSettings(coreset=100))
+    assert model.norm is not None and model.norm.count == 4  # leave-one-out, one per reference
+    good, bad = score(model, _grid(9), size), score(model, _grid(9, (6, 12)), size)
+    assert bad.score > good.score and bad.delta < good.delta
+    assert good.anomaly.shape == (48, 64)
+    top = bad.regions[0]
+    assert top.x <= 12 * 4 + 2 <= top.x + top.width and top.y <= 6 * 4 + 2 <= top.y + top.height
+
+
+# --- pixel metrics ------------------------------------------------------------------------
+
+
+def test_binary_auroc_by_hand_with_ties():
+    # positives 0.8, 0.4; negatives 0.4, 0.1: pairs won 1 + 1 + 0.5 + 1 of 4
+    assert binary_auroc(np.array([1, 1, 0, 0]), np.array([0.8, 0.4, 0.4, 0.1])) == 0.875
+    assert binary_auroc(np.array([1, 1]), np.array([0.1, 0.2])) is None
+
+
+def test_pixel_auroc_pools_every_pixel():
+    masks = [np.array([[1, 0], [0, 0]]), np.array([[0, 0], [0, 1]])]
+    perfect = [np.array([[9.0, 0.0], [0.0, 0.0]]), np.array([[0.0, 0.0], [0.0, 9.0]])]
+    assert pixel_auroc(masks, perfect) == 1.0
+    assert pixel_auroc(masks, [1.0 - m for m in masks]) == 0.0
+
+
+def test_aupro_weighs_regions_not_pixels():
+    mask = np.zeros((10, 10), dtype=int)
+    mask[0:4, 0:4] = 1  # a large defect
+    mask[8, 8] = 1  # a one-pixel defect
+    perfect = mask.astype(float)
+    assert aupro([mask], [perfect]) == pytest.approx(1.0)
+    # only the large defect found: PRO 0.5 at FPR 0; the small one ties with all 82 clean
+    # pixels, so the curve runs straight to (1, 1): PRO 0.65 at FPR 0.3, area
+    # 0.3 * (0.5 + 0.65) / 2, normalised by 0.3: 0.575
+    large_only = perfect.copy()
+    large_only[8, 8] = 0.0
+    assert aupro([mask], [large_only]) == pytest.approx(0.575)
+    assert aupro([np.zeros((3, 3))], [np.zeros((3, 3))]) is None
+
+
+# --- rules ---------------------------------------------------------------------------------
+
+
+def _rules_with_local(tmp_path: Path, table: str) -> Path:
+    root = tmp_path / "rules"
+    import shutil
+
+    shutil.copytree(REPO / "rules", root)
+    path = root / "assessments" / "EA-4.toml"
+    text = path.read_text(encoding="utf-8").replace("[local]\nenabled = true\n", "")
+    path.write_text(text + "\n" + table, encoding="utf-8")
+    return root
+
+
+@pytest.mark.parametrize(("table", "problem"), [
+    ("[local]\nquantile = 0.9\n", "missing required field(s) enabled"),
+    ("[local]\nenabled = 1\n", "`enabled` must be true or false"),
+    ("[local]\nenabled = true\nquantile = 1.5\n", "`quantile` must be in (0, 1]"),
+    ("[local]\nenabled = true\ntop_k = 0\n", "`top_k` must be a positive integer"),
+    ("[local]\nenabled = true\ncoreset = 4\n", "`coreset` must be at least 16"),
+    ("[local]\nenabled = true\nradius = 3\n", "radius"),
+])
+def test_a_wrong_local_table_is_one_error_naming_file_and_key(tmp_path, table, problem):
+    with pytest.raises(RulesError) as caught:
+        compile_rules(_rules_with_local(tmp_path, table))
+    message = str(caught.value)
+    assert "rules/assessments/EA-4.toml [local]" in message and problem in message
+    assert "\n" not in message
+
+
+def test_local_settings_are_read_and_a_ruleset_without_them_keeps_its_hash(tmp_path):
+    ruleset = compile_rules(_rules_with_local(
+        tmp_path, "[local]\nenabled = true\ntop_k = 50\ncoreset = 500\n"))
+    rule = ruleset.assessments["EA-4"].local
+    assert rule is not None and (rule.top_k, rule.coreset) == (50, 500)
+    assert ruleset.assessments["EA-1"].local is None
+    data = ruleset.to_dict()
+    assert "local" not in data["assessments"]["EA-1"]
+    assert "local" not in data["assessments"]["EA-1"]["decision"]["weights"]
+    assert type(ruleset).from_dict(data).content_hash == ruleset.content_hash
+    off = compile_rules(_rules_with_local(tmp_path / "off", "[local]\nenabled = false\n"))
+    assert off.assessments["EA-4"].local is None
+
+
+# --- kb synth --masks ------------------------------------------------------------------------
+
+
+def test_synth_masks_mark_the_pores_the_truth_counts(tmp_path):
+    workspace = example_copy(tmp_path / "ws")
+    out = tmp_path / "set"
+    write_workspace_dataset(out, 4, 3, workspace, masks=True)
+    assert sorted(p.name for p in (out / "masks").iterdir()) == ["EA-4", "EA-6"]
+    import csv
+
+    truth = {row["image"]: row for row in csv.DictReader((out / "truth.csv").open())}
+    for name, row in truth.items():
+        mask = np.asarray(Image.open(out / "masks" / "EA-4" / name)) > 0
+        picture = np.asarray(Image.open(out / name).convert("RGB"))
+        porosity = np.all(picture == (0, 0, 128), axis=-1)  # the example legend's porosity
+        assert np.array_equal(mask, porosity)
+        assert (mask.sum() > 0) == (int(row["pore_count"]) > 0)
+
+
+# --- the role in a run ------------------------------------------------------------------------
+
+
+def test_the_example_qualifies_with_local_evidence_on_lite0(tmp_path):
+    from engine.qualify import qualify_paths
+    from engine.session import VLKB
+
+    workspace = shipped_copy(tmp_path / "ws")
+    with VLKB(workspace) as vlkb:
+        outcome = qualify_paths(vlkb, [REPO / "examples" / "porous-bead.png",
+                                       REPO / "examples" / "sound-bead-a.png"])
+    porous, sound = (r.to_dict() for r in outcome.results)
+
+    def local(document, key):
+        node = next(n for n in document["nodes"] if n["key"] == key)
+        return next(e for e in node["evidence"] if e["role"] == "local")
+
+    bad, good = local(porous, "EA-4"), local(sound, "EA-4")
+    assert bad["z"] < good["z"]
+    assert bad["regions"] and bad["rationale"].startswith(
+        "strongest departure from the good references at ")
+    top = bad["regions"][0]
+    assert f"{top['x']}, {top['y']}, size {top['width']} x {top['height']}" in bad["rationale"]
+    picture = Image.open(io.BytesIO(base64.b64decode(bad["map"].split(",", 1)[1])))
+    assert picture.mode == "L" and picture.size[0] <= 160
+    assert local(sound, "EA-6")["map"].startswith("data:image/png;base64,")
