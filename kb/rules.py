@@ -498,7 +498,9 @@ def _read_local(doc: _Table) -> LocalRule | None:
 
 def _decision_of(data: dict[str, Any]) -> Decision:
     """A stored decision (JSON lists back into tuples; older snapshots lack newer fields)."""
-    return Decision(**{**data, "from_references": tuple(data.get("from_references", ()))})
+    weights = {role: 1.0 for role in ROLES} | dict(data.get("weights", {}))  # older: fewer roles
+    return Decision(**{**data, "weights": weights,
+                       "from_references": tuple(data.get("from_references", ()))})
 
 
 def _read_decision(doc: _Table, defaults: dict[str, Any]) -> Decision:

@@ -107,7 +107,8 @@ class VlkbDualEncoder(Encoder):
         return self.tower.layer_output(self.preprocess(rgb(images)), quarter).mean(dim=(2, 3))
 
     def _patch_grid(self, image: Image.Image) -> torch.Tensor:
-        """The local role: the tower's outputs at strides 4 and 8 (MobileNetV1.patch_layers), at the input size it was trained on."""
+        """The local role: the tower's outputs at strides 4 and 8 (MobileNetV1.patch_layers),
+        at the input size it was trained on."""
         pixels = self.preprocess([image])
         maps, x = [], self.tower.conv_stem(pixels)
         wanted = set(self.tower.patch_layers())
