@@ -59,7 +59,7 @@ def judge_assessment(
     confident and applicable, and is otherwise advisory. Without them it decides alone.
     """
     decision = decision or assessment.decision
-    usable = [e for e in vlr if e.usable]
+    usable = [e for e in vlr if e.usable and e.counted]
     score = None
     vlr_verdict = None
     if usable:
@@ -241,6 +241,8 @@ def _vlr_sentence(e: VLREvidence) -> str:
     what = "prompts" if e.role == "text" else "reference images"
     if not e.usable:
         return f"The {e.role} evidence was not used: {e.note}."
+    if e.role == "local":
+        return _local_sentence(e)
     side = "positive" if (e.delta or 0) >= 0 else "negative"
     text = (
         f"Against the {what} ({e.model}) the sample is closer to the {side} ones "
@@ -254,6 +256,13 @@ def _vlr_sentence(e: VLREvidence) -> str:
             f"nearest negative: {_short(neg.label)} ({neg.similarity:.3f})"
         )
     return text + "."
+
+
+def _local_sentence(e: VLREvidence) -> str:
+    counted = "" if e.counted else "; shown, not counted in the fused score ([local] fuse = false)"
+    return (f"Against the good references' patches ({e.model}) the sample's anomaly score is "
+            f"{-(e.delta or 0.0):.4f} (z = {e.z:+.2f} with mu {e.mu:+.4f}, sigma {e.sigma:.4f} "
+            f"from {e.normalization}); {e.rationale}{counted}.")
 
 
 def _short(label: str, limit: int = 70) -> str:

@@ -233,7 +233,8 @@ def judge_sample(
         image_role = evidence.get((a.key, "image"))
         looks = (image_role.applicability[index]
                  if image_role is not None and image_role.applicability is not None else None)
-        return local_evidence(plan.local[a.key], encoder, sample, grid[0], looks)
+        assert a.local is not None
+        return local_evidence(plan.local[a.key], encoder, sample, grid[0], looks, a.local.fuse)
 
     def judge(a: Assessment) -> NodeResult:
         vlr = [_sample_evidence(a.key, role, index, evidence, models)

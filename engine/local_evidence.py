@@ -64,7 +64,7 @@ def plan_local(session: Session, ruleset: Ruleset, encoder: Encoder) -> dict[str
 
 def local_evidence(
     plan: LocalPlan, encoder: Encoder, sample: Sample, grid: np.ndarray,
-    looks: Applicability | None,
+    looks: Applicability | None, counted: bool = True,
 ) -> VLREvidence:
     """The local evidence of one sample: z of -score (positive = like the good references),
     not assessed when the sample lies outside the references' range."""
@@ -91,6 +91,7 @@ def local_evidence(
         regions=regions,
         map=map_png(found.anomaly, scale),
         rationale=rationale,
+        counted=counted,
     )
 
 

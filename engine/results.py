@@ -81,6 +81,7 @@ class VLREvidence:
     regions: tuple[dict[str, Any], ...] = ()  # {"x","y","width","height","score"}, strongest first
     map: str | None = None  # the anomaly map as a small greyscale PNG data URI
     rationale: str | None = None
+    counted: bool = True  # False: shown and recorded, left out of the fused score ([local] fuse)
 
     @property
     def usable(self) -> bool:
@@ -113,7 +114,8 @@ class VLREvidence:
             "closest_negative": closest["negative"].to_dict() if closest["negative"] else None,
             "items": [i.to_dict() for i in self.items],
             **({"regions": [dict(r) for r in self.regions], "map": self.map,
-                "rationale": self.rationale} if self.role == "local" else {}),
+                "rationale": self.rationale, "counted": self.counted}
+               if self.role == "local" else {}),
         }
 
 

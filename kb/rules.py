@@ -95,12 +95,14 @@ class LocalRule:
     """[local] of an assessment: compare patch features with a bank of its positive references.
 
     The image score is the map's `quantile`, or the mean of its `top_k` highest values when
-    that is set; `coreset` caps the bank's patches.
+    that is set; `coreset` caps the bank's patches. With `fuse` false its z-score is
+    recorded and its map shown, but the assessment's fused score leaves it out.
     """
 
     quantile: float = LOCAL_QUANTILE
     top_k: int | None = None
     coreset: int = LOCAL_CORESET
+    fuse: bool = True
 
 
 @dataclass(frozen=True)
@@ -474,14 +476,15 @@ def _read_measurements(doc: _Table) -> tuple[MeasurementRule, ...]:
 
 
 def _read_local(doc: _Table) -> LocalRule | None:
-    """[local]: enabled (required), quantile in (0, 1], top_k >= 1, coreset >= 16."""
+    """[local]: enabled (required), quantile in (0, 1], top_k >= 1, coreset >= 16, fuse."""
     if "local" not in doc.data:
         return None
     t = doc.table("local")
-    t.check_keys({"enabled"}, {"quantile", "top_k", "coreset"})
-    enabled = t.data["enabled"]
-    if not isinstance(enabled, bool):
-        raise t.fail(f"`enabled` must be true or false, got {enabled!r}")
+    t.check_keys({"enabled"}, {"quantile", "top_k", "coreset", "fuse"})
+    enabled, fuse = t.data["enabled"], t.data.get("fuse", True)
+    for key, value in (("enabled", enabled), ("fuse", fuse)):
+        if not isinstance(value, bool):
+            raise t.fail(f"`{key}` must be true or false, got {value!r}")
     if not enabled:
         return None
     quantile = t.number("quantile", LOCAL_QUANTILE)
@@ -493,7 +496,7 @@ def _read_local(doc: _Table) -> LocalRule | None:
     size = t.integer("coreset") if "coreset" in t.data else LOCAL_CORESET
     if size < 16:
         raise t.fail(f"`coreset` must be at least 16 patches, got {size}")
-    return LocalRule(quantile, top_k, size)
+    return LocalRule(quantile, top_k, size, fuse)
 
 
 def _decision_of(data: dict[str, Any]) -> Decision:

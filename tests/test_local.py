@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 from pathlib import Path
 
 import numpy as np
@@ -132,7 +133,7 @@ def _rules_with_local(tmp_path: Path, table: str) -> Path:
 
     shutil.copytree(REPO / "rules", root)
     path = root / "assessments" / "EA-4.toml"
-    text = path.read_text(encoding="utf-8").replace("[local]\nenabled = true\n", "")
+    text = re.sub(r"(?ms)^\[local\]\n.*?(?=^\[|\Z)", "", path.read_text(encoding="utf-8"))
     path.write_text(text + "\n" + table, encoding="utf-8")
     return root
 
@@ -144,6 +145,7 @@ def _rules_with_local(tmp_path: Path, table: str) -> Path:
     ("[local]\nenabled = true\ntop_k = 0\n", "`top_k` must be a positive integer"),
     ("[local]\nenabled = true\ncoreset = 4\n", "`coreset` must be at least 16"),
     ("[local]\nenabled = true\nradius = 3\n", "radius"),
+    ("[local]\nenabled = true\nfuse = \"no\"\n", "`fuse` must be true or false"),
 ])
 def test_a_wrong_local_table_is_one_error_naming_file_and_key(tmp_path, table, problem):
     with pytest.raises(RulesError) as caught:
@@ -157,7 +159,7 @@ def test_local_settings_are_read_and_a_ruleset_without_them_keeps_its_hash(tmp_p
     ruleset = compile_rules(_rules_with_local(
         tmp_path, "[local]\nenabled = true\ntop_k = 50\ncoreset = 500\n"))
     rule = ruleset.assessments["EA-4"].local
-    assert rule is not None and (rule.top_k, rule.coreset) == (50, 500)
+    assert rule is not None and (rule.top_k, rule.coreset, rule.fuse) == (50, 500, True)
     assert ruleset.assessments["EA-1"].local is None
     data = ruleset.to_dict()
     assert "local" not in data["assessments"]["EA-1"]
@@ -212,3 +214,36 @@ def test_the_example_qualifies_with_local_evidence_on_lite0(tmp_path):
     picture = Image.open(io.BytesIO(base64.b64decode(bad["map"].split(",", 1)[1])))
     assert picture.mode == "L" and picture.size[0] <= 160
     assert local(sound, "EA-6")["map"].startswith("data:image/png;base64,")
+
+
+def test_local_evidence_left_unfused_is_shown_and_the_verdict_is_the_other_evidence(tmp_path):
+    """The example keeps EA-4's local z out of the fused score ([local] fuse = false): the
+    record holds it, says so, and the fused score is the image and text roles' alone; with
+    fuse on, the same z is added to them."""
+    from engine.qualify import qualify_paths
+    from engine.session import VLKB
+
+    porous = REPO / "examples" / "porous-bead.png"
+    shown = shipped_copy(tmp_path / "shown")
+    counted = shipped_copy(tmp_path / "counted")
+    rule = counted.root / "rules" / "assessments" / "EA-4.toml"
+    rule.write_text(rule.read_text(encoding="utf-8").replace("fuse = false\n", ""),
+                    encoding="utf-8")
+
+    def ea4(workspace):
+        with VLKB(workspace) as vlkb:
+            from engine.sync import sync_workspace
+
+            sync_workspace(vlkb)
+            (result,) = qualify_paths(vlkb, [porous]).results
+        return next(n for n in result.to_dict()["nodes"] if n["key"] == "EA-4")
+
+    left, added = ea4(shown), ea4(counted)
+    by_role = {e["role"]: e for e in left["evidence"] if "role" in e}
+    assert by_role["local"]["counted"] is False and by_role["local"]["z"] is not None
+    others = sum(by_role[r]["z"] for r in ("text", "image") if by_role[r]["z"] is not None)
+    assert left["score"] == pytest.approx(others)
+    assert "not counted in the fused score" in left["rationale"]
+    local_z = next(e["z"] for e in added["evidence"] if e.get("role") == "local")
+    assert local_z == pytest.approx(by_role["local"]["z"])
+    assert added["score"] == pytest.approx(others + local_z)

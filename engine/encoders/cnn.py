@@ -45,7 +45,7 @@ EMBEDDINGS = ("pooled", "texture", "both")
 # 448 0.987 / 0.923, the first also the fastest (bench/local_maps.py).
 PATCH_LAYERS = {"efficientnet_lite0": ("block2", "block4"),
                 "vgg19_features": ("conv2_2", "conv3_4")}
-PATCH_SIDE = 320
+PATCH_SIDE = 480
 CHANNEL_ORDERS = ("RGB", "BGR")
 
 
