@@ -1,7 +1,7 @@
 """Few-shot qualification of the simulated textile images of Megahed et al. (issue 16, item 5).
 
     .venv/bin/python bench/textile.py [--refs 10 50] [--test-per-class 200] [--seed 0]
-        [--models efficientnet-lite0 vgg19-conv] [--out out/bench-textile]
+        [--models efficientnet-lite0 vgg19-conv] [--out out/bench-textile] [--local]
 
 Data: the PyPI package `conformal-clip-data==0.1.4` (MIT), 250 x 250 greyscale images:
 nominal 1000, local defects 500 (a small patch, under 1 % of the image), global defects 500.
@@ -17,7 +17,9 @@ nominal images and whose negatives are N local and N global defects, `kb evaluat
 the threshold and review band come from the references' leave-one-out scores), then
 `kb calibrate` on the calibration part with its labels and `kb evaluate` again. The figures are
 taken from the evaluation's per-sample verdicts and scores, split into nominal vs local and
-nominal vs global, with the engine's own metrics.
+nominal vs global, with the engine's own metrics. With --local the assessment then turns the
+`local` role on (its bank: the N nominal references' patch features, nothing else) and is
+evaluated once more: the local z alone, and fused with the image and text roles.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import re
 import subprocess
 import sys
 import tempfile
@@ -98,6 +101,16 @@ def _workspace(root: Path, model: str, refs: Path) -> Path:
     return root
 
 
+def _with_local(root: Path, model: str) -> None:
+    """Turn the `local` role on for EA-1 (bank from its positive, nominal references), bound to
+    the benchmarked model, as a user would: edit the rules and kb.toml, then `kb sync`."""
+    config = root / "kb.toml"
+    config.write_text(re.sub(r'(?m)^local = "[^"]*"', f'local = "{model}"', config.read_text()))
+    rule = root / "rules" / "assessments" / "EA-1.toml"
+    rule.write_text(rule.read_text() + "\n[local]\nenabled = true\n")
+    _kb("sync", "-w", root)
+
+
 def _figures(document: dict, mode: str = "final") -> dict[str, dict[str, object]]:
     """Metrics of nominal vs each defect class, and of everything, from per-sample results."""
     rows = []
@@ -121,6 +134,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--models", nargs="+", default=["efficientnet-lite0", "vgg19-conv"])
     parser.add_argument("--out", type=Path, default=Path("out/bench-textile"))
+    parser.add_argument("--local", action="store_true",
+                        help="also evaluate with the local role on (alone, and fused)")
     args = parser.parse_args()
     rng = np.random.default_rng(args.seed)
     results = []
@@ -155,8 +170,16 @@ def main() -> None:
                 runs["after kb calibrate"] = json.loads(_kb(
                     "evaluate", test, "--labels-from-folders", "EA-1", "--accept", "nominal",
                     "--json", "-w", ws, "--out", root / "eval"))
-                for decision, document in runs.items():
-                    figures = _figures(document)
+                if args.local:
+                    _with_local(ws, model)
+                    document = json.loads(_kb(
+                        "evaluate", test, "--labels-from-folders", "EA-1", "--accept", "nominal",
+                        "--json", "-w", ws, "--out", root / "eval"))
+                    runs["local evidence alone"] = (document, "local")
+                    runs["fused with local"] = document
+                for decision, run in runs.items():
+                    document, mode = run if isinstance(run, tuple) else (run, "final")
+                    figures = _figures(document, mode)
                     results.append({"model": model, "refs_per_class": n,
                                     "decision": decision, "figures": figures})
                     print(_row(model, n, decision, figures), flush=True)

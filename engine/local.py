@@ -23,6 +23,7 @@ from engine.scoring import Normalization, population_stats
 MAP_WIDTH = 160  # the stored map's width in pixels: enough to see where, small in a record
 MAX_REGIONS = 10
 PROJECTION_DIM = 128  # k-center distances are computed in a random projection this wide
+CANDIDATES_PER_ROW = 32  # k-center searches at most this many patches per bank row
 
 
 @dataclass(frozen=True)
@@ -38,13 +39,18 @@ def coreset(features: np.ndarray, size: int, seed: int = 0) -> np.ndarray:
     """Indices of `size` rows chosen by greedy k-center (each next row the one farthest from
     those chosen), deterministic: it starts from the row nearest the mean and measures in a
     fixed random projection. The rare patches (a pore, an edge) are kept, the many alike
-    background patches thinned, which is what a nearest-neighbour bank needs."""
+    background patches thinned, which is what a nearest-neighbour bank needs. Beyond
+    CANDIDATES_PER_ROW x size rows, a fixed random subset of that many is searched, so fifty
+    references cost seconds, not minutes."""
     n = len(features)
     if size >= n:
         return np.arange(n)
-    x = np.asarray(features, dtype=np.float32)
+    rng = np.random.default_rng(seed)
+    pool = np.arange(n)
+    if n > CANDIDATES_PER_ROW * size:
+        pool = np.sort(rng.choice(n, CANDIDATES_PER_ROW * size, replace=False))
+    x = np.asarray(features[pool], dtype=np.float32)
     if x.shape[1] > PROJECTION_DIM:
-        rng = np.random.default_rng(seed)
         x = x @ rng.standard_normal((x.shape[1], PROJECTION_DIM)).astype(np.float32)
     start = int(np.argmin(((x - x.mean(axis=0)) ** 2).sum(axis=1)))
     chosen = np.empty(size, dtype=np.int64)
@@ -54,7 +60,7 @@ def coreset(features: np.ndarray, size: int, seed: int = 0) -> np.ndarray:
         pick = int(np.argmax(nearest))
         chosen[i] = pick
         nearest = np.minimum(nearest, ((x - x[pick]) ** 2).sum(axis=1))
-    return chosen
+    return pool[chosen]
 
 
 def nearest_distances(patches: np.ndarray, bank: np.ndarray, chunk: int = 4096) -> np.ndarray:
@@ -70,10 +76,13 @@ def nearest_distances(patches: np.ndarray, bank: np.ndarray, chunk: int = 4096) 
     return out
 
 
-def build_bank(grids: Sequence[np.ndarray], size: int) -> np.ndarray:
-    """(k, d) float32: the coreset of every patch of these (h, w, d) feature grids."""
+def build_bank(grids: Sequence[np.ndarray], size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(k, d) float32: the coreset of every patch of these (h, w, d) feature grids, and (k,)
+    the index of the grid each bank row came from."""
     flat = np.concatenate([np.asarray(g, np.float32).reshape(-1, g.shape[-1]) for g in grids])
-    return flat[coreset(flat, size)]
+    source = np.concatenate([np.full(g.shape[0] * g.shape[1], i) for i, g in enumerate(grids)])
+    chosen = coreset(flat, size)
+    return flat[chosen], source[chosen]
 
 
 def patch_map(grid: np.ndarray, bank: np.ndarray) -> np.ndarray:
@@ -170,14 +179,17 @@ class LocalResult:
 def fit(grids: Sequence[np.ndarray], sizes: Sequence[tuple[int, int]],
         settings: LocalSettings) -> LocalModel:
     """The bank of all positive reference grids, normalised leave-one-out: each reference is
-    scored against a bank built without its own patches."""
-    bank = build_bank(grids, settings.coreset)
+    scored against the bank without the rows its own patches gave (one coreset, not one per
+    reference; a little stricter than a bank rebuilt without it, as its neighbourhood may
+    have been covered by its own patch)."""
+    bank, source = build_bank(grids, settings.coreset)
     scores, peaks = [], []
     if len(grids) >= 2:
         for i in range(len(grids)):
-            others = [g for j, g in enumerate(grids) if j != i]
-            anomaly = upsample(patch_map(grids[i], build_bank(others, settings.coreset)),
-                               sizes[i])
+            others = bank[source != i]
+            if len(others) == 0:
+                continue
+            anomaly = upsample(patch_map(grids[i], others), sizes[i])
             scores.append(image_score(anomaly, settings))
             peaks.append(float(anomaly.max()))
     norm = None

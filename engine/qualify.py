@@ -331,8 +331,9 @@ def _plan_run(
             qualified_shas(session, row.id, base) if options.skip_existing else frozenset()
         )
         setup = plan_roles(session, row.id, ruleset, models, options.normalize)
+        wants_local = any(a.local is not None for a in ruleset.assessments.values())
         local = (plan_local(session, ruleset, models.encoder("local"))
-                 if models.spec("local") is not None else {})
+                 if wants_local and models.spec("local") is not None else {})
         thresholds = calibrated_thresholds(calibration)
         from_references = {
             key: choice

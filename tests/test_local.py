@@ -14,6 +14,7 @@ from PIL import Image
 from engine.evaluation.metrics import aupro, binary_auroc, pixel_auroc
 from engine.local import (
     LocalSettings,
+    build_bank,
     coreset,
     fit,
     image_score,
@@ -40,6 +41,30 @@ def test_the_coreset_keeps_the_rare_patch_and_is_deterministic():
     assert len(set(chosen.tolist())) == 5
     assert np.array_equal(chosen, coreset(features, 5))
     assert np.array_equal(coreset(features, 500), np.arange(201))  # small enough: all of it
+
+
+def test_a_large_pool_is_searched_through_a_fixed_subset_and_still_spans_it():
+    rng = np.random.default_rng(1)
+    features = rng.normal(0.0, 1.0, (40 * 32 + 500, 3))
+    chosen = coreset(features, 40)
+    assert len(set(chosen.tolist())) == 40 and chosen.max() < len(features)
+    assert np.array_equal(chosen, coreset(features, 40))
+    spread = nearest_distances(features, features[chosen]).max()
+    assert spread < nearest_distances(features, features[:40]).max()  # covers better than any 40
+
+
+def test_each_reference_is_scored_without_the_bank_rows_of_its_own_patches():
+    """A patch only one reference has is in the bank, so that reference alone scores it 0;
+    left out, it is what makes the references' own highest departure (the threshold)."""
+    plain = [np.zeros((4, 4, 2), np.float32) for _ in range(3)]
+    odd = np.zeros((4, 4, 2), np.float32)
+    odd[1, 2] = (3.0, 4.0)
+    grids = [*plain, odd]
+    bank, source = build_bank(grids, 64)
+    assert sorted(set(source.tolist())) == [0, 1, 2, 3] and len(bank) == 64
+    model = fit(grids, [(64, 64)] * 4, LocalSettings(quantile=1.0))
+    assert 2.0 < model.threshold <= 5.0 + 1e-4  # the odd patch's distance 5, upsampled, blurred
+    assert score(model, odd, (64, 64)).score == pytest.approx(0.0, abs=1e-3)
 
 
 def test_nearest_distances_by_hand():

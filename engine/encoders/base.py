@@ -105,15 +105,18 @@ class Encoder(ABC):
         """(batch, dim) text embeddings, not yet normalised."""
 
 
-def local_grid(maps: Sequence[torch.Tensor]) -> torch.Tensor:
-    """(h, w, d): (1, c, h, w) layer maps averaged over 3x3 neighbourhoods, resized to the
-    finest one's grid and concatenated along channels."""
+def local_grid(maps: Sequence[torch.Tensor], grid: int = 0) -> torch.Tensor:
+    """(h, w, d): (1, c, h, w) layer maps averaged over 3x3 neighbourhoods, brought to the
+    grid of maps[grid] (finer maps area-averaged down, coarser ones bilinearly up) and
+    concatenated along channels."""
     pooled = [torch.nn.functional.avg_pool2d(m.float(), 3, stride=1, padding=1,
                                              count_include_pad=False) for m in maps]
-    size = pooled[0].shape[-2:]
-    resized = [pooled[0]] + [
-        torch.nn.functional.interpolate(m, size=size, mode="bilinear", align_corners=False)
-        for m in pooled[1:]
+    size = pooled[grid].shape[-2:]
+    resized = [
+        m if m.shape[-2:] == size
+        else torch.nn.functional.adaptive_avg_pool2d(m, size) if m.shape[-1] > size[-1]
+        else torch.nn.functional.interpolate(m, size=size, mode="bilinear", align_corners=False)
+        for m in pooled
     ]
     return torch.cat(resized, dim=1)[0].permute(1, 2, 0).contiguous()
 

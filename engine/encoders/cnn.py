@@ -43,7 +43,9 @@ EMBEDDINGS = ("pooled", "texture", "both")
 # first (aspect kept). Chosen on `kb synth --seed 11` pore maps: Lite0 block2+block4 at 320
 # gave pixel AUROC 0.991 / AUPRO 0.937, block4+block10 0.981 / 0.892 and block4+block7 at
 # 448 0.987 / 0.923, the first also the fastest (bench/local_maps.py).
-PATCH_LAYERS = {"efficientnet_lite0": ("block2", "block4"),
+# The local role's layers (strides 2 and 4, on the grid of the second): fine enough for a
+# pore of a few pixels or a speck in a weave, which deeper layers' context blurs away.
+PATCH_LAYERS = {"efficientnet_lite0": ("block1", "block2"),
                 "vgg19_features": ("conv2_2", "conv3_4")}
 PATCH_SIDE = 480
 CHANNEL_ORDERS = ("RGB", "BGR")
@@ -257,4 +259,4 @@ class CnnEncoder(Encoder):
     def _patch_grid(self, image: Image.Image) -> torch.Tensor:
         layers = PATCH_LAYERS[self.config.architecture]
         taps = self.model.forward_taps(patch_pixels(image, self.config), layers)  # type: ignore[operator]
-        return local_grid([taps[layer] for layer in layers])
+        return local_grid([taps[layer] for layer in layers], grid=1)
