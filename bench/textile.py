@@ -105,7 +105,7 @@ def _with_local(root: Path, model: str) -> None:
     """Turn the `local` role on for EA-1 (bank from its positive, nominal references), bound to
     the benchmarked model, as a user would: edit the rules and kb.toml, then `kb sync`."""
     config = root / "kb.toml"
-    config.write_text(re.sub(r'(?m)^local = "[^"]*"', f'local = "{model}"', config.read_text()))
+    config.write_text(re.sub(r'(?m)^#? ?local = "[^"]*"', f'local = "{model}"', config.read_text()))
     rule = root / "rules" / "assessments" / "EA-1.toml"
     rule.write_text(rule.read_text() + "\n[local]\nenabled = true\n")
     _kb("sync", "-w", root)

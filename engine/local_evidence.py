@@ -38,9 +38,12 @@ def settings_of(assessment: Assessment) -> LocalSettings:
     return LocalSettings(rule.quantile, rule.top_k, rule.coreset)
 
 
-def plan_local(session: Session, ruleset: Ruleset, encoder: Encoder) -> dict[str, LocalPlan]:
+def plan_local(session: Session, ruleset: Ruleset, encoder: Encoder,
+               fitted: dict[tuple, LocalPlan] | None = None) -> dict[str, LocalPlan]:
     """A fitted bank per assessment with [local] enabled (each reference's patches computed
-    once, shared by assessments that share it)."""
+    once, shared by assessments that share it). `fitted` keeps banks across runs, keyed by
+    the model, the settings and the references' hashes: the same inputs, the same bank."""
+    fitted = {} if fitted is None else fitted
     grids: dict[str, np.ndarray] = {}
     sizes: dict[str, tuple[int, int]] = {}
     plans: dict[str, LocalPlan] = {}
@@ -48,6 +51,10 @@ def plan_local(session: Session, ruleset: Ruleset, encoder: Encoder) -> dict[str
         if a.local is None:
             continue
         refs = a.references_of("positive")
+        key = (encoder.fingerprint, settings_of(a), tuple(r.sha256 for r in refs))
+        if key in fitted:
+            plans[a.key] = fitted[key]
+            continue
         for r in refs:
             if r.sha256 not in grids:
                 image = reference_image_loader(session, r.sha256)()
@@ -58,7 +65,7 @@ def plan_local(session: Session, ruleset: Ruleset, encoder: Encoder) -> dict[str
         note = None if model.norm is not None else (
             "local evidence needs at least two positive reference images that differ, "
             "to standardise its score leave-one-out")
-        plans[a.key] = LocalPlan(model, note)
+        plans[a.key] = fitted[key] = LocalPlan(model, note)
     return plans
 
 

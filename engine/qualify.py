@@ -332,7 +332,7 @@ def _plan_run(
         )
         setup = plan_roles(session, row.id, ruleset, models, options.normalize)
         wants_local = any(a.local is not None for a in ruleset.assessments.values())
-        local = (plan_local(session, ruleset, models.encoder("local"))
+        local = (plan_local(session, ruleset, models.encoder("local"), models.local_plans)
                  if wants_local and models.spec("local") is not None else {})
         thresholds = calibrated_thresholds(calibration)
         from_references = {

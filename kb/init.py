@@ -78,7 +78,7 @@ source = "vlkb:{GENERIC_IMAGE_MODEL}"
 [roles]
 {text_role}
 {image_role}  # image <-> reference-image similarity (vision-vision)
-local = "{GENERIC_IMAGE_MODEL}"  # patch features <-> the positive references, where [local] asks
+# local = "{GENERIC_IMAGE_MODEL}"  # anomaly maps, for assessments with a [local] table
 """
 
 

@@ -236,7 +236,7 @@ def test_every_stored_node_records_the_decision_rule_that_produced_it(workspace:
                 "combine", inherited.get("combine", "strictest")
             )
             assert rule["threshold_source"] == "rules"
-            assert set(rule["weights"]) == {"text", "image"}
+            assert set(rule["weights"]) == {"text", "image", "local"}  # one per role
             assert rule["measurement_rules"] == [
                 {
                     "quantity": m["quantity"], "op": m["op"], "limit": m["limit"],

@@ -379,12 +379,12 @@ def test_a_new_workspace_binds_the_installed_generic_encoder_and_says_text_needs
     kb("init", root)
     text = (root / "kb.toml").read_text()
     assert 'image = "efficientnet-lite0"' in text and 'text = ""' in text
-    assert 'local = "efficientnet-lite0"' in text
+    assert '# local = "efficientnet-lite0"' in text  # one uncommented line turns maps on
     assert "vision-language model" in text
     code, out, err = kb("models", "--json", "-w", root)
     models = {m["name"]: m for m in json.loads(out)["models"]}
     generic = models["efficientnet-lite0"]
-    assert generic["roles"] == ["image", "local"] and generic["backend"] == "cnn"
+    assert generic["roles"] == ["image"] and generic["backend"] == "cnn"
     assert generic["offline"] is True, f"run `make install`: {generic['detail']}"
     code, out, err = kb("models", "-w", root)
     assert "role 'text' is unbound" in err and "vision-language model" in err

@@ -272,3 +272,26 @@ def test_local_evidence_left_unfused_is_shown_and_the_verdict_is_the_other_evide
     local_z = next(e["z"] for e in added["evidence"] if e.get("role") == "local")
     assert local_z == pytest.approx(by_role["local"]["z"])
     assert added["score"] == pytest.approx(others + local_z)
+
+
+def test_a_bank_is_fitted_once_per_model_settings_and_references(tmp_path):
+    """A server judges one upload per request: the second run reuses the fitted banks, and
+    other references make a new one."""
+    from engine.encoders.roles import ModelSet
+    from engine.local_evidence import plan_local
+    from engine.session import VLKB
+    from engine.sync import current_ruleset
+
+    workspace = shipped_copy(tmp_path / "ws")
+    with VLKB(workspace) as vlkb:
+        models: ModelSet = vlkb.models
+        encoder = models.encoder("local")
+        with vlkb.kb.transaction() as session:
+            _, ruleset = current_ruleset(session, workspace)
+            first = plan_local(session, ruleset, encoder, models.local_plans)
+            again = plan_local(session, ruleset, encoder, models.local_plans)
+            fresh = plan_local(session, ruleset, encoder)
+    assert set(first) == {"EA-4", "EA-6"} and len(models.local_plans) == 2
+    assert all(again[key] is first[key] for key in first)
+    assert all(fresh[key] is not first[key] for key in first)
+    assert np.array_equal(fresh["EA-4"].model.bank, first["EA-4"].model.bank)  # same inputs

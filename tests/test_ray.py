@@ -23,7 +23,8 @@ from tests.cli_runner import kb
 from tests.workspaces import REPO, example_copy, micrograph, new_workspace, write_carbide_assessment
 
 EXAMPLES = REPO / "examples"
-TOLERANCE = 1e-6  # the scores' agreement the issue asks for; in practice they differ by ~1e-7
+TOLERANCE = 1e-6  # the scores' agreement the issue asks for (relative above 1: a local z of
+# -25 from float32 patch features differs by ~1e-6 between processes); in practice ~1e-7
 
 
 def shipped_example(root: Path) -> Workspace:
@@ -67,7 +68,7 @@ def assert_same_documents(ours: list[dict], theirs: list[dict]) -> None:
             for p, q in zip(scores_of(x), scores_of(y), strict=True):
                 assert (p is None) == (q is None), (x["key"], p, q)
                 if p is not None:
-                    assert abs(p - q) <= TOLERANCE, (x["key"], p, q)
+                    assert abs(p - q) <= TOLERANCE * max(1.0, abs(q)), (x["key"], p, q)
 
 
 def assert_same_results(ours: list[QualificationResult], theirs: list[QualificationResult]):
@@ -102,7 +103,8 @@ def test_ray_judges_the_example_as_in_process_does_and_a_bad_file_fails_alone(
     assert code == 0 and f"{len(images)} qualification(s)" in out, err
     # The driver cached what the workers embedded, as the in-process executor caches.
     shas = [q["sample"]["sha256"] for q in got["qualifications"]]
-    (model,) = {m["fingerprint"] for m in got["qualifications"][0]["models"]}
+    (model,) = {m["fingerprint"] for m in got["qualifications"][0]["models"]
+                if m["role"] in ("text", "image")}
     for ws in (local, distributed):
         with VLKB(ws) as vlkb, vlkb.kb.reading() as session:
             for modality in ("image", "appearance"):
@@ -129,7 +131,9 @@ def test_two_workers_stream_a_batch_normalised_run_across_chunks_in_input_order(
     assert_same_results(got.results, expected.results)
     z = [e for r in got.results for n in r.nodes for e in n.evidence
          if isinstance(e, VLREvidence) and e.z is not None]
-    assert z and all(e.normalization == "batch (n=40)" for e in z)
+    # the vision-language roles over the batch; local evidence always by its references
+    assert z and all(e.normalization == "batch (n=40)" for e in z if e.role != "local")
+    assert all(e.normalization.startswith("references") for e in z if e.role == "local")
 
 
 def test_evaluate_on_ray_scores_the_labels_as_in_process_does(

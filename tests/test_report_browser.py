@@ -156,7 +156,7 @@ def test_local_evidence_draws_its_anomaly_map_and_regions(
              "map": "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode(),
              "regions": [REGION]}
     ea4 = next(n for n in document["nodes"] if n["key"] == "EA-4")
-    ea4["evidence"].append(local)
+    ea4["evidence"] = [e for e in ea4["evidence"] if e.get("role") != "local"] + [local]
     picture = (EXAMPLES / "porous-bead.png").read_bytes()
     html = render_qualification(document, {document["sample"]["sha256"]: picture})
     path = write_report(tmp_path / "local.html", html)

@@ -72,7 +72,7 @@ def example(request: pytest.FixtureRequest, tmp_path: Path, uploads_dir: Path) -
     root = tmp_path / "example"
     root.mkdir()
     config = (REPO / "kb.toml").read_text(encoding="utf-8")
-    config = re.sub(r'(?m)^(text|image)\s*=\s*"[^"]*"', r'\1 = ""', config)
+    config = re.sub(r'(?m)^(text|image|local)\s*=\s*"[^"]*"', r'\1 = ""', config)
     (root / "kb.toml").write_text(config, encoding="utf-8")
     shutil.copytree(REPO / "rules", root / "rules")
     ws = Workspace.open(root)
@@ -476,7 +476,7 @@ def test_models_add_loaded_and_roles_to_kb_models(client: TestClient, example: W
         json.loads(out)["models"]
     )
     assert [(r["role"], r["model"], r["loaded"]) for r in document["roles"]] == [
-        ("text", None, False), ("image", None, False)
+        ("text", None, False), ("image", None, False), ("local", None, False)
     ]
     page = client.get("/").text
     assert 'data-role="text"' in page and "unbound" in page

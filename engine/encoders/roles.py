@@ -10,6 +10,7 @@ from kb.errors import ModelLoadError
 
 if TYPE_CHECKING:  # the backends import torch: only a command that embeds pays for it
     from engine.encoders.base import Encoder
+    from engine.local_evidence import LocalPlan
 
 
 class ModelSet:
@@ -19,6 +20,9 @@ class ModelSet:
         self._config = config
         self._loaded: dict[str, Encoder] = {}
         self._fingerprints: dict[str, str] = {}
+        # Fitted local banks (engine.local_evidence), kept as long as the models that made
+        # them, so a server judging one upload at a time fits each bank once.
+        self.local_plans: dict[tuple, LocalPlan] = {}
 
     def spec(self, role: str) -> ModelSpec | None:
         return self._config.model_for_role(role)
