@@ -55,23 +55,12 @@ class Encoder(ABC):
         """(n, dim) float32, unit rows; texts are padded and truncated to the model's max length."""
         return self._batched([str(text) for text in texts], self._embed_text_batch)
 
-    def patch_features(self, images: Sequence[Image.Image]) -> np.ndarray:
-        """(n, h, w, d) float32: one feature vector per patch, for the `local` role.
-
-        The maps of one or two layers of the image tower, the coarser resized to the finer
-        grid and concatenated, each averaged over its 3x3 neighbourhood (PatchCore's local
-        context). The images must give the same grid (the same size); `patch_grids` takes
-        any mix.
-        """
-        grids = self.patch_grids(images)
-        if not grids:
-            return np.zeros((0, 0, 0, 0), dtype=np.float32)
-        return np.stack(grids)
-
     def patch_grids(self, images: Sequence[Image.Image]) -> list[np.ndarray]:
-        """One (h, w, d) float32 grid per image, each image on its own (sizes may differ)."""
+        """One (h, w, d) float32 grid of patch features per image, for the `local` role: the
+        maps of one or two layers of the image tower on one grid, each averaged over its 3x3
+        neighbourhood (PatchCore's local context). Each image on its own: sizes may differ."""
         with torch.inference_mode():
-            return [self._patch_grid(image.convert("RGB")).float().numpy().astype(np.float32)
+            return [self._patch_grid(image.convert("RGB")).float().numpy()
                     for image in images]
 
     def _patch_grid(self, image: Image.Image) -> torch.Tensor:

@@ -175,12 +175,7 @@ def pixels(images: Sequence[Image.Image], config: CnnConfig) -> torch.Tensor:
         for image in images
     ]
     batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
-    if config.channel_order == "BGR":
-        batch = batch.flip(1)
-    batch = batch * (config.pixel_scale / 255.0)
-    mean = torch.tensor(config.mean, dtype=torch.float32).view(1, 3, 1, 1)
-    std = torch.tensor(config.std, dtype=torch.float32).view(1, 3, 1, 1)
-    return ((batch - mean) / std).contiguous(memory_format=torch.channels_last)
+    return _normalised(batch, config)
 
 
 def patch_pixels(image: Image.Image, config: CnnConfig, side: int | None = None) -> torch.Tensor:
@@ -190,6 +185,12 @@ def patch_pixels(image: Image.Image, config: CnnConfig, side: int | None = None)
     size = tuple(max(32, round(v * scale / 32) * 32) for v in image.size)
     array = np.asarray(image.resize(size, Image.Resampling.BILINEAR), np.float32)
     batch = torch.from_numpy(array).permute(2, 0, 1)[None]
+    return _normalised(batch, config)
+
+
+def _normalised(batch: torch.Tensor, config: CnnConfig) -> torch.Tensor:
+    """(B, 3, h, w) RGB pixels 0-255 in the channel order, scale and normalisation of the
+    weights, channels-last as the network runs fastest."""
     if config.channel_order == "BGR":
         batch = batch.flip(1)
     batch = batch * (config.pixel_scale / 255.0)
