@@ -55,11 +55,12 @@ def coreset(features: np.ndarray, size: int, seed: int = 0) -> np.ndarray:
     start = int(np.argmin(((x - x.mean(axis=0)) ** 2).sum(axis=1)))
     chosen = np.empty(size, dtype=np.int64)
     chosen[0] = start
-    nearest = ((x - x[start]) ** 2).sum(axis=1)
-    for i in range(1, size):
+    squared = np.einsum("ij,ij->i", x, x)  # |a - b|^2 = |a|^2 + |b|^2 - 2 a.b: one product
+    nearest = squared + squared[start] - 2.0 * (x @ x[start])  # per pick instead of a pass
+    for i in range(1, size):  # over a copy of every row
         pick = int(np.argmax(nearest))
         chosen[i] = pick
-        nearest = np.minimum(nearest, ((x - x[pick]) ** 2).sum(axis=1))
+        np.minimum(nearest, squared + squared[pick] - 2.0 * (x @ x[pick]), out=nearest)
     return pool[chosen]
 
 

@@ -20,7 +20,8 @@ from kb.errors import DatabaseError
 # 2: expert feedback and the cross-kind audit chain (migrated from 1)
 # 3: rulesets, calibrations and normalisation statistics in the chain, record IDs and kinds
 #    hashed, a per-entry format and an optional MAC; the image table guarded (from 1 or 2)
-SCHEMA_VERSION = 3
+# 4: the local_bank cache of fitted local-evidence banks (a new table, nothing else moves)
+SCHEMA_VERSION = 4
 APPEND_ONLY_TABLES = (
     "qualification",
     "node_verdict",

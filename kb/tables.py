@@ -97,6 +97,25 @@ class Embedding(SQLModel, table=True):
     vector: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
 
 
+class LocalBank(SQLModel, table=True):
+    """A fitted local-evidence bank (float32 rows) and the statistics of its references: a
+    pure function of the model and of `key_sha256` (settings and positive references), kept
+    so a run reads it instead of fitting it again."""
+
+    __tablename__ = "local_bank"
+    __table_args__ = (UniqueConstraint("model_fingerprint", "key_sha256"),)
+    id: int | None = Field(default=None, primary_key=True)
+    model_fingerprint: str = Field(index=True)
+    key_sha256: str
+    rows: int
+    dim: int
+    bank: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    mu: float | None = None  # of the references' leave-one-out deltas; None: fewer than two
+    sigma: float | None = None
+    count: int | None = None
+    threshold: float | None = None  # the references' highest map value; None: no reference
+
+
 class NormalizationStat(SQLModel, table=True):
     """mu and sigma of an assessment's delta for one role and model, for `calibrated` z-scores."""
 

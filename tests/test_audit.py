@@ -18,6 +18,7 @@ from sqlalchemy.exc import DBAPIError
 import reports
 from engine.session import VLKB
 from engine.sync import sync_workspace
+from kb.db import SCHEMA_VERSION
 from tests.backends import both_backends, is_postgres, sql, unguard, url_of, without_foreign_keys
 from tests.cli_runner import kb
 from tests.workspaces import micrograph, new_workspace, use_database, write_carbide_assessment
@@ -489,7 +490,7 @@ def test_a_schema_1_database_migrates_and_its_chain_still_verifies(tmp_path):
     )
     code, out, err = kb("audit", "verify", "-w", root)
     assert code == 0 and "2 qualification(s)" in out, err
-    assert sql(root, "SELECT version FROM schema_info") == [(3,)]
+    assert sql(root, "SELECT version FROM schema_info") == [(SCHEMA_VERSION,)]
     assert sql(
         root, "SELECT record_id FROM audit_chain WHERE kind = 'qualification' ORDER BY seq"
     ) == [(1,), (2,)]
@@ -855,7 +856,7 @@ def test_a_damaged_database_refuses_writes_and_verify_reports_it(ws, tmp_path):
     assert code == 1 and "damaged" in err and "Traceback" not in err
 
 
-# --- schema 3 migration of a real schema-2 database --------------------------------------------
+# --- migration of a real schema-2 database --------------------------------------------
 
 
 
@@ -871,7 +872,7 @@ def test_a_real_schema_2_database_migrates_keeps_verifying_and_extends_in_the_ne
     shutil.copy(SCHEMA_2, root / "kb.sqlite")
     code, report, err = verify(root)
     assert code == 0, (report, err)
-    assert sql(root, "SELECT version FROM schema_info") == [(3,)]
+    assert sql(root, "SELECT version FROM schema_info") == [(SCHEMA_VERSION,)]
     kinds = [k for k, _ in chain_kinds(root)]
     assert kinds[:4] == ["qualification", "qualification", "feedback", "qualification"]
     assert set(kinds[4:]) == {"ruleset", "normalization_stat", "calibration"}
@@ -889,6 +890,22 @@ def test_a_real_schema_2_database_migrates_keeps_verifying_and_extends_in_the_ne
     sql(root, "UPDATE feedback SET comment = 'edited' WHERE id = 1")
     code, report, _ = verify(root)
     assert code == 1 and report["first_bad"] == {"kind": "feedback", "id": 1}
+
+
+def test_a_schema_3_database_gains_the_local_bank_cache_and_keeps_its_chain(tmp_path):
+    """Schema 4 only adds the local-bank cache: a schema-3 database opens, gains the table
+    and keeps every record and chain entry it had."""
+    root = tmp_path / "old"
+    new_workspace(root)
+    shutil.copy(SCHEMA_2, root / "kb.sqlite")
+    assert verify(root)[0] == 0
+    entries = sql(root, "SELECT COUNT(*) FROM audit_chain")
+    sql(root, "DROP TABLE local_bank", "UPDATE schema_info SET version = 3")
+    code, report, err = verify(root)
+    assert code == 0, (report, err)
+    assert sql(root, "SELECT version FROM schema_info") == [(SCHEMA_VERSION,)]
+    assert sql(root, "SELECT COUNT(*) FROM local_bank") == [(0,)]
+    assert sql(root, "SELECT COUNT(*) FROM audit_chain") == entries
 
 
 def test_an_old_format_record_after_a_new_format_one_is_refused(tmp_path):

@@ -295,3 +295,43 @@ def test_a_bank_is_fitted_once_per_model_settings_and_references(tmp_path):
     assert all(again[key] is first[key] for key in first)
     assert all(fresh[key] is not first[key] for key in first)
     assert np.array_equal(fresh["EA-4"].model.bank, first["EA-4"].model.bank)  # same inputs
+    assert fresh["EA-4"].model.norm == first["EA-4"].model.norm
+    assert fresh["EA-4"].model.threshold == first["EA-4"].model.threshold
+
+
+def test_a_fitted_bank_is_kept_in_the_knowledge_base_and_read_back_as_stored(tmp_path):
+    """A CLI run is a new process: it reads the bank a run before it stored (one row per
+    model, settings and references) and uses it as stored, rather than fitting again."""
+    from sqlmodel import select
+
+    from engine.local_evidence import bank_key, plan_local, settings_of
+    from engine.session import VLKB
+    from engine.sync import current_ruleset
+    from kb.local_banks import StoredBank, store_bank
+    from kb.tables import LocalBank
+
+    def planned(workspace, plant=None):
+        with VLKB(workspace) as vlkb, vlkb.kb.transaction() as session:
+            _, ruleset = current_ruleset(session, workspace)
+            encoder = vlkb.models.encoder("local")
+            if plant is not None:
+                ea4 = ruleset.assessments["EA-4"]
+                refs = [r.sha256 for r in ea4.references_of("positive")]
+                store_bank(session, encoder.fingerprint, bank_key(settings_of(ea4), refs), plant)
+            plans = plan_local(session, ruleset, encoder)
+            return plans, len(session.exec(select(LocalBank)).all())
+
+    workspace = shipped_copy(tmp_path / "ws")
+    first, rows = planned(workspace)
+    again, rows_again = planned(workspace)
+    assert rows == rows_again == 2  # EA-4 and EA-6, stored once
+    assert np.array_equal(again["EA-4"].model.bank, first["EA-4"].model.bank)
+    assert again["EA-6"].model.norm == first["EA-6"].model.norm
+
+    bank = first["EA-4"].model.bank
+    planted = StoredBank(bank[:5] + 1.0, 0.5, 2.0, 3, 7.0)
+    plans, _ = planned(shipped_copy(tmp_path / "other"), plant=planted)
+    model = plans["EA-4"].model
+    assert np.array_equal(model.bank, planted.bank) and model.threshold == 7.0
+    assert (model.norm.mu, model.norm.sigma, model.norm.count) == (0.5, 2.0, 3)
+    assert np.array_equal(plans["EA-6"].model.bank, first["EA-6"].model.bank)  # fitted

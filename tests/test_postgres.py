@@ -30,7 +30,7 @@ from kb.audit import (
     verify_chain,
 )
 from kb.config import Workspace
-from kb.db import APPEND_ONLY_TABLES, BEGIN_ATTEMPTS
+from kb.db import APPEND_ONLY_TABLES, BEGIN_ATTEMPTS, SCHEMA_VERSION
 from kb.embeddings import cached_embeddings, store_embeddings
 from kb.errors import DatabaseError
 from kb.tables import Calibration, NormalizationStat
@@ -295,7 +295,7 @@ def test_processes_opening_a_new_database_at_once_create_it_once(database_url):
     for opener in openers:
         opener.join(timeout=300)
     assert [o.exitcode for o in openers] == [0, 0, 0]
-    assert raw(database_url, "SELECT version FROM schema_info") == [(3,)]
+    assert raw(database_url, "SELECT version FROM schema_info") == [(SCHEMA_VERSION,)]
 
 
 # --- kb migrate --------------------------------------------------------------------------------
