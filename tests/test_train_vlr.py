@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import tomllib
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from engine.training.captions import (
     normalise,
 )
 from engine.training.example import phase_cells, render_resized
+from engine.training.model_card import record_generalisation
 from engine.training.paraphrases import HELD_OUT, PARAPHRASES
 from engine.training.train import TrainConfig, make_processor, to_pixel_values, train
 from kb.config import DEFAULT_LEGEND, ModelSpec
@@ -200,6 +202,24 @@ def test_training_writes_a_loadable_checkpoint_and_card(tiny_run) -> None:
     assert "kb synth --n 12 --seed 11" in card
     config = json.loads((outdir / "config.json").read_text())
     assert config["text_config"]["_name_or_path"] == dual.MINILM_L6_V2.upstream
+
+
+def test_a_generalisation_table_is_kept_in_the_record_and_shown_on_the_card(
+    tiny_run, tmp_path: Path
+) -> None:
+    outdir = tmp_path / "copy"
+    shutil.copytree(tiny_run[0], outdir)
+    record_generalisation(outdir, "Per generator family", "python bench/x.py --n 3", "Three.",
+                          "| test set | EA-1 hybrid |\n| --- | --- |\n| haz | 0.950 (2%) |")
+    record_generalisation(outdir, "Per generator family", "python bench/x.py --n 4", "Four.",
+                          "| test set | EA-1 hybrid |\n| --- | --- |\n| haz | 0.900 (1%) |")
+    stored = json.loads((outdir / "training.json").read_text())["generalisation"]
+    assert list(stored) == ["Per generator family"] and stored["Per generator family"][
+        "command"] == "python bench/x.py --n 4"
+    card = (outdir / "MODEL_CARD.md").read_text()
+    assert "## Generalisation" in card and "| haz | 0.900 (1%) |" in card
+    assert "0.950" not in card and "`python bench/x.py --n 4`" in card
+    load_encoder(ModelSpec(name="copy", backend="dual", source=str(outdir)))  # sums still hold
 
 
 def test_training_is_reproducible_and_refuses_a_used_folder(tiny_run, tmp_path: Path) -> None:

@@ -65,6 +65,8 @@ def model_card(record: dict) -> str:
     lines = [TITLE, "", *_introduction(), "", "## Training", "", *_training(record), ""]
     if record.get("evaluation"):
         lines += ["## Evaluation", "", *_evaluation(record), ""]
+    if record.get("generalisation"):
+        lines += ["## Generalisation", "", *_generalisation(record), ""]
     if record.get("notes"):
         lines += ["## Development notes", "", *[f"- {note}" for note in record["notes"]], ""]
     lines += ["## Limits", "", *_limits(), ""]
@@ -164,6 +166,28 @@ def _evaluation(record: dict) -> list[str]:
         f"within {ROBUSTNESS_TOLERANCE:.2f} of the shipped prompts' text. "
         + ("All met." if not missed else "Missed: " + "; ".join(missed) + "."),
     ]
+
+
+def record_generalisation(outdir: Path, name: str, command: str, note: str, table: str) -> None:
+    """Keep one generalisation table (e.g. per generator family, or leave one family out) in
+    training.json under `name`, replacing an older one of that name; rewrite the card and the
+    checksums."""
+    path = Path(outdir) / "training.json"
+    record = json.loads(path.read_text(encoding="utf-8"))
+    tables = record.setdefault("generalisation", {})
+    tables[name] = {"command": command, "note": note, "markdown": table}
+    path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    write_model_card(outdir)
+    text_tower.write_checksums(outdir)
+
+
+def _generalisation(record: dict) -> list[str]:
+    """Each stored table with the command that measured it (bench/family_generalisation.py)."""
+    lines: list[str] = []
+    for name, table in record["generalisation"].items():
+        lines += [f"### {name}", "", table["note"], "", f"`{table['command']}`", "",
+                  table["markdown"], ""]
+    return lines[:-1]
 
 
 def _limits() -> list[str]:
