@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from sqlalchemy import ColumnElement
 from sqlmodel import Session, select
 
 from kb.tables import LocalBank
@@ -26,13 +27,14 @@ class StoredBank:
     threshold: float | None  # None: no reference map to take it from (infinite)
 
 
+def _of(fingerprint: str, key: str) -> ColumnElement[bool]:
+    """The where-clause of one model's bank for one key."""
+    return (LocalBank.model_fingerprint == fingerprint) & (LocalBank.key_sha256 == key)
+
+
 def cached_bank(session: Session, fingerprint: str, key: str) -> StoredBank | None:
     """The stored bank for this model and key, or None."""
-    row = session.exec(
-        select(LocalBank).where(
-            LocalBank.model_fingerprint == fingerprint, LocalBank.key_sha256 == key
-        )
-    ).first()
+    row = session.exec(select(LocalBank).where(_of(fingerprint, key))).first()
     if row is None:
         return None
     bank = np.frombuffer(row.bank, dtype=np.float32).reshape(row.rows, row.dim).copy()
@@ -41,8 +43,8 @@ def cached_bank(session: Session, fingerprint: str, key: str) -> StoredBank | No
 
 def store_bank(session: Session, fingerprint: str, key: str, stored: StoredBank) -> None:
     """Keep a fitted bank unless one is stored for this model and key already."""
-    if cached_bank(session, fingerprint, key) is not None:
-        return
+    if session.exec(select(LocalBank.id).where(_of(fingerprint, key))).first() is not None:
+        return  # checked without reading the blob back
     bank = np.ascontiguousarray(stored.bank, dtype=np.float32)
     session.add(
         LocalBank(
