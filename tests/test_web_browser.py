@@ -223,6 +223,10 @@ def test_qualify_move_a_verdict_report_and_feedback_in_chromium(
     assert page.locator("#run-results details.why").count() == 2
     assert page.locator("#run-results h2").count() == 1  # one results section, not three
     assert "notes.png" in page.locator("#run-results ul.failures").inner_text()
+    page.wait_for_function(  # loaded or failed: a broken image is complete with width 0
+        "() => [...document.querySelectorAll('#run-results td.thumb img')]"
+        ".every(i => i.complete)", timeout=WAIT_MS
+    )
     widths = page.eval_on_selector_all(
         "#run-results td.thumb img", "images => images.map(i => i.naturalWidth)"
     )
