@@ -15,9 +15,11 @@ from kb.vocabulary import COMPARISON_WORDS, DECISIVE, strictest
 
 
 def measurement_evidence(
-    assessment: Assessment, quantities: dict[str, float], unmeasurable: dict[str, str]
+    assessment: Assessment, quantities: dict[str, float], unmeasurable: dict[str, str],
+    notes: dict[str, str] | None = None,
 ) -> list[MeasurementEvidence]:
-    """Every measurement rule judged; a quantity that could not be measured goes to review."""
+    """Every measurement rule judged; a quantity that could not be measured goes to review,
+    and one measured on a stand-in (notes) says so in its note."""
     evidence = []
     for rule in assessment.measurements:
         value = quantities.get(rule.quantity)
@@ -39,7 +41,8 @@ def measurement_evidence(
         verdict = judge_measurement(value, rule.op, rule.limit, rule.uncertainty)
         evidence.append(
             MeasurementEvidence(
-                rule.quantity, value, rule.op, rule.limit, rule.unit, rule.uncertainty, verdict
+                rule.quantity, value, rule.op, rule.limit, rule.unit, rule.uncertainty, verdict,
+                note=(notes or {}).get(rule.quantity),
             )
         )
     return evidence
@@ -217,7 +220,8 @@ def _measurement_sentence(m: MeasurementEvidence) -> str:
         "review": "is within the measurement uncertainty "
         f"(±{format_quantity(m.uncertainty, m.unit)}) of the limit, so it needs review",
     }[m.verdict]
-    return f"Measured {what} {format_quantity(m.value, m.unit)} (must be {bound}) {outcome}."
+    told = f"; {m.note}" if m.note else ""
+    return f"Measured {what} {format_quantity(m.value, m.unit)} (must be {bound}) {outcome}{told}."
 
 
 def _fusion_sentence(

@@ -212,12 +212,14 @@ def judge_sample(
     """
     quantities: dict[str, float] = {}
     unmeasurable: dict[str, str] = {}
+    notes: dict[str, str] = {}
     overlay: dict | None = None  # what was measured, where: the report draws it from the record
     not_a_map: str | None = None
     if plan.legend is not None:
         try:
             measured, drawn = measure_with_overlay(sample.image, plan.legend, plan.um_per_px)
             quantities, unmeasurable = dict(measured.quantities), dict(measured.unmeasurable)
+            notes = dict(measured.notes)
             overlay = drawn.to_dict()
         except NotASegmentationMap as exc:
             not_a_map = str(exc)
@@ -244,7 +246,7 @@ def judge_sample(
         if not_a_map is not None and a.measurements:
             held.add(a.key)
             return not_a_phase_map(a, vlr, not_a_map)
-        return judge_assessment(a, vlr, measurement_evidence(a, quantities, unmeasurable))
+        return judge_assessment(a, vlr, measurement_evidence(a, quantities, unmeasurable, notes))
 
     nodes = [_with_threshold_source(n, plan.sources) for n in walk(plan.ruleset, judge)]
     if not_a_map is not None:

@@ -117,7 +117,7 @@ def test_measure_json_gives_every_quantity_and_refuses_a_photo(
     assert err.strip().count("\n") == 0 and "not a phase map" in err
     document = json.loads(out)
     (measured,) = document["measurements"]
-    assert set(measured) == {"path", "sha256", "um_per_px", "quantities", "unmeasurable"}
+    assert set(measured) == {"path", "sha256", "um_per_px", "quantities", "unmeasurable", "notes"}
     assert set(measured["quantities"]) == set(QUANTITIES) and measured["unmeasurable"] == {}
     assert measured["um_per_px"] == example.config.um_per_px
     assert document["failures"][0]["path"] == str(photo)

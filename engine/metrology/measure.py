@@ -20,6 +20,7 @@ class MeasuredSample:
     um_per_px: float
     quantities: dict[str, float]
     unmeasurable: dict[str, str]
+    notes: dict[str, str]  # quantities measured on a stand-in, and what stood in
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -28,6 +29,7 @@ class MeasuredSample:
             "um_per_px": self.um_per_px,
             "quantities": self.quantities,
             "unmeasurable": self.unmeasurable,
+            "notes": self.notes,
         }
 
 
@@ -49,7 +51,8 @@ def measure_paths(
             continue
         measured.append(
             MeasuredSample(
-                str(path), sample.sha256, scale, dict(m.quantities), dict(m.unmeasurable)
+                str(path), sample.sha256, scale, dict(m.quantities), dict(m.unmeasurable),
+                dict(m.notes),
             )
         )
     return measured, failures
