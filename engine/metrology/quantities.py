@@ -123,7 +123,7 @@ class Regions:
     (c, r), as everywhere in this module."""
 
     bead: np.ndarray  # the bead region
-    fusion: np.ndarray  # the fusion line without specks
+    fusion: np.ndarray  # the fusion line without specks, or the bead outline standing in
     baseline: Line | None  # the original substrate surface; None without a fusion line
     haz_deepest: tuple[int, int] | None  # (row, column) of the HAZ pixel deepest below it
     pores: np.ndarray  # pore labels, 1..pore_count (8-connected), 0 elsewhere
@@ -325,15 +325,14 @@ def measure_regions(labels: np.ndarray, um_per_px: float) -> tuple[Measurement, 
     bead = _bead_region(labels)
     fusion = _without_specks(labels == FUSION_LINE, FUSION_SPECK_PX)
     bead_px = int(bead.sum())
-    notes: dict[str, str] = {}
+    stand_in = False
     if bead_px and _toes(fusion) is None:
         # A thin fusion line may not survive a small JPEG: where the bead sits on heat-
         # affected substrate, its lower outline is where the line was.
         outline = _lower_outline(bead)
         sits_on = np.isin(labels[outline], (FUSION_LINE, HAZ, UNCLASSIFIED))
         if _toes(outline) is not None and sits_on.mean() >= 0.5:
-            fusion = outline
-            notes.update(dict.fromkeys(FUSION_MEASURED, STAND_IN_FUSION))
+            fusion, stand_in = outline, True
     values["bead_area_mm2"] = bead_px * mm * mm
 
     haz = _without_specks(labels == HAZ, HAZ_SPECK_PX)
@@ -374,7 +373,7 @@ def measure_regions(labels: np.ndarray, um_per_px: float) -> tuple[Measurement, 
         values.update(_porosity(pores, pore_count, bead, um_per_px))
         quadrats = _carbides(labels, bead, um_per_px, values, missing)
     regions = Regions(bead, fusion, surface, deepest, pores, pore_count, quadrats)
-    notes = {name: why for name, why in notes.items() if name in values}
+    notes = {name: STAND_IN_FUSION for name in FUSION_MEASURED if stand_in and name in values}
     return Measurement(um_per_px, values, missing, notes), regions
 
 
