@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from sqlmodel import Session
 
+from engine.appearance import Legend, measured_legend
 from engine.encoders.roles import ModelSet
 from engine.evaluation.labels import read_labels
 from engine.evaluation.metrics import balanced_accuracy_at, best_threshold
@@ -109,7 +110,8 @@ def calibrate_folder(
             else None
         )
         prepare_embeddings(session, row, ruleset, models)
-        deltas = _deltas(session, row.id, ruleset, models, samples)
+        legend = measured_legend(ruleset, workspace.config.legend)
+        deltas = _deltas(session, row.id, ruleset, models, samples, legend)
         previous = {
             key: stored_normalization(session, row.id, key[0], key[1],
                                       models.encoder(key[1]).fingerprint)
@@ -168,10 +170,10 @@ def _load(paths: Sequence[Path]) -> tuple[list[Sample], list[SampleFailure]]:
 
 def _deltas(
     session: Session, ruleset_id: int, ruleset: Ruleset, models: ModelSet,
-    samples: Sequence[Sample],
+    samples: Sequence[Sample], legend: Legend | None,
 ) -> dict[tuple[str, str], np.ndarray]:
     """Net similarity of every calibration image per (assessment, bound role) with items."""
-    plans = plan_roles(session, ruleset_id, ruleset, models, "batch")
+    plans = plan_roles(session, ruleset_id, ruleset, models, "batch", legend)
     evidence = chunk_evidence(session, ruleset, models, samples, plans)
     return {key: ev.deltas for key, ev in evidence.items() if ev.items is not None}
 

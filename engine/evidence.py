@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image
 from sqlmodel import Session
 
+from engine.appearance import Legend, appearance_modality
 from engine.encoders.cache import embed_images, embed_prompts
 from engine.encoders.roles import ModelSet
 from engine.results import Applicability
@@ -24,6 +25,7 @@ from engine.scoring import (
     net_similarity,
     population_stats,
 )
+from kb.embeddings import IMAGE
 from kb.image_store import stored_image
 from kb.rules import Assessment, Ruleset
 from kb.statistics import add_stat, reference_stat, stored_stat
@@ -170,9 +172,10 @@ def stored_normalization(
 
 # A sample is outside the range of the references when its appearance lies farther from the
 # nearest reference than this many times the references' largest leave-one-out
-# nearest-neighbour distance. Chosen on the shipped model (docs/rules.md, "Applicability"):
-# fresh `kb synth` maps reach 3.4 and the example micrographs 0.5, while a photograph, a
-# uniform grey image and a Voronoi grain map in other colours lie at 30 or more.
+# nearest-neighbour distance. Chosen on the shipped model (docs/rules.md, "Applicability";
+# bench/applicability.py): fresh `kb synth` maps reach 2.3, noisy JPEG exports read in the
+# legend 1.8 and the example micrographs 0.5, while a photograph, a uniform grey image and a
+# Voronoi grain map in other colours lie at 30 or more.
 APPLICABILITY_LIMIT = 10.0
 OUTSIDE = "outside the range of the references"
 
@@ -188,6 +191,7 @@ class ReferenceRange:
     labels: tuple[str, ...]  # one path per distinct reference image
     vectors: np.ndarray  # (references, channels), unit rows
     spread: float  # largest leave-one-out nearest-neighbour cosine distance
+    modality: str  # how appearance is read (engine.appearance): raw, or in the legend
 
     def applicability(self, samples: np.ndarray) -> list[Applicability]:
         """How far each sample row lies from its nearest reference, against the spread."""
@@ -207,10 +211,11 @@ class ReferenceRange:
 
 
 def reference_range(
-    session: Session, ruleset: Ruleset, encoder: Encoder
+    session: Session, ruleset: Ruleset, encoder: Encoder, legend: Legend | None
 ) -> ReferenceRange | None:
-    """The references' appearance under this model; None with fewer than 2 distinct ones (or
-    all identical): then applicability is not measured and says so."""
+    """The references' appearance under this model, read in the legend where the workspace
+    measures phase maps; None with fewer than 2 distinct ones (or all identical): then
+    applicability is not measured and says so."""
     by_sha: dict[str, str] = {}
     for a in ruleset.assessments.values():
         for r in a.references:
@@ -218,13 +223,14 @@ def reference_range(
     if len(by_sha) < 2:
         return None
     loaders = {sha: reference_image_loader(session, sha) for sha in by_sha}
-    found = embed_images(session, encoder, loaders, modality="appearance")
+    modality = appearance_modality(legend)
+    found = embed_images(session, encoder, loaders, modality=modality)
     shas = sorted(by_sha, key=by_sha.__getitem__)
     vectors = np.stack([found[sha] for sha in shas]).astype(np.float64)
     spread = float(leave_one_out_nearest(vectors).max())
     if spread <= 0:
         return None
-    return ReferenceRange(tuple(by_sha[sha] for sha in shas), vectors, spread)
+    return ReferenceRange(tuple(by_sha[sha] for sha in shas), vectors, spread, modality)
 
 
 def leave_one_out_nearest(vectors: np.ndarray) -> np.ndarray:
@@ -257,13 +263,15 @@ class RoleEvidence:
 
 
 def plan_roles(
-    session: Session, ruleset_id: int, ruleset: Ruleset, models: ModelSet, normalize: str
+    session: Session, ruleset_id: int, ruleset: Ruleset, models: ModelSet, normalize: str,
+    legend: Legend | None,
 ) -> dict[tuple[str, str], RolePlan]:
-    """Evidence items and, for `calibrated`, the stored statistics of every bound role."""
+    """Evidence items and, for `calibrated`, the stored statistics of every bound role;
+    `legend`: the phase maps' legend where the workspace measures (appearance is read in it)."""
     setup: dict[tuple[str, str], RolePlan] = {}
     for role in models.bound_roles():
         encoder = models.encoder(role)
-        ranges = reference_range(session, ruleset, encoder)
+        ranges = reference_range(session, ruleset, encoder, legend)
         for a in ruleset.assessments.values():
             if not a.items_of(role):
                 continue
@@ -282,17 +290,17 @@ def plan_roles(
     return setup
 
 
-# An image's vectors by model fingerprint and modality ("image", "appearance"), then SHA-256.
+# An image's vectors by model fingerprint and modality (IMAGE or an appearance), then SHA-256.
 ChunkVectors = Mapping[tuple[str, str], Mapping[str, np.ndarray]]
 
 
-def needs_appearance(setup: Mapping[tuple[str, str], RolePlan], role: str) -> bool:
-    """Whether a chunk's images need appearance features for this role (a range is measured)."""
-    return any(
-        plan.items is not None and plan.range is not None
+def appearance_modalities(setup: Mapping[tuple[str, str], RolePlan], role: str) -> list[str]:
+    """The appearance a chunk's images need for this role: one where a range is measured."""
+    return sorted({
+        plan.range.modality
         for (_, plan_role), plan in setup.items()
-        if plan_role == role
-    )
+        if plan_role == role and plan.items is not None and plan.range is not None
+    })
 
 
 def chunk_evidence(
@@ -310,10 +318,10 @@ def chunk_evidence(
     loaders = {s.sha256: (lambda s=s: s.image) for s in samples}
     for role in models.bound_roles():
         encoder = models.encoder(role)
-        vectors[(encoder.fingerprint, "image")] = embed_images(session, encoder, loaders)
-        if needs_appearance(setup, role):
-            vectors[(encoder.fingerprint, "appearance")] = embed_images(
-                session, encoder, loaders, modality="appearance"
+        vectors[(encoder.fingerprint, IMAGE)] = embed_images(session, encoder, loaders)
+        for modality in appearance_modalities(setup, role):
+            vectors[(encoder.fingerprint, modality)] = embed_images(
+                session, encoder, loaders, modality=modality
             )
     return evidence_of(ruleset, models, samples, setup, vectors)
 
@@ -332,7 +340,7 @@ def evidence_of(
         return found
     for role in models.bound_roles():
         fingerprint = models.encoder(role).fingerprint
-        embedded = vectors[(fingerprint, "image")]
+        embedded = vectors[(fingerprint, IMAGE)]
         matrix = np.stack([embedded[s.sha256] for s in samples]).astype(np.float64)
         looks: dict[int, list[Applicability]] = {}  # per reference range (one per model)
         for a in ruleset.assessments.values():
@@ -344,7 +352,7 @@ def evidence_of(
                 found[(a.key, role)] = RoleEvidence(None, empty, empty, None, plan.note)
                 continue
             if plan.range is not None and id(plan.range) not in looks:
-                appearance = vectors[(fingerprint, "appearance")]
+                appearance = vectors[(fingerprint, plan.range.modality)]
                 rows = np.stack([appearance[s.sha256] for s in samples]).astype(np.float64)
                 looks[id(plan.range)] = plan.range.applicability(rows)
             found[(a.key, role)] = RoleEvidence(

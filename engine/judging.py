@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from engine.appearance import vectors_of
 from engine.assess import judge_assessment, measurement_evidence, not_a_phase_map
 from engine.encoders.roles import ModelSet
 from engine.evidence import (
@@ -23,8 +24,8 @@ from engine.evidence import (
     ChunkVectors,
     RoleEvidence,
     RolePlan,
+    appearance_modalities,
     evidence_of,
-    needs_appearance,
 )
 from engine.local_evidence import LocalPlan, local_evidence
 from engine.metrology.overlay import measure_with_overlay
@@ -41,6 +42,7 @@ from engine.samples import Sample, load_sample
 from engine.scoring import zscore
 from engine.tree import held_for_review, walk
 from kb.config import RGB, VECTOR_ROLES
+from kb.embeddings import IMAGE
 from kb.errors import VLKBError
 from kb.image_store import thumbnail_png
 from kb.rules import Assessment, Ruleset
@@ -65,8 +67,9 @@ class RunPlan:
     local: dict[str, LocalPlan] = field(default_factory=dict)  # by assessment key
 
     def modalities(self) -> tuple[str, ...]:
-        """What a chunk's images need: embeddings, and appearance when a range is measured."""
-        return ("image", "appearance") if any(p.range for p in self.setup.values()) else ("image",)
+        """What a chunk's images need: embeddings, and appearance where a range is measured."""
+        looks = {p.range.modality for p in self.setup.values() if p.range is not None}
+        return (IMAGE, *sorted(looks))
 
 
 @dataclass(frozen=True)
@@ -161,12 +164,11 @@ def embed_batches(
 ) -> dict[str, np.ndarray]:
     """Vectors of these samples (by SHA-256) in the encoder's own batches, as float32 as the
     cache stores them: the same batches give the same vectors in either executor."""
-    embed = encoder.appearance if modality == "appearance" else encoder.embed_images
     by_sha = {s.sha256: s for s in samples}
     vectors: dict[str, np.ndarray] = {}
     for start in range(0, len(shas), encoder.spec.batch_size):
         batch = shas[start : start + encoder.spec.batch_size]
-        fresh = embed([by_sha[sha].image for sha in batch])
+        fresh = vectors_of(encoder, modality, [by_sha[sha].image for sha in batch])
         vectors.update(
             (sha, np.asarray(v, dtype=np.float32)) for sha, v in zip(batch, fresh, strict=True)
         )
@@ -182,8 +184,7 @@ def embed_chunk(
     for role in models.bound_roles():
         encoder = models.encoder(role)
         fingerprint = encoder.fingerprint
-        wanted = ["image"] + (["appearance"] if needs_appearance(plan.setup, role) else [])
-        for modality in wanted:
+        for modality in (IMAGE, *appearance_modalities(plan.setup, role)):
             if (fingerprint, modality) not in vectors:
                 vectors[(fingerprint, modality)] = embed_batches(encoder, samples, modality, shas)
     return vectors

@@ -20,6 +20,7 @@ from typing import Protocol
 import numpy as np
 from sqlmodel import Session
 
+from engine.appearance import measured_legend
 from engine.calibrate import calibrated_thresholds, with_threshold
 from engine.encoders.roles import ModelSet
 from engine.evidence import RolePlan, plan_roles
@@ -330,7 +331,8 @@ def _plan_run(
         judged_before = (
             qualified_shas(session, row.id, base) if options.skip_existing else frozenset()
         )
-        setup = plan_roles(session, row.id, ruleset, models, options.normalize)
+        legend = measured_legend(ruleset, workspace.config.legend)
+        setup = plan_roles(session, row.id, ruleset, models, options.normalize, legend)
         wants_local = any(a.local is not None for a in ruleset.assessments.values())
         local = (plan_local(session, ruleset, models.encoder("local"), models.local_plans)
                  if wants_local and models.spec("local") is not None else {})
@@ -346,9 +348,7 @@ def _plan_run(
     sources = _threshold_sources(
         ruleset, thresholds, base.calibration, options.decision, from_references
     )
-    needs_metrology = any(a.measurements for a in ruleset.assessments.values())
-    plan = RunPlan(ruleset, setup, base, um_per_px,
-                   workspace.config.legend if needs_metrology else None, sources, local)
+    plan = RunPlan(ruleset, setup, base, um_per_px, legend, sources, local)
     return row, plan, judged_before
 
 

@@ -10,7 +10,16 @@ from sqlmodel import Session, col, select
 from kb.tables import Embedding
 
 # image and text embeddings, and images' appearance features (how far from the references)
-MODALITIES = ("image", "text", "appearance")
+IMAGE, TEXT, APPEARANCE = "image", "text", "appearance"
+MODALITIES = (IMAGE, TEXT, APPEARANCE)
+# appearance of the phase map as read in a legend, whose colours follow the colon
+# (engine/appearance.py): one modality per legend, so a changed legend misses the cache
+APPEARANCE_IN_LEGEND = "appearance-in-legend:"
+
+
+def is_modality(modality: str) -> bool:
+    """Whether vectors of this modality may be stored."""
+    return modality in MODALITIES or modality.startswith(APPEARANCE_IN_LEGEND)
 
 
 def cached_embeddings(
@@ -37,7 +46,7 @@ def store_embeddings(
     session: Session, fingerprint: str, modality: str, vectors: Mapping[str, np.ndarray]
 ) -> None:
     """Add vectors not cached yet (a vector is a pure function of model and content)."""
-    if modality not in MODALITIES:
+    if not is_modality(modality):
         raise ValueError(f"unknown modality {modality!r}")
     already = cached_embeddings(session, fingerprint, modality, vectors)
     for sha, vector in vectors.items():

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from engine.evidence import APPLICABILITY_LIMIT, OUTSIDE
-from engine.metrology.synthetic import write_dataset
+from engine.metrology.synthetic import Degradation, write_dataset
 from engine.qualify import QualifyOptions, qualify_paths
 from engine.results import VLREvidence
 from engine.session import VLKB
@@ -153,3 +153,28 @@ def test_the_report_shows_how_far_the_sample_lies_from_the_references(
         "applicability"]["ratio"]
     assert f"{ratio:.1f} × spread (limit {APPLICABILITY_LIMIT:.0f})" in page
     assert OUTSIDE in page
+
+
+def test_a_noisy_jpeg_export_of_a_map_is_as_familiar_as_the_clean_map(
+    shipped: Workspace, tmp_path: Path
+) -> None:
+    """Noise moves the raw pixels' appearance beyond the limit (20 x spread at sigma 5); the
+    map VLKB reads from them is the clean one, so the evidence stays applicable."""
+    legend = shipped.config.legend
+    clean = write_dataset(tmp_path / "clean", 6, seed=6061, legend=legend)
+    noisy = write_dataset(tmp_path / "noisy", 6, seed=6061, legend=legend,
+                          degradation=Degradation(noise_sigma=12.0, jpeg_quality=75))
+    assert all(p.suffix == ".jpg" for p in noisy)
+    with VLKB(shipped) as vlkb:
+        outcome = qualify_paths(vlkb, [*clean, *noisy])
+    assert not outcome.failures
+    ratios: dict[str, list[float]] = {"clean": [], "noisy": []}
+    for result in outcome.results:
+        for node in result.nodes:
+            for e in node.evidence:
+                if isinstance(e, VLREvidence):
+                    assert e.usable, (result.sample_path, node.key, e.note)
+                    assert e.applicability is not None
+                    ratios[Path(result.sample_path).parent.name].append(e.applicability.ratio)
+    assert len(ratios["noisy"]) == len(ratios["clean"]) > 0
+    assert max(ratios["noisy"]) * 2 < APPLICABILITY_LIMIT

@@ -9,7 +9,8 @@ import numpy as np
 from PIL import Image
 from sqlmodel import Session
 
-from kb.embeddings import cached_embeddings, store_embeddings
+from engine.appearance import vectors_of
+from kb.embeddings import IMAGE, cached_embeddings, store_embeddings
 from kb.rules import Prompt
 
 if TYPE_CHECKING:  # torch is imported by the command that loads a model, not by this module
@@ -20,18 +21,17 @@ def embed_images(
     session: Session,
     encoder: Encoder,
     images: Mapping[str, Callable[[], Image.Image]],
-    modality: str = "image",
+    modality: str = IMAGE,
 ) -> dict[str, np.ndarray]:
     """Vectors for images keyed by SHA-256; only cache misses are decoded and encoded.
 
-    modality "appearance" gives the images' appearance features instead of embeddings.
+    An appearance modality (engine.appearance) gives the images' appearance features instead.
     """
-    embed = encoder.appearance if modality == "appearance" else encoder.embed_images
     vectors = cached_embeddings(session, encoder.fingerprint, modality, images)
     missing = [sha for sha in images if sha not in vectors]
     for start in range(0, len(missing), encoder.spec.batch_size):
         chunk = missing[start : start + encoder.spec.batch_size]
-        fresh = embed([images[sha]() for sha in chunk])
+        fresh = vectors_of(encoder, modality, [images[sha]() for sha in chunk])
         new = dict(zip(chunk, fresh, strict=True))
         store_embeddings(session, encoder.fingerprint, modality, new)
         vectors.update(new)
