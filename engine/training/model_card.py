@@ -20,7 +20,7 @@ from engine.training.card_evaluation import (
     ModelEvaluation,
     evaluate_model,
 )
-from engine.training.paraphrases import HELD_OUT
+from engine.training.paraphrases import FRESH, HELD_OUT
 from kb.errors import VLKBError
 
 TITLE = "# vlkb-dual-niwc: a dual encoder for colour-segmented Ni-WC DED micrographs"
@@ -151,8 +151,9 @@ def _evaluation(record: dict) -> list[str]:
         "after replacing every prompt with a set of plain-word paraphrases without colour "
         f"names (engine/training/paraphrases.py): `{HELD_OUT}` is the held-out check, written by a "
         "helper who saw only the criteria and read by the developers only after the caption "
-        "banks and this model were frozen; the others are development sets, reported and not "
-        "judged.",
+        "banks and this model were frozen; "
+        f"`{FRESH}`, written the same way later, is reported beside it (its docstring says "
+        "when it was first read); the others are development sets, reported and not judged.",
         "",
         evaluation.markdown(),
         "",

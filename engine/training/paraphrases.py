@@ -8,6 +8,10 @@ balanced accuracy moves with the wording. None of these sentences is a training 
 * `plain-b`, the held-out check the model card's target is judged on: written by a helper who
   saw only the six criteria, never the caption banks nor the example's prompts, and read by
   the developers only after the banks and the model were frozen.
+* `plain-c`, fresh: written the same way on 2026-12-04, after the developers had read
+  `plain-b`'s figures on three candidate models (so `plain-b` is no longer unseen). No model
+  was evaluated on it when it was added; it is reported beside `plain-b`, and the next model
+  should be judged on it before its figures are read.
 * `plain-a`: written the same way, at the same time, and used while the banks were designed;
   a development set, reported and not judged.
 * `novel-words` and `first`: the earlier robustness sets, written by the developers; they
@@ -296,6 +300,81 @@ PLAIN_B: PromptSets = {
     },
 }
 
+PLAIN_C: PromptSets = {
+    "EA-1": {
+        "positive": (
+            "Hardly any of the bead has sunk below the original plate surface.",
+            "Shallow melt-in: the cladding barely digs into the steel.",
+            "Very little mixing of the clad layer with the base metal underneath.",
+        ),
+        "negative": (
+            "Too much of the bead sits down inside the plate, below the old surface line.",
+            "Deep penetration into the steel, heavy mixing of clad and base metal.",
+            "The weld has melted well into the substrate, so dilution is too high.",
+        ),
+    },
+    "EA-2": {
+        "positive": (
+            "The heat-affected band under the fusion line stays thin everywhere.",
+            "Only a shallow layer of altered steel below the bead.",
+            "Heat damage in the plate stays under 1 mm deep all along.",
+        ),
+        "negative": (
+            "The heat-affected zone runs too deep into the plate in places.",
+            "A thick band of heat-changed steel reaching far below the fusion line.",
+            "Heat has soaked deep into the base metal underneath the bead.",
+        ),
+    },
+    "EA-3": {
+        "positive": (
+            "A clear, raised bead standing well above the plate surface.",
+            "Good build-up height: the crown sits proudly over the line between the toes.",
+            "Tall, well-formed weld cap on top of the steel.",
+        ),
+        "negative": (
+            "The bead is nearly flat with the plate, barely any height.",
+            "Hardly any build-up above the original surface line.",
+            "Low, sunken deposit; the top hardly rises over the toes.",
+        ),
+    },
+    "EA-4": {
+        "positive": (
+            "Solid, dense bead with only a few tiny pores.",
+            "Almost no gas holes, and none of them big.",
+            "Sound clad layer, voids small and rare.",
+        ),
+        "negative": (
+            "Lots of gas pockets scattered through the bead.",
+            "One big blowhole, wider than 150 um, in the clad.",
+            "Porous deposit with too many holes and voids.",
+        ),
+    },
+    "EA-5": {
+        "positive": (
+            "Plenty of tungsten carbide particles still intact throughout the bead.",
+            "The hard particles survived the heat and fill a good share of the clad.",
+            "Carbides mostly undissolved, lots of them left in the nickel matrix.",
+        ),
+        "negative": (
+            "Most of the WC has melted away into the nickel.",
+            "Only a thin scattering of hard particles left; the rest dissolved.",
+            "Too little carbide remains, under 30 % of the bead.",
+        ),
+    },
+    "EA-6": {
+        "positive": (
+            "Hard particles spread evenly from top to bottom of the bead.",
+            "Uniform carbide spread, no clumps and no settling.",
+            "The WC grains are evenly scattered across the whole clad layer.",
+        ),
+        "negative": (
+            "Carbides have sunk and piled up near the fusion line.",
+            "Hard particles clumped together in patches, with empty matrix between.",
+            "Uneven deposit: WC settled to the bottom, top left bare.",
+        ),
+    },
+}
+
 # Name -> prompts, in the order the model card shows them; HELD_OUT is the one judged.
 HELD_OUT = "plain-b"
 DEVELOPMENT: dict[str, PromptSets] = {
@@ -303,4 +382,5 @@ DEVELOPMENT: dict[str, PromptSets] = {
     "novel-words": NOVEL_WORDS,
     "first": FIRST,
 }
-PARAPHRASES: dict[str, PromptSets] = {HELD_OUT: PLAIN_B, **DEVELOPMENT}
+FRESH = "plain-c"
+PARAPHRASES: dict[str, PromptSets] = {HELD_OUT: PLAIN_B, FRESH: PLAIN_C, **DEVELOPMENT}
