@@ -1,10 +1,11 @@
 """What an image looks like to a model, for applicability, and how a legend shapes it.
 
 A phase map's pixels stand for phases: acquisition noise, JPEG and blur change the pixels
-but not the map VLKB reads from them, and a model trained over those changes treats them
-alike. Under a legend, appearance is therefore taken of the map as read (each classified
-pixel redrawn in its phase's pure colour); an image that is not drawn in the legend's
-colours is described as it is, and lies far from every reference.
+but not the map VLKB reads from them. For a model trained over those changes
+(`Encoder.acquisition_trained`), appearance is therefore taken of the map as read in the
+legend (each classified pixel redrawn in its phase's pure colour); for any other model, of
+the raw pixels, so noise it never saw keeps it from judging. An image that is not drawn in
+the legend's colours is described as it is, and lies far from every reference.
 
 The legend travels in the modality's name, so a cached vector always names the function
 that produced it, and a changed legend is never answered from a stale cache.

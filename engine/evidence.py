@@ -213,9 +213,10 @@ class ReferenceRange:
 def reference_range(
     session: Session, ruleset: Ruleset, encoder: Encoder, legend: Legend | None
 ) -> ReferenceRange | None:
-    """The references' appearance under this model, read in the legend where the workspace
-    measures phase maps; None with fewer than 2 distinct ones (or all identical): then
-    applicability is not measured and says so."""
+    """The references' appearance under this model; read in the legend where the workspace
+    measures phase maps and the model was trained over acquisition variation, so that noise
+    and JPEG count as unfamiliar exactly for a model that never saw them. None with fewer
+    than 2 distinct references (or all identical): then applicability is not measured."""
     by_sha: dict[str, str] = {}
     for a in ruleset.assessments.values():
         for r in a.references:
@@ -223,7 +224,7 @@ def reference_range(
     if len(by_sha) < 2:
         return None
     loaders = {sha: reference_image_loader(session, sha) for sha in by_sha}
-    modality = appearance_modality(legend)
+    modality = appearance_modality(legend if encoder.acquisition_trained else None)
     found = embed_images(session, encoder, loaders, modality=modality)
     shas = sorted(by_sha, key=by_sha.__getitem__)
     vectors = np.stack([found[sha] for sha in shas]).astype(np.float64)

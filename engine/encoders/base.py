@@ -35,6 +35,9 @@ class Encoder(ABC):
     dim: int
     max_text_length: int
     fingerprint: str
+    # Trained over acquisition variation (noise, blur, JPEG), as its training record says:
+    # only then may applicability read a phase map in its legend (engine.appearance)
+    acquisition_trained: bool = False
 
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         """(n, dim) float32, unit rows; images become RGB first (micrographs may be P or RGBA)."""

@@ -23,6 +23,7 @@ from engine.encoders import text_tower
 from engine.encoders.base import Encoder, local_grid, rgb
 from engine.encoders.fingerprint import model_fingerprint
 from engine.encoders.mobilenet import MobileNetV1, Preprocessing
+from engine.metrology.families import ACQUISITION
 from kb.config import ModelSpec
 from kb.errors import ModelLoadError
 
@@ -39,6 +40,19 @@ def is_ported(model_dir: Path) -> bool:
     except (OSError, ValueError, KeyError, TypeError):
         return False
     return (model_dir / text_tower.TEXT_TOWER_FILE).is_file() and (model_dir / WEIGHTS).is_file()
+
+
+def trained_families(model_dir: Path) -> tuple[str, ...]:
+    """The generator families a VLKB checkpoint was trained across (its training.json);
+    none for a checkpoint without a training record."""
+    record = model_dir / "training.json"
+    if not record.is_file():
+        return ()
+    try:
+        families = json.loads(record.read_text(encoding="utf-8"))["config"].get("families", ())
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return ()
+    return tuple(str(f) for f in families) if isinstance(families, list) else ()
 
 
 class VlkbDualEncoder(Encoder):
@@ -66,6 +80,7 @@ class VlkbDualEncoder(Encoder):
                                    int(config["text_config"]["max_position_embeddings"]))
         self._text_tower: text_tower.TextTower | None = None
         self.fingerprint = model_fingerprint(model_dir)
+        self.acquisition_trained = ACQUISITION in trained_families(model_dir)
 
     def _load_weights(self, weights: dict[str, torch.Tensor]) -> None:
         """Every tensor of the image side, none missing and none left over (strict)."""

@@ -24,7 +24,8 @@ from engine.metrology.synthetic import (
     sample_specs,
 )
 
-FAMILIES = ("bead-shape", "haz", "carbides", "pores", "framing", "acquisition")
+ACQUISITION = "acquisition"  # noise, blur, anti-aliasing and JPEG: how a map was exported
+FAMILIES = ("bead-shape", "haz", "carbides", "pores", "framing", ACQUISITION)
 BEAD_SHAPES = (
     "wide", "narrow", "flat", "tall", "tilted", "asymmetric", "skewed", "deep", "sunken"
 )
