@@ -50,6 +50,12 @@ def appearance_modality(legend: Legend | None) -> str:
     )
 
 
+def model_appearance(encoder: Encoder, legend: Legend | None) -> str:
+    """The appearance this model's applicability is measured in: read in the legend only for
+    a model trained over acquisition variation, else of the raw pixels."""
+    return appearance_modality(legend if encoder.acquisition_trained else None)
+
+
 def legend_of(modality: str) -> dict[str, RGB] | None:
     """The legend an appearance modality reads images in; None for raw appearance."""
     if not modality.startswith(APPEARANCE_IN_LEGEND):

@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image
 from sqlmodel import Session
 
-from engine.appearance import Legend, appearance_modality
+from engine.appearance import Legend, model_appearance
 from engine.encoders.cache import embed_images, embed_prompts
 from engine.encoders.roles import ModelSet
 from engine.results import Applicability
@@ -224,7 +224,7 @@ def reference_range(
     if len(by_sha) < 2:
         return None
     loaders = {sha: reference_image_loader(session, sha) for sha in by_sha}
-    modality = appearance_modality(legend if encoder.acquisition_trained else None)
+    modality = model_appearance(encoder, legend)
     found = embed_images(session, encoder, loaders, modality=modality)
     shas = sorted(by_sha, key=by_sha.__getitem__)
     vectors = np.stack([found[sha] for sha in shas]).astype(np.float64)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file, save_file
 
-from engine.appearance import appearance_modality
+from engine.appearance import model_appearance
 from engine.metrology.synthetic import write_dataset
 from engine.qualify import ExecutorOptions, QualifyOptions, qualify_paths
 from engine.results import QualificationResult, VLREvidence
@@ -108,7 +108,8 @@ def test_ray_judges_the_example_as_in_process_does_and_a_bad_file_fails_alone(
                 if m["role"] in ("text", "image")}
     for ws in (local, distributed):
         with VLKB(ws) as vlkb, vlkb.kb.reading() as session:
-            for modality in ("image", appearance_modality(ws.config.legend)):
+            looks = model_appearance(vlkb.models.encoder("image"), ws.config.legend)
+            for modality in ("image", looks):
                 assert set(cached_embeddings(session, model, modality, shas)) == set(shas)
 
 
