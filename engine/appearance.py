@@ -70,14 +70,13 @@ def legend_of(modality: str) -> dict[str, RGB] | None:
 def as_read(image: Image.Image, legend: Legend) -> Image.Image:
     """The phase map VLKB reads from the image, in the legend's pure colours; pixels it
     leaves unclassified keep their own. An image that is no phase map is returned as it is."""
-    rgb = np.asarray(image.convert("RGB"))
     try:
         labels = classify_phases(image, dict(legend))
     except NotASegmentationMap:
         return image
     palette = np.array([legend[phase] for phase in PHASES], dtype=np.uint8)
     known = labels != UNCLASSIFIED
-    drawn = rgb.copy()
+    drawn = np.array(image.convert("RGB"))
     drawn[known] = palette[labels[known]]
     return Image.fromarray(drawn)
 

@@ -174,14 +174,20 @@ def ratios_by_folder(outcome) -> dict[str, list[tuple[str, float, bool]]]:
     return found
 
 
+def clean_and_noisy(
+    root: Path, n: int, seed: int, legend: dict, noise: Degradation
+) -> tuple[list[Path], list[Path]]:
+    """The same n fresh maps twice, in folders `clean` and `noisy`: as drawn, and exported."""
+    clean = write_dataset(root / "clean", n, seed=seed, legend=legend)
+    return clean, write_dataset(root / "noisy", n, seed=seed, legend=legend, degradation=noise)
+
+
 def test_a_model_never_trained_on_noise_does_not_judge_a_noisy_export(
     shipped: Workspace, tmp_path: Path
 ) -> None:
     """The shipped model saw clean maps only: noise moves their appearance far out."""
-    legend = shipped.config.legend
-    clean = write_dataset(tmp_path / "clean", 4, seed=6061, legend=legend)
-    noisy = write_dataset(tmp_path / "noisy", 4, seed=6061, legend=legend,
-                          degradation=Degradation(noise_sigma=12.0, jpeg_quality=75))
+    clean, noisy = clean_and_noisy(tmp_path, 4, 6061, shipped.config.legend,
+                                   Degradation(noise_sigma=12.0, jpeg_quality=75))
     with VLKB(shipped) as vlkb:
         found = ratios_by_folder(qualify_paths(vlkb, [*clean, *noisy]))
     assert all(usable for _, _, usable in found["clean"])
@@ -207,9 +213,7 @@ def test_a_model_trained_over_acquisition_reads_a_noisy_export_as_the_map_it_sho
     acquisition_trained: Workspace, tmp_path: Path
 ) -> None:
     legend = acquisition_trained.config.legend
-    clean = write_dataset(tmp_path / "clean", 3, seed=6062, legend=legend)
-    noisy = write_dataset(tmp_path / "noisy", 3, seed=6062, legend=legend,
-                          degradation=Degradation(noise_sigma=12.0))
+    clean, noisy = clean_and_noisy(tmp_path, 3, 6062, legend, Degradation(noise_sigma=12.0))
     with VLKB(acquisition_trained) as vlkb:
         found = ratios_by_folder(qualify_paths(vlkb, [*clean, *noisy]))
         with vlkb.kb.reading() as session:
