@@ -5,7 +5,9 @@ for every group of images, the largest and the 90th-percentile ratio of the dist
 nearest reference over the references' spread, and how many exceed the limit, under the
 shipped dual encoder. Groups: the example micrographs, fresh default maps, the same maps
 exported with noise and JPEG, fresh maps of each generator family and of all at once, and
-the images that must stay out (a photograph, uniform grey, another material's grain map).
+the images that must stay out (a photograph, uniform grey, another material's grain map), and
+maps of other structures drawn in the example's legend (grains, a two-phase field, a flat
+coating).
 
     .venv/bin/python bench/applicability.py --n 40 --json-out bench/results/applicability.json
 """
@@ -30,7 +32,13 @@ from kb.config import DEFAULT_LEGEND, ModelSpec
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
-from foreign_images import photograph, uniform_grey, voronoi_grains  # noqa: E402
+from foreign_images import (  # noqa: E402
+    islands,
+    layered_coating,
+    photograph,
+    uniform_grey,
+    voronoi_grains,
+)
 
 
 def groups(root: Path, n: int) -> dict[str, list[Image.Image]]:
@@ -50,6 +58,11 @@ def groups(root: Path, n: int) -> dict[str, list[Image.Image]]:
     found["photograph"] = [photograph(seed=s) for s in range(3)]
     found["uniform grey"] = [uniform_grey(level) for level in (64, 128, 200)]
     found["other material"] = [voronoi_grains(seed=s) for s in range(3)]
+    legend_colours = tuple(DEFAULT_LEGEND[p] for p in ("background", "haz", "bead", "carbide"))
+    found["in legend: grains"] = [voronoi_grains(seed=s, colours=legend_colours)
+                                  for s in range(3)]
+    found["in legend: islands"] = [islands(DEFAULT_LEGEND, seed=s) for s in range(3)]
+    found["in legend: coating"] = [layered_coating(DEFAULT_LEGEND, seed=s) for s in range(3)]
     return found
 
 
@@ -66,10 +79,10 @@ def main() -> None:
     table: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
         images = groups(Path(tmp), args.n)
-        for reading, legend in (("in the legend", DEFAULT_LEGEND), ("raw pixels", None)):
+        for reading, legend in (("by phase in the legend", DEFAULT_LEGEND), ("raw pixels", None)):
             modality = appearance_modality(legend)
             vectors = vectors_of(encoder, modality, ref_images).astype(np.float64)
-            spread = float(leave_one_out_nearest(vectors).max())
+            spread = float(leave_one_out_nearest(vectors, modality).max())
             labels = tuple(p.name for p in references)
             span = ReferenceRange(labels, vectors, spread, modality)
             for name, members in images.items():
@@ -79,7 +92,7 @@ def main() -> None:
                         "p90": float(np.quantile(ratios, 0.9)),
                         "outside": int((ratios > APPLICABILITY_LIMIT).sum())}
                 table.setdefault(name, {})[reading] = cell
-                print(f"{reading:14s} {name:22s} n={cell['n']:3d} max {cell['max']:6.1f} "
+                print(f"{reading:22s} {name:22s} n={cell['n']:3d} max {cell['max']:6.1f} "
                       f"p90 {cell['p90']:6.1f} outside {cell['outside']}", flush=True)
     if args.json_out:
         args.json_out.parent.mkdir(parents=True, exist_ok=True)

@@ -14,6 +14,7 @@ from PIL import Image
 from sqlmodel import Session
 
 from engine.appearance import Legend, model_appearance
+from engine.appearance import distances as appearance_distances
 from engine.encoders.cache import embed_images, embed_prompts
 from engine.encoders.roles import ModelSet
 from engine.results import Applicability
@@ -189,13 +190,13 @@ class ReferenceRange:
     """
 
     labels: tuple[str, ...]  # one path per distinct reference image
-    vectors: np.ndarray  # (references, channels), unit rows
-    spread: float  # largest leave-one-out nearest-neighbour cosine distance
+    vectors: np.ndarray  # (references, channels), as engine.appearance.vectors_of gives them
+    spread: float  # largest leave-one-out nearest-neighbour distance
     modality: str  # how appearance is read (engine.appearance): raw, or in the legend
 
     def applicability(self, samples: np.ndarray) -> list[Applicability]:
         """How far each sample row lies from its nearest reference, against the spread."""
-        distances = 1.0 - np.atleast_2d(samples) @ self.vectors.T
+        distances = appearance_distances(samples, self.vectors, self.modality)
         nearest = distances.argmin(axis=1)
         return [
             Applicability(
@@ -228,15 +229,15 @@ def reference_range(
     found = embed_images(session, encoder, loaders, modality=modality)
     shas = sorted(by_sha, key=by_sha.__getitem__)
     vectors = np.stack([found[sha] for sha in shas]).astype(np.float64)
-    spread = float(leave_one_out_nearest(vectors).max())
+    spread = float(leave_one_out_nearest(vectors, modality).max())
     if spread <= 0:
         return None
     return ReferenceRange(tuple(by_sha[sha] for sha in shas), vectors, spread, modality)
 
 
-def leave_one_out_nearest(vectors: np.ndarray) -> np.ndarray:
-    """Cosine distance of each unit row to its nearest other row."""
-    distances = 1.0 - vectors @ vectors.T
+def leave_one_out_nearest(vectors: np.ndarray, modality: str) -> np.ndarray:
+    """Appearance distance of each row to its nearest other row."""
+    distances = appearance_distances(vectors, vectors, modality)
     np.fill_diagonal(distances, np.inf)
     return np.clip(distances.min(axis=1), 0.0, None)
 

@@ -66,11 +66,6 @@ class RunPlan:
     sources: dict[str, str]
     local: dict[str, LocalPlan] = field(default_factory=dict)  # by assessment key
 
-    def modalities(self) -> tuple[str, ...]:
-        """What a chunk's images need: embeddings, and appearance where a range is measured."""
-        looks = {p.range.modality for p in self.setup.values() if p.range is not None}
-        return (IMAGE, *sorted(looks))
-
 
 @dataclass(frozen=True)
 class ImageFacts:
@@ -175,19 +170,26 @@ def embed_batches(
     return vectors
 
 
+def wanted_vectors(models: ModelSet, plan: RunPlan) -> dict[tuple[str, str], Encoder]:
+    """(model fingerprint, modality) -> encoder, for every vector a chunk's images need: each
+    bound role's embeddings, and its appearance where a range is measured for it."""
+    wanted: dict[tuple[str, str], Encoder] = {}
+    for role in models.bound_roles():
+        encoder = models.encoder(role)
+        for modality in (IMAGE, *appearance_modalities(plan.setup, role)):
+            wanted.setdefault((encoder.fingerprint, modality), encoder)
+    return wanted
+
+
 def embed_chunk(
     models: ModelSet, samples: Sequence[Sample], plan: RunPlan
 ) -> dict[tuple[str, str], dict[str, np.ndarray]]:
     """Every vector a chunk needs, embedded here (a worker has no cache to ask)."""
     shas = list(dict.fromkeys(s.sha256 for s in samples))
-    vectors: dict[tuple[str, str], dict[str, np.ndarray]] = {}
-    for role in models.bound_roles():
-        encoder = models.encoder(role)
-        fingerprint = encoder.fingerprint
-        for modality in (IMAGE, *appearance_modalities(plan.setup, role)):
-            if (fingerprint, modality) not in vectors:
-                vectors[(fingerprint, modality)] = embed_batches(encoder, samples, modality, shas)
-    return vectors
+    return {
+        (fingerprint, modality): embed_batches(encoder, samples, modality, shas)
+        for (fingerprint, modality), encoder in wanted_vectors(models, plan).items()
+    }
 
 
 def judge_chunk(

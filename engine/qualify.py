@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 from sqlmodel import Session
@@ -32,6 +32,7 @@ from engine.judging import (
     deltas_of_files,
     embed_batches,
     judge_files,
+    wanted_vectors,
 )
 from engine.local_evidence import plan_local
 from engine.report_files import output_dir, write_run_reports
@@ -52,6 +53,9 @@ from kb.statistics import latest_calibration
 from kb.store import KnowledgeBase
 from kb.tables import RulesetVersion, utcnow
 from kb.vocabulary import EXECUTORS, FUSIONS, NORMALIZATIONS, PURPOSES
+
+if TYPE_CHECKING:  # the backends import torch; ModelSet loads them when a role is used
+    from engine.encoders.backends import Encoder
 
 # Where a qualification's operator name came from: recorded beside it, so an auditor can tell
 # a person who named themselves from the account a process happened to run as.
@@ -377,32 +381,31 @@ class InProcess:
         self, samples: Sequence[Sample], plan: RunPlan
     ) -> dict[tuple[str, str], dict[str, np.ndarray]]:
         """The chunk's vectors as the cache holds them (float32), embedding what it lacks."""
-        self._embed_unlocked(samples, plan.modalities())
+        wanted = wanted_vectors(self.models, plan)
+        self._embed_unlocked(samples, wanted)
         shas = [s.sha256 for s in samples]
-        found: dict[tuple[str, str], dict[str, np.ndarray]] = {}
         with self.kb.reading() as session:
-            for encoder in self.models.encoders():
-                for modality in plan.modalities():
-                    found[(encoder.fingerprint, modality)] = cached_embeddings(
-                        session, encoder.fingerprint, modality, shas
-                    )
-        return found
+            return {
+                (fingerprint, modality): cached_embeddings(session, fingerprint, modality, shas)
+                for fingerprint, modality in wanted
+            }
 
-    def _embed_unlocked(self, samples: Sequence[Sample], modalities: Sequence[str]) -> None:
+    def _embed_unlocked(
+        self, samples: Sequence[Sample], wanted: Mapping[tuple[str, str], Encoder]
+    ) -> None:
         """Fill the embedding cache for a chunk with no lock held while the model runs, so a
         long chunk never keeps another writer (a server beside this run) waiting; only the
         insert takes the write lock."""
         shas = list(dict.fromkeys(s.sha256 for s in samples))
-        for encoder in self.models.encoders():
-            for modality in modalities:
-                with self.kb.reading() as session:
-                    cached = cached_embeddings(session, encoder.fingerprint, modality, shas)
-                missing = [sha for sha in shas if sha not in cached]
-                if not missing:
-                    continue
-                vectors = embed_batches(encoder, samples, modality, missing)
-                with self.kb.transaction() as session:
-                    store_embeddings(session, encoder.fingerprint, modality, vectors)
+        for (fingerprint, modality), encoder in wanted.items():
+            with self.kb.reading() as session:
+                cached = cached_embeddings(session, fingerprint, modality, shas)
+            missing = [sha for sha in shas if sha not in cached]
+            if not missing:
+                continue
+            vectors = embed_batches(encoder, samples, modality, missing)
+            with self.kb.transaction() as session:
+                store_embeddings(session, fingerprint, modality, vectors)
 
 
 def qualified_shas(session: Session, ruleset_id: int, run: QualificationResult) -> frozenset[str]:

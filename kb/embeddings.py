@@ -12,14 +12,14 @@ from kb.tables import Embedding
 # image and text embeddings, and images' appearance features (how far from the references)
 IMAGE, TEXT, APPEARANCE = "image", "text", "appearance"
 MODALITIES = (IMAGE, TEXT, APPEARANCE)
-# appearance of the phase map as read in a legend, whose colours follow the colon
+# appearance by phase of the map as read in a legend, whose colours follow the colon
 # (engine/appearance.py): one modality per legend, so a changed legend misses the cache
-APPEARANCE_IN_LEGEND = "appearance-in-legend:"
+APPEARANCE_BY_PHASE = "appearance-by-phase:"
 
 
 def is_modality(modality: str) -> bool:
     """Whether vectors of this modality may be stored."""
-    return modality in MODALITIES or modality.startswith(APPEARANCE_IN_LEGEND)
+    return modality in MODALITIES or modality.startswith(APPEARANCE_BY_PHASE)
 
 
 def cached_embeddings(

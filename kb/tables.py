@@ -91,7 +91,7 @@ class Embedding(SQLModel, table=True):
     __table_args__ = (UniqueConstraint("model_fingerprint", "modality", "content_sha256"),)
     id: int | None = Field(default=None, primary_key=True)
     model_fingerprint: str = Field(index=True)
-    modality: str  # "image", "text", "appearance" or "appearance-in-legend:..." (kb.embeddings)
+    modality: str  # "image", "text", "appearance" or "appearance-by-phase:..." (kb.embeddings)
     content_sha256: str
     dim: int
     vector: bytes = Field(sa_column=Column(LargeBinary, nullable=False))

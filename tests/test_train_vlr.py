@@ -16,7 +16,14 @@ from cli.app import app
 from engine.encoders import text_tower as dual
 from engine.encoders.backends import load_encoder
 from engine.encoders.vlkb_dual import VlkbDualEncoder
-from engine.metrology.quantities import BACKGROUND, BEAD, CARBIDE, PHASES, POROSITY
+from engine.metrology.quantities import (
+    BACKGROUND,
+    BEAD,
+    CARBIDE,
+    PHASES,
+    POROSITY,
+    phase_cells,
+)
 from engine.metrology.synthetic import BeadSpec, Degradation, Frame, Variant, paint, render_bead
 from engine.training.captions import (
     ASSESSMENTS,
@@ -26,7 +33,7 @@ from engine.training.captions import (
     names_a_colour,
     normalise,
 )
-from engine.training.example import phase_cells, render_resized
+from engine.training.example import render_resized
 from engine.training.model_card import record_generalisation
 from engine.training.paraphrases import HELD_OUT, PARAPHRASES
 from engine.training.train import TrainConfig, make_processor, to_pixel_values, train

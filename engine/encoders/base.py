@@ -54,6 +54,20 @@ class Encoder(ABC):
         """
         return self._batched(list(images), self._appearance_batch)
 
+    def appearance_maps(self, images: Sequence[Image.Image]) -> list[np.ndarray]:
+        """One (channels, h, w) float32 map per image: the layer `appearance` averages, before
+        it is averaged, so that engine.appearance can pool it over each phase of a map."""
+        size = self.spec.batch_size
+        with torch.inference_mode():
+            return [m.float().numpy() for i in range(0, len(images), size)
+                    for m in self._appearance_map_batch(list(images[i : i + size]))]
+
+    def _appearance_map_batch(self, images: list[Image.Image]) -> torch.Tensor:
+        """(batch, channels, h, w) appearance maps; a tower without them refuses."""
+        raise ModelLoadError(
+            f"model {self.spec.name!r} (backend {self.spec.backend}) gives no appearance maps"
+        )
+
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         """(n, dim) float32, unit rows; texts are padded and truncated to the model's max length."""
         return self._batched([str(text) for text in texts], self._embed_text_batch)

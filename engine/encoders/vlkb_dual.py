@@ -118,8 +118,11 @@ class VlkbDualEncoder(Encoder):
 
     def _appearance_batch(self, images: list[Image.Image]) -> torch.Tensor:
         """Channel means of the layer a quarter of the way up the tower (as every backend)."""
+        return self._appearance_map_batch(images).mean(dim=(2, 3))
+
+    def _appearance_map_batch(self, images: list[Image.Image]) -> torch.Tensor:
         quarter = len(self.tower.layer) // 4
-        return self.tower.layer_output(self.preprocess(rgb(images)), quarter).mean(dim=(2, 3))
+        return self.tower.layer_output(self.preprocess(rgb(images)), quarter)
 
     def _patch_grid(self, image: Image.Image) -> torch.Tensor:
         """The local role: the tower's outputs at strides 4 and 8 (MobileNetV1.patch_layers),

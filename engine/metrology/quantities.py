@@ -164,6 +164,22 @@ def classify_phases(
     return _clean(table.nearest[index])
 
 
+def phase_cells(labels: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+    """(len(PHASES), rows, cols): each phase's share of every cell of a grid laid over the
+    label map (pixels left unclassified count for no phase)."""
+    height, width = labels.shape
+    row_edges = np.round(np.linspace(0, height, grid[0] + 1)).astype(int)
+    col_edges = np.round(np.linspace(0, width, grid[1] + 1)).astype(int)
+    areas = np.outer(np.diff(row_edges), np.diff(col_edges)).astype(np.float64)
+    out = np.zeros((len(PHASES), *grid), dtype=np.float32)
+    for phase in range(len(PHASES)):
+        mask = (labels == phase).astype(np.float64)
+        summed = np.add.reduceat(np.add.reduceat(mask, row_edges[:-1], axis=0), col_edges[:-1],
+                                 axis=1)
+        out[phase] = summed / areas
+    return out
+
+
 def check_phase_map(
     index: np.ndarray, table: _ColourTable, colours: tuple[tuple[int, int, int], ...]
 ) -> None:

@@ -175,6 +175,14 @@ EA2_SLOTS = {
     "little_way": ("a little way", "a short way", "a small distance", "just below the join"),
     "confined": ("confined", "limited", "kept", "restricted"),
     "spreads": ("spreads", "runs", "reaches", "extends"),
+    # the everyday register: what a heat-affected zone looks like to someone without the term
+    "hot_part": ("heated area", "hot zone", "heat scar", "heat mark", "heat-scarred band",
+                 "heated band", "heat-changed strip", "scorched layer", "band of cooked metal",
+                 "heat-stained layer", "heat-tinted strip", "baked band", "burnt layer",
+                 "heat-hit region"),
+    "got_hot": ("got hot", "was heated", "was cooked", "was scorched", "was baked",
+                "was changed by the heating", "took the heat", "was heat-marked"),
+    "nearly": ("nearly", "almost", "largely", "mostly", "practically", "close to"),
 }
 
 EA3_SLOTS = {
@@ -359,6 +367,8 @@ TEMPLATES: dict[str, dict[str, Templates]] = {
                 "{heat_in_low} heat input with a {thin} {haz}",
                 "{tiny_share} of the {base} {altered} by the heat",
                 "{big_share} of the {base} untouched by the heat",
+                "a {thin} {hot_part} just under the {deposit}",
+                "the {base} under the {deposit} {nearly} unchanged by heating",
             ),
             clauses=(
                 "the heat only reached {little_way} into the {base}",
@@ -366,6 +376,9 @@ TEMPLATES: dict[str, dict[str, Templates]] = {
                 "{tiny_share} of the {base} was {altered} by the heat",
                 "the {base} under the {deposit} is {hardly} {altered} by the heat",
                 "{damage} is {confined} to a {thin} layer under the {boundary}",
+                "only a {thin} strip of the {base} {got_hot}",
+                "the {hot_part} stays {thin} and close to the {deposit}",
+                "the {base} is {nearly} unchanged by the heating",
             ),
             colour=(
                 "a {thin} {blue_zone} under the {red_line}",
@@ -384,6 +397,8 @@ TEMPLATES: dict[str, dict[str, Templates]] = {
                 "heat that reached {far} into the {base}",
                 "{heat_in_high} heat input with a {thick} {haz}",
                 "{big_share} of the {base} {altered} by the heat",
+                "a {thick} {hot_part} reaching {far} into the {base}",
+                "{base} that {got_hot} {far} below the {deposit}",
             ),
             clauses=(
                 "the heat reached {far} into the {base}",
@@ -392,6 +407,9 @@ TEMPLATES: dict[str, dict[str, Templates]] = {
                 "the {base} under the {deposit} is {strongly} {altered} by the heat",
                 "{damage} {spreads} {far} below the {boundary}",
                 "{tiny_share} of the {base} under the {deposit} was left untouched by the heat",
+                "the {hot_part} runs {far} into the {base}",
+                "the {base} {got_hot} {far} below the {deposit}",
+                "a {thick} {hot_part} lies under the {deposit}",
             ),
             colour=(
                 "a {thick} {blue_zone} reaching {far} below the {red_line}",

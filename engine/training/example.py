@@ -14,7 +14,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 
-from engine.metrology.quantities import PHASES, measure_labels
+from engine.metrology.quantities import measure_labels, phase_cells
 from engine.metrology.synthetic import Variant, draw_variant, encode, label_sample
 from kb.config import DEFAULT_LEGEND
 from kb.rules import MeasurementRule
@@ -28,7 +28,11 @@ EXAMPLE_CRITERIA: dict[str, tuple[MeasurementRule, ...]] = {
         MeasurementRule("max_pore_diameter_um", "<=", 150.0, "um"),
     ),
     "EA-5": (MeasurementRule("carbide_fraction", ">=", 0.30, "fraction"),),
-    "EA-6": (MeasurementRule("carbide_cv", "<=", 0.35, "ratio"),),
+    "EA-6": (
+        MeasurementRule("carbide_gradient", "<=", 0.9, "ratio"),
+        MeasurementRule("carbide_clustering", "<=", 0.10, "ratio"),
+        MeasurementRule("carbide_cv_ratio", "<=", 0.75, "ratio"),
+    ),
 }
 
 
@@ -59,19 +63,3 @@ def render_resized(
     cells = None if grid is None else phase_cells(label_map, grid)
     labels = label_sample(quantities, EXAMPLE_CRITERIA)
     return TrainingSample(pixels, labels, dict(quantities), cells)
-
-
-def phase_cells(labels: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
-    """(len(PHASES), rows, cols): each phase's share of every cell of a grid laid over the
-    map, the dense target that teaches a model where the pores and carbides are."""
-    height, width = labels.shape
-    row_edges = np.round(np.linspace(0, height, grid[0] + 1)).astype(int)
-    col_edges = np.round(np.linspace(0, width, grid[1] + 1)).astype(int)
-    areas = np.outer(np.diff(row_edges), np.diff(col_edges)).astype(np.float64)
-    out = np.zeros((len(PHASES), *grid), dtype=np.float32)
-    for phase in range(len(PHASES)):
-        mask = (labels == phase).astype(np.float64)
-        summed = np.add.reduceat(np.add.reduceat(mask, row_edges[:-1], axis=0), col_edges[:-1],
-                                 axis=1)
-        out[phase] = summed / areas
-    return out

@@ -20,7 +20,7 @@ from engine.training.card_evaluation import (
     ModelEvaluation,
     evaluate_model,
 )
-from engine.training.paraphrases import FRESH, HELD_OUT
+from engine.training.paraphrases import HELD_OUT
 from kb.errors import VLKBError
 
 TITLE = "# vlkb-dual-niwc: a dual encoder for colour-segmented Ni-WC DED micrographs"
@@ -69,7 +69,7 @@ def model_card(record: dict) -> str:
         lines += ["## Generalisation", "", *_generalisation(record), ""]
     if record.get("notes"):
         lines += ["## Development notes", "", *[f"- {note}" for note in record["notes"]], ""]
-    lines += ["## Limits", "", *_limits(), ""]
+    lines += ["## Limits", "", *_limits(record["config"].get("families") or []), ""]
     return "\n".join(lines)
 
 
@@ -110,7 +110,7 @@ def _training(record: dict) -> list[str]:
         "phase share of every cell of a 1/8-resolution grid (soft cross-entropy, rare phases "
         f"weighted up, and {c['pore_weight']} x the squared error of the pore share on its "
         f"own), {c['aux_weight']} x the true quantities (tanh of the signed distance to each "
-        "limit, pore count, carbide gradient) and the accept labels from the pooled features; "
+        "limit, and the pore count) and the accept labels from the pooled features; "
         "these heads are not saved",
         "- stage 2, learning to talk: adds, per assessment, the image against random handfuls "
         "(1-6) of positive vs negative captions (two-way contrast over net similarity; "
@@ -151,9 +151,8 @@ def _evaluation(record: dict) -> list[str]:
         "after replacing every prompt with a set of plain-word paraphrases without colour "
         f"names (engine/training/paraphrases.py): `{HELD_OUT}` is the held-out check, written by a "
         "helper who saw only the criteria and read by the developers only after the caption "
-        "banks and this model were frozen; "
-        f"`{FRESH}`, written the same way later, is reported beside it (its docstring says "
-        "when it was first read); the others are development sets, reported and not judged.",
+        "banks and this model were frozen (its docstring tells its history); the others are "
+        "development sets, reported and not judged.",
         "",
         evaluation.markdown(),
         "",
@@ -191,10 +190,17 @@ def _generalisation(record: dict) -> list[str]:
     return lines[:-1]
 
 
-def _limits() -> list[str]:
-    return [
+def _limits(families: list[str]) -> list[str]:
+    seen = (
+        f"- Trained on generated phase maps in the default legend at 10 um/px, varied by the "
+        f"generator's families ({', '.join(families)}); other legends, pixel sizes, variation "
+        "beyond the families' ranges and real micrographs are outside what it has seen."
+        if families else
         "- Trained on generated phase maps in the default legend at 10 um/px; other legends, "
-        "pixel sizes, degraded (JPEG, noisy) or real micrographs are outside what it has seen.",
+        "pixel sizes, degraded (JPEG, noisy) or real micrographs are outside what it has seen."
+    )
+    return [
+        seen,
         "- Flat beads (EA-3 reject) have no measurable carbide distribution: the generator "
         "labels their EA-6 reject, training leaves them out of EA-6, and the detection tree "
         "does not judge EA-5/EA-6 for them.",

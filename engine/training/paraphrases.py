@@ -5,13 +5,15 @@ paraphrases without colour names; `kb evaluate` then measures how far the text r
 balanced accuracy moves with the wording. None of these sentences is a training caption
 (tests/test_train_vlr.py checks it), and none may ever become one.
 
-* `plain-b`, the held-out check the model card's target is judged on: written by a helper who
-  saw only the six criteria, never the caption banks nor the example's prompts, and read by
-  the developers only after the banks and the model were frozen.
-* `plain-c`, fresh: written the same way on 2026-12-04, after the developers had read
-  `plain-b`'s figures on three candidate models (so `plain-b` is no longer unseen). No model
-  was evaluated on it when it was added; it is reported beside `plain-b`, and the next model
-  should be judged on it before its figures are read.
+* `plain-c`, the held-out check the model card's target is judged on: written by a helper
+  who saw only the six criteria, never the caption banks nor the example's prompts, on
+  2026-12-04. It became the judged set on 2026-12-07, before any model was evaluated on it,
+  because the developers had by then read `plain-b`'s figures on three candidates and shaped
+  EA-2's everyday-word captions after them. (While moving this constant a developer saw
+  plain-c's EA-1 and EA-2 prompts; the captions added that day come from plain-b's register,
+  and none of plain-c's wording.)
+* `plain-b`: written the same way before it, the judged set of earlier models; now a
+  development set, reported and not judged.
 * `plain-a`: written the same way, at the same time, and used while the banks were designed;
   a development set, reported and not judged.
 * `novel-words` and `first`: the earlier robustness sets, written by the developers; they
@@ -376,11 +378,11 @@ PLAIN_C: PromptSets = {
 }
 
 # Name -> prompts, in the order the model card shows them; HELD_OUT is the one judged.
-HELD_OUT = "plain-b"
+HELD_OUT = "plain-c"
 DEVELOPMENT: dict[str, PromptSets] = {
+    "plain-b": PLAIN_B,
     "plain-a": PLAIN_A,
     "novel-words": NOVEL_WORDS,
     "first": FIRST,
 }
-FRESH = "plain-c"
-PARAPHRASES: dict[str, PromptSets] = {HELD_OUT: PLAIN_B, FRESH: PLAIN_C, **DEVELOPMENT}
+PARAPHRASES: dict[str, PromptSets] = {HELD_OUT: PLAIN_C, **DEVELOPMENT}

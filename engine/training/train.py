@@ -129,8 +129,9 @@ AUX_QUANTITIES = (
     "max_pore_diameter_um",
     "pore_count",
     "carbide_fraction",
-    "carbide_cv",
     "carbide_gradient",
+    "carbide_clustering",
+    "carbide_cv_ratio",
 )
 
 
@@ -211,9 +212,11 @@ MARGIN_WIDTHS = {
     "porosity_fraction": 0.01,
     "max_pore_diameter_um": 40.0,
     "carbide_fraction": 0.06,
-    "carbide_cv": 0.1,
+    "carbide_gradient": 0.3,
+    "carbide_clustering": 0.05,
+    "carbide_cv_ratio": 0.08,
 }
-RAW_TARGETS = ("pore_count", "carbide_gradient")
+RAW_TARGETS = ("pore_count",)
 AUX_OUTPUTS = sum(len(v) for v in EXAMPLE_CRITERIA.values()) + len(RAW_TARGETS)
 
 
@@ -235,7 +238,8 @@ def aux_targets(quantities: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
 
     Per limit of the example criteria: tanh of the signed distance to the limit (positive on
     the accept side), so the features learn which side of each limit a bead is on, steeply
-    near the limit and saturating far from it; plus two standardised raw quantities.
+    near the limit and saturating far from it; plus the standardised square root of the pore
+    count.
     """
     columns = []
     for rules in EXAMPLE_CRITERIA.values():
