@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from engine.appearance import appearance_modality, vectors_of
+from engine.appearance import POOLED_PHASES, appearance_modality, vectors_of
 from engine.encoders.backends import load_encoder
 from engine.evidence import APPLICABILITY_LIMIT, ReferenceRange, leave_one_out_nearest
 from engine.metrology.families import FAMILIES
@@ -58,7 +58,7 @@ def groups(root: Path, n: int) -> dict[str, list[Image.Image]]:
     found["photograph"] = [photograph(seed=s) for s in range(3)]
     found["uniform grey"] = [uniform_grey(level) for level in (64, 128, 200)]
     found["other material"] = [voronoi_grains(seed=s) for s in range(3)]
-    legend_colours = tuple(DEFAULT_LEGEND[p] for p in ("background", "haz", "bead", "carbide"))
+    legend_colours = tuple(DEFAULT_LEGEND[phase] for phase in POOLED_PHASES)
     found["in legend: grains"] = [voronoi_grains(seed=s, colours=legend_colours)
                                   for s in range(3)]
     found["in legend: islands"] = [islands(DEFAULT_LEGEND, seed=s) for s in range(3)]

@@ -182,17 +182,24 @@ def clean_and_noisy(
     return clean, write_dataset(root / "noisy", n, seed=seed, legend=legend, degradation=noise)
 
 
+def example_on_tiny_dual(root: Path, families: tuple[str, ...]) -> Workspace:
+    """The example with both roles on a tiny dual encoder trained over these generator
+    families (every image varied by them; none: clean default maps), in place of the
+    shipped one."""
+    config = TrainConfig(
+        seed=5, n_images=16, epochs=2, batch_size=8, image_height=60, image_width=80,
+        projection_dim=16, draws=2, workers=1, captions_per_group=3,
+        families=families, family_share=1.0,
+    )
+    train(root / "models" / "vlkb-dual-niwc", config, log=lambda _: None)
+    return example_copy(root, unbind_roles=False)
+
+
 @pytest.fixture(scope="module")
 def never_saw_noise(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
     """The example with both roles on a tiny dual encoder trained on clean default maps
     only (no generator family in its training record), in place of the shipped one."""
-    root = tmp_path_factory.mktemp("never-saw-noise")
-    config = TrainConfig(
-        seed=5, n_images=16, epochs=2, batch_size=8, image_height=60, image_width=80,
-        projection_dim=16, draws=2, workers=1, captions_per_group=3,
-    )
-    train(root / "models" / "vlkb-dual-niwc", config, log=lambda _: None)
-    return example_copy(root, unbind_roles=False)
+    return example_on_tiny_dual(tmp_path_factory.mktemp("never-saw-noise"), families=())
 
 
 def test_a_model_never_trained_on_noise_is_measured_on_the_raw_pixels(
@@ -219,14 +226,8 @@ def test_a_model_never_trained_on_noise_is_measured_on_the_raw_pixels(
 def acquisition_trained(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
     """The example with both roles on a tiny dual encoder trained over the acquisition
     family (its training record says so), in place of the shipped one."""
-    root = tmp_path_factory.mktemp("acquisition-trained")
-    config = TrainConfig(
-        seed=5, n_images=16, epochs=2, batch_size=8, image_height=60, image_width=80,
-        projection_dim=16, draws=2, workers=1, captions_per_group=3,
-        families=("acquisition",), family_share=1.0,
-    )
-    train(root / "models" / "vlkb-dual-niwc", config, log=lambda _: None)
-    return example_copy(root, unbind_roles=False)
+    return example_on_tiny_dual(tmp_path_factory.mktemp("acquisition-trained"),
+                                families=("acquisition",))
 
 
 def test_a_model_trained_over_acquisition_reads_a_noisy_export_as_the_map_it_shows(
