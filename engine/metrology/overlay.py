@@ -21,6 +21,7 @@ from scipy import ndimage
 
 from engine.metrology.quantities import (
     QUADRAT_MM,
+    Colours,
     Measurement,
     Quadrats,
     Regions,
@@ -116,7 +117,8 @@ def measure_with_overlay(
 ) -> tuple[Measurement, Overlay]:
     """Measure a phase map (NotASegmentationMap as measure_image) and draw what was measured."""
     labels = classify_phases(image, legend)
-    measurement, regions = measure_regions(labels, um_per_px)
+    colours = Colours(np.asarray(image.convert("RGB")), legend)
+    measurement, regions = measure_regions(labels, um_per_px, colours)
     return measurement, overlay_of(regions, measurement)
 
 

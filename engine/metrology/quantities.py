@@ -7,6 +7,7 @@ leave behind -> geometry relative to the baseline through the toes of the fusion
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cache
 
@@ -73,6 +74,12 @@ FINE_QUADRAT_MM = 0.125
 # diameters (beyond one particle, so shape and size drop out) to that plus CLUSTER_RING_MM.
 CLUSTER_RING_MM = 0.15
 QUADRAT_MIN_INSIDE = 0.75
+# The carbide fraction of an image counts blends, not just nearest colours: a pixel farther
+# than this from the bead, carbide and pore colours is split between them by its colour.
+MIXTURE_RADIUS = 45.0
+# Within this many pixels of the bead's outline a blend is the edge against HAZ or
+# background, so there every pixel keeps its label.
+EDGE_BAND_PX = 2
 
 EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 Line = tuple[tuple[float, float], tuple[float, float]]  # two points (x, y)
@@ -117,6 +124,15 @@ class Quadrats:
 
 
 @dataclass(frozen=True)
+class Colours:
+    """The pixels a label map was classified from, and the legend they were classified in:
+    what measure_regions estimates area fractions from."""
+
+    rgb: np.ndarray  # (height, width, 3) uint8
+    legend: Mapping[str, tuple[int, int, int]]
+
+
+@dataclass(frozen=True)
 class Regions:
     """What the quantities were measured on, kept so that they can be drawn over the map
     (engine/metrology/overlay.py). Points are (x, y) with pixel (row r, column c) centred on
@@ -135,7 +151,8 @@ def measure_image(
     image: Image.Image, legend: dict[str, tuple[int, int, int]], um_per_px: float
 ) -> Measurement:
     """Measure an RGB phase map drawn in the legend's colours."""
-    return measure_labels(classify_phases(image, legend), um_per_px)
+    labels = classify_phases(image, legend)
+    return measure_regions(labels, um_per_px, Colours(np.asarray(image.convert("RGB")), legend))[0]
 
 
 def classify_phases(
@@ -331,8 +348,14 @@ def measure_labels(labels: np.ndarray, um_per_px: float) -> Measurement:
     return measure_regions(labels, um_per_px)[0]
 
 
-def measure_regions(labels: np.ndarray, um_per_px: float) -> tuple[Measurement, Regions]:
-    """All quantities from a label map, and the regions and lines they were measured on."""
+def measure_regions(
+    labels: np.ndarray, um_per_px: float, colours: Colours | None = None
+) -> tuple[Measurement, Regions]:
+    """All quantities from a label map, and the regions and lines they were measured on.
+
+    With the colours the map was classified from, the carbide fraction counts blended pixels
+    by their mixture (mixed_carbide_fraction); without, every pixel is its label.
+    """
     if um_per_px <= 0:
         raise ValueError("um_per_px must be positive")
     values: dict[str, float] = {}
@@ -388,6 +411,8 @@ def measure_regions(labels: np.ndarray, um_per_px: float) -> tuple[Measurement, 
         pores, pore_count = ndimage.label(_pores(labels, bead), structure=EIGHT_CONNECTED)
         values.update(_porosity(pores, pore_count, bead, um_per_px))
         quadrats = _carbides(labels, bead, um_per_px, values, missing)
+        if colours is not None:
+            values["carbide_fraction"] = mixed_carbide_fraction(colours, labels, bead)
     regions = Regions(bead, fusion, surface, deepest, pores, pore_count, quadrats)
     notes = {name: STAND_IN_FUSION for name in FUSION_MEASURED if stand_in and name in values}
     return Measurement(um_per_px, values, missing, notes), regions
@@ -408,6 +433,45 @@ def _bead_region(labels: np.ndarray) -> np.ndarray:
     region = np.zeros_like(material)
     region[box] = ndimage.binary_fill_holes(parts[box] == largest)
     return region
+
+
+def mixed_carbide_fraction(colours: Colours, labels: np.ndarray, bead: np.ndarray) -> float:
+    """The carbide share of the bead's area, counting blends by their mixture.
+
+    JPEG chroma, blur and anti-aliasing keep a region's mean colour but not its pixels:
+    particles a few pixels across come back as pink-green blends that nearest-colour labels
+    split unevenly. A bead-region pixel within MIXTURE_RADIUS of the bead, carbide or pore
+    colour is that phase; one farther away is split between the three by least squares
+    (shares >= 0, summing to 1), so near-pure pixels (noise clipped at 0 and 255) add no
+    share. The outermost EDGE_BAND_PX pixels keep their labels: there a blend is the outline
+    against HAZ or background.
+    """
+    bead_px = float(bead.sum())
+    box = _bounding_box(bead)
+    if box is None:
+        return 0.0
+    inside, window = bead[box], labels[box]
+    carbide = (window == CARBIDE).astype(np.float64)
+    ends = np.array([colours.legend[name] for name in ("bead", "carbide", "porosity")],
+                    dtype=np.float64)
+    pixels = colours.rgb[box].astype(np.float64)
+    near = (_squared_norm(pixels[..., None, :] - ends) <= MIXTURE_RADIUS**2).any(axis=-1)
+    interior = ndimage.binary_erosion(inside, iterations=EDGE_BAND_PX)
+    blended = interior & np.isin(window, (BEAD, CARBIDE, POROSITY)) & ~near
+    if blended.any():
+        carbide[blended] = _unmix(pixels[blended], ends)[:, 0]
+    return float(carbide[inside].sum()) / bead_px
+
+
+def _unmix(pixels: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """(n, 2) shares of ends[1] and ends[2] in each pixel, the rest ends[0]: least squares
+    on the two mixing directions, clipped to the triangle of the three colours."""
+    directions = np.stack([ends[1] - ends[0], ends[2] - ends[0]], axis=1)
+    shares = np.clip((pixels - ends[0]) @ np.linalg.pinv(directions).T, 0.0, 1.0)
+    total = shares.sum(axis=1)
+    over = total > 1.0
+    shares[over] /= total[over, None]
+    return shares
 
 
 def _lower_outline(bead: np.ndarray) -> np.ndarray:
