@@ -5,15 +5,25 @@ a sample that is not a phase map goes to review with its measurement rules not a
 from __future__ import annotations
 
 import colorsys
+import io
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from engine.metrology.quantities import NotASegmentationMap, measure_image
-from engine.metrology.synthetic import Degradation, write_dataset
+from engine.metrology.quantities import NotASegmentationMap, measure_image, measure_labels
+from engine.metrology.synthetic import (
+    BeadSpec,
+    Degradation,
+    degrade,
+    encode,
+    paint,
+    render_bead,
+    write_dataset,
+)
 from engine.qualify import DecisionOverride, QualifyOptions, qualify_paths
 from engine.samples import load_sample
 from engine.session import VLKB
@@ -120,6 +130,18 @@ def test_a_map_on_a_large_black_canvas_still_measures_the_same() -> None:
 def test_noisy_blurred_and_jpeg_maps_from_kb_synth_still_measure(tmp_path: Path, how) -> None:
     for path in write_dataset(tmp_path, n=8, seed=11, degradation=how):
         assert not refused(load_sample(path).image), path.name
+
+
+def test_a_blurred_bead_of_fine_carbides_is_one_blend_and_still_a_phase_map() -> None:
+    # Tall, with little HAZ: nearly every non-background pixel is a pink-green blend.
+    spec = replace(BeadSpec(), carbide=0.45, carbide_size_um=15.0, height_mm=1.5, haz_mm=0.05)
+    labels = render_bead(spec, 10.0, seed=1)
+    how = Degradation(blur_radius=1.5, jpeg_quality=70, subsampling="4:2:0")
+    data, _ = encode(degrade(paint(labels, DEFAULT_LEGEND), how, seed=1), how)
+    measured = measure_image(Image.open(io.BytesIO(data)), DEFAULT_LEGEND, 10.0)
+    truth = measure_labels(labels, 10.0)
+    assert measured.quantities["carbide_fraction"] == pytest.approx(
+        truth.quantities["carbide_fraction"], abs=0.02)
 
 
 def test_examples_and_a_map_with_a_grey_legend_colour_still_measure() -> None:
