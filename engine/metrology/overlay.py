@@ -21,12 +21,11 @@ from scipy import ndimage
 
 from engine.metrology.quantities import (
     QUADRAT_MM,
-    Colours,
     Measurement,
     Quadrats,
     Regions,
-    classify_phases,
     measure_regions,
+    read_map,
 )
 
 Point = tuple[float, float]
@@ -116,8 +115,7 @@ def measure_with_overlay(
     image: Image.Image, legend: dict[str, tuple[int, int, int]], um_per_px: float
 ) -> tuple[Measurement, Overlay]:
     """Measure a phase map (NotASegmentationMap as measure_image) and draw what was measured."""
-    labels = classify_phases(image, legend)
-    colours = Colours(np.asarray(image.convert("RGB")), legend)
+    labels, colours = read_map(image, legend)
     measurement, regions = measure_regions(labels, um_per_px, colours)
     return measurement, overlay_of(regions, measurement)
 

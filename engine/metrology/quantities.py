@@ -153,8 +153,17 @@ def measure_image(
     image: Image.Image, legend: dict[str, tuple[int, int, int]], um_per_px: float
 ) -> Measurement:
     """Measure an RGB phase map drawn in the legend's colours."""
-    labels = classify_phases(image, legend)
-    return measure_regions(labels, um_per_px, Colours(np.asarray(image.convert("RGB")), legend))[0]
+    labels, colours = read_map(image, legend)
+    return measure_regions(labels, um_per_px, colours)[0]
+
+
+def read_map(
+    image: Image.Image, legend: dict[str, tuple[int, int, int]]
+) -> tuple[np.ndarray, Colours]:
+    """The image's labels (as classify_phases) and the colours they were read from, for
+    measure_regions; the image is converted to RGB once."""
+    colours = Colours(np.asarray(image.convert("RGB")), legend)
+    return _classify_pixels(colours.rgb, legend), colours
 
 
 def classify_phases(
@@ -164,6 +173,11 @@ def classify_phases(
 
     Raises NotASegmentationMap when the image is not drawn in the legend's colours.
     """
+    return _classify_pixels(np.asarray(image.convert("RGB")), legend)
+
+
+def _classify_pixels(rgb: np.ndarray, legend: Mapping[str, tuple[int, int, int]]) -> np.ndarray:
+    """classify_phases on an (height, width, 3) uint8 array."""
     missing = [name for name in PHASES if name not in legend]
     if missing:
         raise WorkspaceError(
@@ -172,7 +186,6 @@ def classify_phases(
         )
     colours = tuple(legend[name] for name in PHASES)
     table = _colour_table(colours)
-    rgb = np.asarray(image.convert("RGB"))
     index = (
         (rgb[..., 0].astype(np.int32) >> _DROP) << (2 * _BITS)
         | (rgb[..., 1].astype(np.int32) >> _DROP) << _BITS
