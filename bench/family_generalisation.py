@@ -86,6 +86,8 @@ def main() -> None:
     parser.add_argument("--n-images", type=int, default=4000, help="training maps per fold")
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--seed", type=int, default=0, help="training seed")
+    parser.add_argument("--frame-on-content", action="store_true",
+                        help="train each fold with the tower framed on the map's content")
     parser.add_argument("--keep", type=Path, help="keep each fold's checkpoint in this folder")
     parser.add_argument("--json-out", type=Path)
     parser.add_argument("--card", type=Path,
@@ -106,6 +108,7 @@ def main() -> None:
                 config = TrainConfig(
                     seed=args.seed, n_images=args.n_images, epochs=args.epochs,
                     families=tuple(f for f in FAMILIES if f != family),
+                    frame_on_content=args.frame_on_content,
                 )
                 train(model, config, log=lambda line: None, evaluate_with=None, eval_n=0)
                 name = f"{family} (held out)"

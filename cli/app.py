@@ -1335,6 +1335,11 @@ def train_vlr(
         float | None, typer.Option("--family-share", metavar="P",
                                    help="Chance an image takes each family [default: 0.5].")
     ] = None,
+    frame_on_content: Annotated[
+        bool, typer.Option("--frame-on-content",
+                           help="The tower sees each map through a window centred on its "
+                                "content, here and at run time (margins stop mattering).")
+    ] = False,
     workspace: WorkspaceOption = None,
 ) -> None:
     """Train VLKB's dual encoder (a CNN against the frozen MiniLM text tower) on generated maps.
@@ -1365,6 +1370,7 @@ def train_vlr(
         epochs=epochs or defaults.epochs,
         families=families,
         family_share=defaults.family_share if family_share is None else family_share,
+        frame_on_content=frame_on_content,
     )
     try:
         rules_dir: Path | None = Workspace.open(workspace).rules_dir
@@ -1375,6 +1381,7 @@ def train_vlr(
         f"--epochs {config.epochs}"
         + "".join(f" --family {f}" for f in config.families)
         + (f" --family-share {config.family_share}" if config.families else "")
+        + (" --frame-on-content" if config.frame_on_content else "")
     )
     train(
         outdir, config, log=lambda line: err.print(line, markup=False),

@@ -22,9 +22,10 @@ from torch import nn
 from engine.encoders import text_tower
 from engine.encoders.base import Encoder, local_grid, rgb
 from engine.encoders.fingerprint import model_fingerprint
+from engine.encoders.framing import frame_on_content
 from engine.encoders.mobilenet import MobileNetV1, Preprocessing
 from engine.metrology.families import ACQUISITION
-from kb.config import ModelSpec
+from kb.config import DEFAULT_LEGEND, ModelSpec
 from kb.errors import ModelLoadError
 
 WEIGHTS = "model.safetensors"
@@ -42,16 +43,22 @@ def is_ported(model_dir: Path) -> bool:
     return (model_dir / text_tower.TEXT_TOWER_FILE).is_file() and (model_dir / WEIGHTS).is_file()
 
 
-def trained_families(model_dir: Path) -> tuple[str, ...]:
-    """The generator families a VLKB checkpoint was trained across (its training.json);
-    none for a checkpoint without a training record."""
+def training_config(model_dir: Path) -> dict[str, Any]:
+    """The `config` of a VLKB checkpoint's training.json; empty without a training record."""
     record = model_dir / "training.json"
     if not record.is_file():
-        return ()
+        return {}
     try:
-        families = json.loads(record.read_text(encoding="utf-8"))["config"].get("families", ())
-    except (ValueError, KeyError, TypeError, AttributeError):
-        return ()
+        config = json.loads(record.read_text(encoding="utf-8"))["config"]
+    except (ValueError, KeyError, TypeError):
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
+def trained_families(model_dir: Path) -> tuple[str, ...]:
+    """The generator families a VLKB checkpoint was trained across; none for a checkpoint
+    without a training record."""
+    families = training_config(model_dir).get("families", ())
     return tuple(str(f) for f in families) if isinstance(families, list) else ()
 
 
@@ -81,6 +88,9 @@ class VlkbDualEncoder(Encoder):
         self._text_tower: text_tower.TextTower | None = None
         self.fingerprint = model_fingerprint(model_dir)
         self.acquisition_trained = ACQUISITION in trained_families(model_dir)
+        # The whole-image embedding looks through the window it was trained on; the local
+        # and appearance maps read the picture as it is, cell by cell and phase by phase.
+        self.frame_on_content = training_config(model_dir).get("frame_on_content") is True
 
     def _load_weights(self, weights: dict[str, torch.Tensor]) -> None:
         """Every tensor of the image side, none missing and none left over (strict)."""
@@ -114,6 +124,9 @@ class VlkbDualEncoder(Encoder):
         return self.visual_projection(self.tower(pixel_values))
 
     def _embed_image_batch(self, images: list[Image.Image]) -> torch.Tensor:
+        if self.frame_on_content:
+            background = DEFAULT_LEGEND["background"]  # the legend every checkpoint trains on
+            images = [frame_on_content(image, background) for image in images]
         return self.image_features(self.preprocess(rgb(images)))
 
     def _appearance_batch(self, images: list[Image.Image]) -> torch.Tensor:

@@ -14,7 +14,8 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 
-from engine.metrology.quantities import measure_labels, phase_cells
+from engine.encoders.framing import crop_padded, window_of
+from engine.metrology.quantities import PHASES, measure_labels, phase_cells
 from engine.metrology.synthetic import Variant, draw_variant, encode, label_sample
 from kb.config import DEFAULT_LEGEND
 from kb.rules import MeasurementRule
@@ -47,17 +48,26 @@ class TrainingSample(NamedTuple):
 
 def render_resized(
     variant: Variant, seed: int, size: tuple[int, int], resample: int, um_per_px: float = 10.0,
-    grid: tuple[int, int] | None = None,
+    grid: tuple[int, int] | None = None, frame_on_content: bool = False,
 ) -> TrainingSample:
     """One training sample: the map drawn as its variant says (frame, blur, noise, JPEG),
     resized as the encoder's image processor does it (PIL, before rescaling and
     normalisation), its labels, true quantities and, on a grid, phase shares. Torch-free, for
     worker processes; tests check it against the processor itself.
+
+    frame_on_content: the picture and its labels through the window the encoder will look
+    through (engine/encoders/framing.py), found on the picture as saved; the true quantities
+    are those of the whole map.
     """
     label_map, scale, image = draw_variant(variant, um_per_px, seed, DEFAULT_LEGEND)
     if variant.degradation.jpeg_quality is not None:  # what a JPEG file holds once read back
         image = Image.open(io.BytesIO(encode(image, variant.degradation)[0])).convert("RGB")
     quantities = measure_labels(label_map, scale).quantities
+    window = window_of(image, DEFAULT_LEGEND["background"]) if frame_on_content else None
+    if window is not None:
+        background = np.asarray(DEFAULT_LEGEND["background"], np.uint8)
+        image = Image.fromarray(crop_padded(np.asarray(image), window, background))
+        label_map = crop_padded(label_map, window, PHASES.index("background"))
     image = image.resize((size[1], size[0]), resample=resample)
     pixels = np.asarray(image, dtype=np.uint8).transpose(2, 0, 1).copy()
     cells = None if grid is None else phase_cells(label_map, grid)

@@ -97,6 +97,10 @@ class TrainConfig:
     # each image takes each family with probability family_share; () draws the default bead.
     families: tuple[str, ...] = ()
     family_share: float = 0.5
+    # The tower sees each map through a window centred on its content (engine/encoders/
+    # framing.py), in training and at run time alike, so margins and picture size do not
+    # change what it reads.
+    frame_on_content: bool = False
 
     def __post_init__(self) -> None:
         try:
@@ -146,8 +150,8 @@ class TrainingData:
 
 
 def _render(job: tuple) -> TrainingSample:
-    variant, seed, size, resample, grid = job
-    return render_resized(variant, seed, size, resample, grid=grid)
+    variant, seed, size, resample, grid, framed = job
+    return render_resized(variant, seed, size, resample, grid=grid, frame_on_content=framed)
 
 
 def generate(config: TrainConfig, processor: ViTImageProcessorPil, log: Log) -> TrainingData:
@@ -157,7 +161,8 @@ def generate(config: TrainConfig, processor: ViTImageProcessorPil, log: Log) -> 
         config.n_images, config.seed, config.families, share=config.family_share
     )  # without families: the default generator's beads, as the shipped model was trained
     jobs = [
-        (variant, config.seed * 100_003 + index, size, int(processor.resample), grid)
+        (variant, config.seed * 100_003 + index, size, int(processor.resample), grid,
+         config.frame_on_content)
         for index, variant in enumerate(variants)
     ]
     n = len(jobs)
