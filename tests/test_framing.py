@@ -117,6 +117,7 @@ def test_a_content_framed_model_embeds_a_map_alike_under_any_margins(framed_dual
     spec = ModelSpec(name="framed", backend="dual", source=str(framed_dual))
     encoder = VlkbDualEncoder(spec, framed_dual)
     assert encoder.frame_on_content
+    assert "centres on its content" in (framed_dual / "MODEL_CARD.md").read_text()
     pixels = bead_map()
     pictures = [reframed(pixels, 4, 4, 4, 4), reframed(pixels, 300, 10, 2, 250)]
     framed = encoder.embed_images(pictures)

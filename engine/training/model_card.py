@@ -213,12 +213,18 @@ def _limits(families: list[str]) -> list[str]:
 def _data_line(c: dict) -> str:
     """What the model was trained on: the default generator, or domain randomisation."""
     families = c.get("families") or []
+    framed = (
+        "; the tower sees each map through the window `engine/encoders/framing.py` centres on "
+        "its content (640x480 px or larger, the content never cut), in training and at run "
+        "time alike, so margins and picture size do not change what it reads"
+        if c.get("frame_on_content") else ""
+    )
     if not families:
         return (
             f"- data: {c['n_images']} micrographs drawn by `engine.metrology.synthetic` "
             f"(`sample_specs({c['n_images']}, {c['seed']})`, 640x480 px at 10 um/px, default "
             "legend, PNG-exact), labelled from their ground truth with the example limits of "
-            "EA-1..EA-6 (`label_sample`)"
+            f"EA-1..EA-6 (`label_sample`){framed}"
         )
     return (
         f"- data: {c['n_images']} micrographs drawn by `engine.metrology.families` "
@@ -226,5 +232,5 @@ def _data_line(c: dict) -> str:
         f"share={c['family_share']})`: each image takes each of the families "
         f"{', '.join(families)} with probability {c['family_share']}, the rest drawn as the "
         "default generator draws them; 10 um/px, default legend), labelled from their ground "
-        "truth with the example limits of EA-1..EA-6 (`label_sample`)"
+        f"truth with the example limits of EA-1..EA-6 (`label_sample`){framed}"
     )
