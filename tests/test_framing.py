@@ -57,7 +57,7 @@ def test_the_same_map_under_any_margins_is_seen_identically() -> None:
 def test_content_larger_than_the_canvas_is_never_cut_and_keeps_the_canvas_aspect() -> None:
     wide = np.zeros((300, 1500, 3), dtype=np.uint8)
     wide[100:200, 10:1490] = DEFAULT_LEGEND["bead"]
-    window = window_of(Image.fromarray(wide), BLACK)
+    window = window_of(wide, BLACK)
     assert window is not None
     assert window.left <= 10 - MARGIN and window.left + window.width >= 1490 + MARGIN
     assert window.width * CANVAS[1] == pytest.approx(window.height * CANVAS[0], abs=CANVAS[0])
@@ -69,12 +69,12 @@ def test_background_noise_does_not_move_the_window() -> None:
     pixels = bead_map()
     rng = np.random.default_rng(0)
     noisy = np.clip(pixels + rng.normal(0, 15, pixels.shape), 0, 255).astype(np.uint8)
-    assert window_of(Image.fromarray(noisy), BLACK) == window_of(Image.fromarray(pixels), BLACK)
+    assert window_of(noisy, BLACK) == window_of(pixels, BLACK)
 
 
 def test_a_picture_without_content_is_seen_as_it_is() -> None:
     blank = Image.new("RGB", (200, 100), BLACK)
-    assert window_of(blank, BLACK) is None
+    assert window_of(np.asarray(blank), BLACK) is None
     assert frame_on_content(blank, BLACK).size == (200, 100)
 
 

@@ -71,10 +71,10 @@ def content_window(box: tuple[int, int, int, int]) -> Window:
                   width, height)
 
 
-def window_of(image: Image.Image, background: RGB) -> Window | None:
-    """Where the tower looks in this picture; None when it holds no content (it is then seen
-    as it is)."""
-    box = content_box(np.asarray(image.convert("RGB")), background)
+def window_of(pixels: np.ndarray, background: RGB) -> Window | None:
+    """Where the tower looks in an (h, w, 3) uint8 picture; None when it holds no content
+    (it is then seen as it is)."""
+    box = content_box(pixels, background)
     return None if box is None else content_window(box)
 
 
@@ -93,9 +93,9 @@ def crop_padded(values: np.ndarray, window: Window, fill: object) -> np.ndarray:
 
 
 def frame_on_content(image: Image.Image, background: RGB) -> Image.Image:
-    """The RGB picture as a model trained with `frame_on_content` sees it."""
-    image = image.convert("RGB")
-    window = window_of(image, background)
+    """The picture, as RGB, as a model trained with `frame_on_content` sees it."""
+    pixels = np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
+    window = window_of(pixels, background)
     if window is None:
-        return image
-    return Image.fromarray(crop_padded(np.asarray(image), window, np.asarray(background, np.uint8)))
+        return Image.fromarray(pixels)
+    return Image.fromarray(crop_padded(pixels, window, np.asarray(background, np.uint8)))

@@ -55,10 +55,9 @@ def training_config(model_dir: Path) -> dict[str, Any]:
     return config if isinstance(config, dict) else {}
 
 
-def trained_families(model_dir: Path) -> tuple[str, ...]:
-    """The generator families a VLKB checkpoint was trained across; none for a checkpoint
-    without a training record."""
-    families = training_config(model_dir).get("families", ())
+def trained_families(config: dict[str, Any]) -> tuple[str, ...]:
+    """The generator families a training config randomised over; none for an empty one."""
+    families = config.get("families", ())
     return tuple(str(f) for f in families) if isinstance(families, list) else ()
 
 
@@ -87,10 +86,11 @@ class VlkbDualEncoder(Encoder):
                                    int(config["text_config"]["max_position_embeddings"]))
         self._text_tower: text_tower.TextTower | None = None
         self.fingerprint = model_fingerprint(model_dir)
-        self.acquisition_trained = ACQUISITION in trained_families(model_dir)
+        trained = training_config(model_dir)
+        self.acquisition_trained = ACQUISITION in trained_families(trained)
         # The whole-image embedding looks through the window it was trained on; the local
         # and appearance maps read the picture as it is, cell by cell and phase by phase.
-        self.frame_on_content = training_config(model_dir).get("frame_on_content") is True
+        self.frame_on_content = trained.get("frame_on_content") is True
 
     def _load_weights(self, weights: dict[str, torch.Tensor]) -> None:
         """Every tensor of the image side, none missing and none left over (strict)."""
@@ -124,10 +124,11 @@ class VlkbDualEncoder(Encoder):
         return self.visual_projection(self.tower(pixel_values))
 
     def _embed_image_batch(self, images: list[Image.Image]) -> torch.Tensor:
+        pictures = rgb(images)
         if self.frame_on_content:
             background = DEFAULT_LEGEND["background"]  # the legend every checkpoint trains on
-            images = [frame_on_content(image, background) for image in images]
-        return self.image_features(self.preprocess(rgb(images)))
+            pictures = [frame_on_content(picture, background) for picture in pictures]
+        return self.image_features(self.preprocess(pictures))
 
     def _appearance_batch(self, images: list[Image.Image]) -> torch.Tensor:
         """Channel means of the layer a quarter of the way up the tower (as every backend)."""

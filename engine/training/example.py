@@ -63,11 +63,13 @@ def render_resized(
     if variant.degradation.jpeg_quality is not None:  # what a JPEG file holds once read back
         image = Image.open(io.BytesIO(encode(image, variant.degradation)[0])).convert("RGB")
     quantities = measure_labels(label_map, scale).quantities
-    window = window_of(image, DEFAULT_LEGEND["background"]) if frame_on_content else None
-    if window is not None:
-        background = np.asarray(DEFAULT_LEGEND["background"], np.uint8)
-        image = Image.fromarray(crop_padded(np.asarray(image), window, background))
-        label_map = crop_padded(label_map, window, PHASES.index("background"))
+    if frame_on_content:
+        background = DEFAULT_LEGEND["background"]
+        pixels = np.asarray(image)
+        window = window_of(pixels, background)
+        if window is not None:
+            image = Image.fromarray(crop_padded(pixels, window, np.asarray(background, np.uint8)))
+            label_map = crop_padded(label_map, window, PHASES.index("background"))
     image = image.resize((size[1], size[0]), resample=resample)
     pixels = np.asarray(image, dtype=np.uint8).transpose(2, 0, 1).copy()
     cells = None if grid is None else phase_cells(label_map, grid)
